@@ -1,0 +1,27 @@
+# Each target makes its own virtual environment when it is missing.
+# torch is installed first and pinned to the CPU build that this machine keeps on disk; the
+# project itself only asks for torch>=2.2, so an existing CUDA build is left alone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: test demo bench system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: $(VENV)/.installed system-deps
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/scan.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache
