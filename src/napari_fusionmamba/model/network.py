@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import DVSSBlock, PatchEmbed, PatchExpand, PatchMerge, to_channels_first
+from .fusion import DFFM
 
 
 @dataclass(frozen=True)
@@ -56,3 +63,126 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         name="paper-lite", embed_dim=96, encoder_depths=(2, 2, 1, 2), decoder_depths=(2, 1, 2, 2)
     ),
 }
+
+
+RESIDUALS = ("sum2", "mean", "max", "none")
+
+
+def _drop_rates(depths: tuple[int, ...], top: float) -> list[list[float]]:
+    """Stochastic-depth rate of each block, rising linearly from 0 to ``top`` over all stages."""
+    rates = torch.linspace(0, top, max(sum(depths), 1)).tolist()
+    out, start = [], 0
+    for depth in depths:
+        out.append(rates[start : start + depth])
+        start += depth
+    return out
+
+
+def _stage(dim: int, depth: int, rates: list[float], config: ModelConfig) -> nn.Sequential:
+    return nn.Sequential(*(DVSSBlock(dim, config.d_state, config.expand, rate) for rate in rates[:depth]))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad H and W up to a multiple by reflection (replication where the image is too small
+    to reflect), so no resizing ever touches the pixels."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+class FusionMamba(nn.Module):
+    """FusionMamba U-Net: a shared encoder for both images, a DFFM at every level, a decoder.
+
+    ``model(a, b)`` takes two (B, 1, H, W) float images in [0, 1] of any H, W (padded by
+    reflection to the stride inside, cropped back) and returns the fused (B, 1, H, W) image,
+    clamped to [0, 1] as the network is trained.
+    """
+
+    def __init__(self, config: ModelConfig = MODEL_CONFIGS["tiny"]):
+        super().__init__()
+        if config.residual not in RESIDUALS:
+            raise ValueError(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
+        if len(config.encoder_depths) != 4 or len(config.decoder_depths) != 4:
+            raise ValueError("encoder_depths and decoder_depths need four stages each")
+        self.config = config
+        c0 = config.embed_dim
+        widths = [c0 * 2**i for i in range(4)]
+
+        self.embed_a = PatchEmbed(c0, config.patch_size)
+        self.embed_b = PatchEmbed(c0, config.patch_size)
+        enc_rates = _drop_rates(config.encoder_depths, config.drop_path)
+        self.encoder = nn.ModuleList(
+            _stage(w, d, r, config) for w, d, r in zip(widths, config.encoder_depths, enc_rates)
+        )
+        self.merges = nn.ModuleList(PatchMerge(w) for w in widths[:3])
+        self.fusions = nn.ModuleList(DFFM(w, config.d_state, config.expand) for w in widths)
+
+        dec_widths = widths[::-1]
+        dec_rates = _drop_rates(config.decoder_depths, config.drop_path)[::-1]
+        dec_rates = [rates[::-1] for rates in dec_rates]
+        self.expands = nn.ModuleList(PatchExpand(w) for w in dec_widths[:3])
+        self.decoder = nn.ModuleList(
+            _stage(w, d, r, config) for w, d, r in zip(dec_widths, config.decoder_depths, dec_rates)
+        )
+        self.head_expand = PatchExpand(c0, scale=config.patch_size)
+        self.head = nn.Conv2d(c0, 1, 1)
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Skips at strides 4, 8, 16, 32 and the deepest features of one batch of images."""
+        skips = []
+        for i, stage in enumerate(self.encoder):
+            skips.append(x)
+            x = stage(x)
+            if i < len(self.merges):
+                x = self.merges[i](x)
+        return skips, x
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
+            raise ValueError(f"expected two (B, 1, H, W) images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        height, width = a.shape[-2:]
+        pa, pb = pad_to_multiple(a, self.stride), pad_to_multiple(b, self.stride)
+        batch = a.shape[0]
+
+        # One encoder pass over both images (the encoder's weights are shared).
+        skips, deep = self.encode(torch.cat([self.embed_a(pa), self.embed_b(pb)], dim=0))
+        fused = [fuse(s[:batch], s[batch:]) for fuse, s in zip(self.fusions, skips)]
+
+        x = self.decoder[0](deep[:batch] + deep[batch:])
+        for k in range(1, 4):
+            x = self.decoder[k](self.expands[k - 1](x + fused[4 - k]))
+        if self.config.shallow_skip:
+            x = x + fused[0]
+        out = self.head(to_channels_first(self.head_expand(x)))
+        out = out[:, :, :height, :width] + self._residual(a, b)
+        return out.clamp(0, 1)
+
+    def _residual(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | float:
+        kind = self.config.residual
+        if kind == "sum2":
+            return 2 * a + 2 * b
+        if kind == "mean":
+            return (a + b) / 2
+        if kind == "max":
+            return torch.maximum(a, b)
+        return 0.0
+
+
+def build_model(config: str | ModelConfig = "tiny") -> FusionMamba:
+    """A freshly initialised network from a config name (see ``MODEL_CONFIGS``) or a config."""
+    if isinstance(config, str):
+        if config not in MODEL_CONFIGS:
+            raise ValueError(f"unknown model config {config!r}: choose one of {', '.join(MODEL_CONFIGS)}")
+        config = MODEL_CONFIGS[config]
+    return FusionMamba(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

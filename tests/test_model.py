@@ -1,0 +1,96 @@
+"""The network: shapes for any input size, every config trains, ES2D covers each pixel once."""
+
+import pytest
+import torch
+
+from napari_fusionmamba.model import MODEL_CONFIGS, FusionMamba, ModelConfig, build_model, count_parameters
+from napari_fusionmamba.model.blocks import LDC
+from napari_fusionmamba.model.ssm2d import phase_merge, phase_split
+
+
+def test_phase_split_reads_each_pixel_once_in_the_stated_orders():
+    x = torch.arange(4 * 6, dtype=torch.float32).view(1, 1, 4, 6)
+    seqs = phase_split(x)
+    assert seqs.shape == (1, 4, 1, 6)
+    assert sorted(seqs.flatten().tolist()) == x.flatten().tolist()
+    # (even row, even col) row by row; (odd row, even col) column by column.
+    assert seqs[0, 0, 0].tolist() == [0, 2, 4, 12, 14, 16]
+    assert seqs[0, 1, 0].tolist() == [6, 18, 8, 20, 10, 22]
+    assert torch.equal(phase_merge(seqs, 4, 6), x)
+
+
+def test_ldc_modulates_only_the_centre_tap():
+    ldc = LDC(2, 3)
+    with torch.no_grad():
+        ldc.theta.fill_(0.0)
+    x = torch.randn(1, 5, 5, 2)
+    plain = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), ldc.weight, padding=1).permute(0, 2, 3, 1)
+    assert torch.allclose(ldc(x), plain, atol=1e-6)
+    with torch.no_grad():
+        ldc.theta.fill_(0.5)
+    impulse = torch.zeros(1, 3, 3, 2)
+    impulse[0, 1, 1, 0] = 1.0
+    centre = ldc(impulse)[0, 1, 1]
+    w = ldc.weight.detach()
+    expected = w[:, 0, 1, 1] * (1 - 0.5 * w[:, 0].sum(dim=(1, 2)))
+    assert torch.allclose(centre, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "paper", "paper-lite"])
+def test_every_config_runs_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    a, b = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
+    out = model(a, b)
+    assert out.shape == a.shape
+    assert 0 <= out.min() and out.max() <= 1
+    out.mean().backward()
+    assert model.fusions[0].cmfm.scan.A_log.grad is not None
+    assert model.encoder[0][0].essm.scan.dt_bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(67, 131), (1, 1), (32, 32), (5, 200)])
+def test_any_size_in_same_size_out(shape):
+    model = build_model("tiny").eval()
+    a, b = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    with torch.no_grad():
+        out = model(a, b)
+    assert out.shape == a.shape
+    assert torch.isfinite(out).all()
+
+
+def test_padding_does_not_leak_between_batch_items():
+    model = build_model("tiny").eval()
+    a, b = torch.rand(2, 1, 50, 70), torch.rand(2, 1, 50, 70)
+    with torch.no_grad():
+        together = model(a, b)
+        alone = model(a[1:], b[1:])
+    assert torch.allclose(together[1:], alone, atol=1e-5)
+
+
+def test_configs_differ_only_in_width_and_depth():
+    modules = {name: {type(m).__name__ for m in build_model(name).modules()} for name in ("tiny", "paper-lite")}
+    assert modules["tiny"] == modules["paper-lite"]
+    paper = MODEL_CONFIGS["paper"]
+    assert (paper.embed_dim, paper.encoder_depths, paper.decoder_depths) == (96, (2, 2, 9, 2), (2, 9, 2, 2))
+    assert count_parameters(build_model("tiny")) < count_parameters(build_model("small"))
+
+
+@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "none"])
+def test_residual_choices_and_config_round_trip(residual):
+    config = ModelConfig(residual=residual, shallow_skip=residual != "max")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    model = FusionMamba(config).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_bad_inputs_and_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown model config 'huge'"):
+        build_model("huge")
+    with pytest.raises(ValueError, match="unknown residual"):
+        FusionMamba(ModelConfig(residual="triple"))
+    with pytest.raises(ValueError, match="unknown model config keys: width"):
+        ModelConfig.from_dict({"width": 3})
+    with pytest.raises(ValueError, match="expected two"):
+        build_model("tiny")(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
