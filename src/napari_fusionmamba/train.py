@@ -208,10 +208,10 @@ def _band(used: np.ndarray, fraction: float, crop: int) -> np.ndarray:
     pixels (at least one crop wide): the validation region of one pair."""
     rows, cols = np.nonzero(used)
     axis = 0 if rows.max() - rows.min() > cols.max() - cols.min() else 1
-    counts = used.sum(axis=1 - axis)
+    last = (rows if axis == 0 else cols).max() + 1
+    counts = used.sum(axis=1 - axis)[:last]
     share = np.cumsum(counts[::-1]) / counts.sum()
     width = max(int(np.searchsorted(share, fraction)) + 1, crop)
-    last = (rows if axis == 0 else cols).max() + 1
     band = np.zeros_like(used)
     start = max(last - width, 0)
     if axis == 0:
@@ -444,13 +444,10 @@ def pairs_from_config(run_dir: Path) -> list[Pair]:
 
 
 def _build_model(settings: TrainSettings):
-    import torch
-
     from .model import build_model
     from .weights import CheckpointError, load_model
 
     if settings.base == "scratch":
-        torch.manual_seed(settings.seed)
         try:
             return build_model(settings.config)
         except ValueError as error:
@@ -553,6 +550,7 @@ def finetune(
     if resume:
         model, metadata = load_checkpoint(run_dir / "last.safetensors")
     else:
+        torch.manual_seed(settings.seed)  # an untrained base config is initialised from it
         model = _build_model(settings)
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -564,7 +562,6 @@ def finetune(
             raise PreflightError(f"{run_dir}: last.safetensors and last.state.safetensors are from different steps")
         rng.bit_generator.state = rng_state
     else:
-        torch.manual_seed(settings.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "settings": settings.to_dict(),
@@ -674,3 +671,59 @@ def finetune(
         if not (run_dir / "best.safetensors").exists():
             save("best.safetensors", step)
     return TrainResult(run_dir, step, run_dir / "last.safetensors", run_dir / "best.safetensors", best_val, cancelled, history)
+
+
+# --- recipes: pairs and settings in one JSON file ------------------------------------------------------
+
+
+def pairs_from_folder(folder, names=None, limit=None, weight: float = 1.0) -> list[Pair]:
+    """Pairs laid out as FOLDER/A/NAME and FOLDER/B/NAME (masks, when present, FOLDER/mask/NAME)."""
+    folder = Path(folder)
+    if not (folder / "A").is_dir() or not (folder / "B").is_dir():
+        raise PreflightError(f"{folder}: expected subfolders A/ and B/ holding the pairs under the same names")
+    available = sorted(p.name for p in (folder / "A").iterdir() if not p.name.startswith("."))
+    chosen = available if names is None else list(names)
+    pairs = []
+    for name in chosen[:limit]:
+        a, b, mask = folder / "A" / name, folder / "B" / name, folder / "mask" / name
+        for path in (a, b):
+            if not path.exists():
+                raise PreflightError(f"{path}: missing (every pair needs A/{name} and B/{name})")
+        pairs.append(Pair(a, b, mask if mask.exists() else None, name=f"{folder.name}/{name}", weight=weight))
+    if not pairs:
+        raise PreflightError(f"{folder}: no pairs found")
+    return pairs
+
+
+def load_recipe(path) -> tuple[list[Pair], dict, dict]:
+    """(pairs, settings dict, other keys) from a recipe file.
+
+    ``{"pairs": [...], "settings": {...}, "out": ..., "name": ...}``; each item of ``pairs`` is
+    ``[A, B]``, ``[A, B, MASK]``, ``{"a", "b", "mask", "weight"}``, a folder path, or
+    ``{"folder", "names", "limit", "weight"}``. Relative paths are relative to the recipe file.
+    """
+    path = Path(path)
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PreflightError(f"{path}: cannot read the recipe ({error})") from None
+    base = path.parent
+    here = lambda p: None if p is None else (base / p if not Path(p).is_absolute() else Path(p))  # noqa: E731
+    pairs = []
+    for item in recipe.get("pairs", []):
+        if isinstance(item, str):
+            pairs.extend(pairs_from_folder(here(item)))
+        elif isinstance(item, list) and len(item) in (2, 3):
+            pairs.append(Pair(here(item[0]), here(item[1]), here(item[2]) if len(item) == 3 else None))
+        elif isinstance(item, dict) and "folder" in item:
+            pairs.extend(
+                pairs_from_folder(here(item["folder"]), item.get("names"), item.get("limit"), item.get("weight", 1.0))
+            )
+        elif isinstance(item, dict) and {"a", "b"} <= set(item):
+            pairs.append(Pair(here(item["a"]), here(item["b"]), here(item.get("mask")), weight=item.get("weight", 1.0)))
+        else:
+            raise PreflightError(f"{path}: cannot read pair entry {item!r}")
+    others = {k: v for k, v in recipe.items() if k not in ("pairs", "settings")}
+    if "out" in others:
+        others["out"] = here(others["out"])
+    return pairs, dict(recipe.get("settings", {})), others
