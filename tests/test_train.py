@@ -16,6 +16,7 @@ from napari_fusionmamba.train import (
     learning_rate,
     prepare_pairs,
 )
+from napari_fusionmamba.pipeline import PERCENTILES
 from napari_fusionmamba.weights import load_checkpoint
 
 
@@ -61,7 +62,7 @@ def test_thirty_steps_lower_the_loss_and_write_the_run(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["crop"] == 32 and config["model_config"]["name"] == "tiny"
     last, meta = load_checkpoint(run / "last.safetensors")
-    assert meta["step"] == 30 and meta["normalisation"]["percentiles"] == [1.0, 99.5]
+    assert meta["step"] == 30 and meta["normalisation"]["percentiles"] == list(PERCENTILES)
     _, best_meta = load_checkpoint(run / "best.safetensors")
     val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
     assert best_meta["step"] == min(val, key=val.get)

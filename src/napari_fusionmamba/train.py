@@ -24,7 +24,11 @@ from typing import Callable
 
 import numpy as np
 
+from .colour import rgb_to_ycrcb
+from .io import ImageReadError, open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES
+from .pipeline import PERCENTILES, _normalisation
+from .pipeline import _source as _pipeline_source
 
 LOG_COLUMNS = (
     "step", "lr", "loss", "intensity", "texture", "structure",
@@ -78,7 +82,7 @@ class TrainSettings:
     val_fraction: float = 0.15
     val_split: str = "auto"  # "band" (a block of each pair), "pairs" (whole pairs) or "auto"
     normalise: bool = True  # robust percentiles per source image
-    percentiles: tuple[float, float] = (1.0, 99.5)
+    percentiles: tuple[float, float] = PERCENTILES  # the same as the fusion pipeline's
     base: str = "default"  # model name, checkpoint path, or "scratch"
     config: str = "tiny"  # the config trained from scratch
     seed: int = 0
@@ -128,56 +132,23 @@ class TrainResult:
 # --- sources ----------------------------------------------------------------------------------------
 
 
-def read_image(path) -> np.ndarray:
-    """A 2-D (or colour H, W, C) image from a TIFF, PNG / BMP / JPEG, .npy or zarr file."""
-    path = Path(path)
-    if not path.exists():
-        raise PreflightError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".zarr" or path.is_dir():
-            import zarr
-
-            return np.asarray(zarr.open(str(path), mode="r"))
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(path))
-    except PreflightError:
-        raise
-    except Exception as error:  # any reader's failure becomes one clear message naming the file
-        raise PreflightError(f"{path}: cannot read image ({error})") from None
-
-
-def to_luminance(image: np.ndarray) -> np.ndarray:
-    """Gray images pass; colour (H, W, 3|4) becomes its Y (YCrCb, BT.601), as the paper fuses."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        rgb = image[..., :3].astype(np.float32)
-        return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-    return image.astype(np.float32, copy=False)
-
-
-def robust_range(image: np.ndarray, percentiles=(1.0, 99.5)) -> tuple[float, float]:
-    """Low / high percentiles of an image, from at most ~1 M pixels (a strided view)."""
-    step = max(1, int(math.sqrt(image.size / 1e6)))
-    low, high = np.percentile(image[::step, ::step], percentiles)
-    return float(low), float(high)
-
-
-def normalise(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    return np.clip((image - low) / max(high - low, 1e-12), 0, 1).astype(np.float32)
-
-
-def _source(value, what: str) -> tuple[np.ndarray, str]:
+def _load(value, what: str) -> tuple[np.ndarray, str]:
+    """An in-memory array from an array or an image file (read by ``io.open_image``), and the
+    name to use in messages."""
     if isinstance(value, (str, Path)):
-        return read_image(value), str(value)
+        try:
+            image = open_image(value)
+        except (FileNotFoundError, ImageReadError) as error:
+            raise PreflightError(str(error)) from None
+        return np.asarray(image.data), str(value)
     return np.asarray(value), what
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    """Gray images pass; colour (H, W, 3|4) becomes its Y, as the network fuses colour."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return rgb_to_ycrcb(image[..., :3])[0]
+    return image.astype(np.float32, copy=False)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -247,11 +218,11 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
 
     prepared = []
     for index, pair in enumerate(pairs):
-        a, name_a = _source(pair.a, "a")
-        b, name_b = _source(pair.b, "b")
+        a, name_a = _load(pair.a, "a")
+        b, name_b = _load(pair.b, "b")
         label = pair.name or (f"{name_a} + {name_b}" if name_a != "a" else f"#{index + 1}")
         where = f"pair {index + 1} ({label})"
-        a, b = to_luminance(a), to_luminance(b)
+        a, b = _luminance(a), _luminance(b)
         if a.ndim != 2 or b.ndim != 2:
             raise PreflightError(f"{where}: expected 2-D images (or colour H x W x 3), got shapes {a.shape} and {b.shape}")
         if a.shape != b.shape:
@@ -263,8 +234,7 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
         if pair.mask is None:
             mask = np.ones(a.shape, dtype=np.int64)
         else:
-            mask, mask_name = _source(pair.mask, "mask")
-            mask = np.asarray(mask)
+            mask, mask_name = _load(pair.mask, "mask")
             if mask.shape != a.shape:
                 raise PreflightError(f"{where}: mask {mask_name} has shape {mask.shape}, the images {a.shape}")
         used = mask > 0
@@ -316,22 +286,21 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
 
 
 def _normalised_sources(a, b, settings, where):
-    if settings.normalise:
-        out = []
-        for image, which in ((a, "a"), (b, "b")):
-            low, high = robust_range(image, settings.percentiles)
-            if high <= low:
-                raise PreflightError(f"{where}: image {which} is flat (constant intensity {low:g}); nothing to learn from")
-            out.append(normalise(image, low, high))
-        return out
-    spans = []
+    """Both sources mapped to [0, 1] as the fusion pipeline maps them (robust percentiles per
+    image), or, with normalisation off, checked to be comparable already."""
+    ranges = []
     for image, which in ((a, "a"), (b, "b")):
-        low, high = robust_range(image, settings.percentiles)
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise PreflightError(
-                f"{where}: image {which} spans {low:g}..{high:g}, outside [0, 1]; turn normalisation on"
-            )
-        spans.append(max(high - low, 1e-12))
+        if not np.isfinite(image).all():
+            raise PreflightError(f"{where}: image {which} has NaN or infinite pixels")
+        if image.max() <= image.min():
+            raise PreflightError(f"{where}: image {which} is flat (constant intensity {image.min():g}); nothing to learn from")
+        ranges.append(_normalisation(_pipeline_source(image, which), "percentile", settings.percentiles))
+    if settings.normalise:
+        return [np.clip(n(image), 0, 1) for n, image in zip(ranges, (a, b))]
+    for n, which in zip(ranges, "ab"):
+        if n.lo < -1e-3 or n.hi > 1 + 1e-3:
+            raise PreflightError(f"{where}: image {which} spans {n.lo:g}..{n.hi:g}, outside [0, 1]; turn normalisation on")
+    spans = [max(n.hi - n.lo, 1e-12) for n in ranges]
     if max(spans) / min(spans) > MAX_RANGE_RATIO:
         raise PreflightError(
             f"{where}: the sources' intensity ranges differ {max(spans) / min(spans):.1f}x "
