@@ -259,7 +259,14 @@ def load_model(name_or_path="default", device="cpu"):
         model, _ = load_checkpoint(name_or_path)
     else:
         entry = find_model(str(name_or_path))
-        model = build_model(entry.name) if entry.path is None else load_checkpoint(entry.path)[0]
+        if entry.path is None:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # an untrained config is the same network in every process
+                model = build_model(entry.name)
+        else:
+            model = load_checkpoint(entry.path)[0]
     return model.to(resolve_device(device)).eval()
 
 
