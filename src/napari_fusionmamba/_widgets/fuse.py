@@ -31,7 +31,8 @@ def model_choices() -> list[tuple[str, str]]:
     from ..baselines import BASELINES
     from ..weights import list_models
 
-    choices = [(f"{entry.name} ({entry.source})", f"model:{entry.name}") for entry in list_models()]
+    kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
+    choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
     choices += [(f"{name} (classical)", f"method:{name}") for name in BASELINES]
     return choices + [("from file...", FROM_FILE)]
 
@@ -87,7 +88,7 @@ class FuseWidget(Container):
         )
         self.model = ComboBox(
             label="Model",
-            choices=model_choices(),
+            choices=lambda _widget=None: model_choices(),
             tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
         )
         self.checkpoint = FileEdit(
