@@ -58,6 +58,10 @@ def _widget(viewer, qtbot, a, b, **values):
     return widget
 
 
+def _shown(child, widget) -> bool:
+    return child.native.isVisibleTo(widget.native)
+
+
 def _run(widget, qtbot, timeout=120_000):
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
@@ -85,7 +89,7 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
     np.testing.assert_allclose(result.scale, (0.5, 0.5))
     np.testing.assert_allclose(result.translate, (3, 4))
-    assert not widget.progress.visible and widget.run_button.text == "Run"
+    assert not _shown(widget.progress, widget) and widget.run_button.text == "Run"
 
 
 def test_model_picker_lists_shipped_and_user_models_without_building_networks(
@@ -105,7 +109,9 @@ def test_model_picker_lists_shipped_and_user_models_without_building_networks(
     values = [value for value in widget.model.choices]
     assert {"model:tiny", "model:paper", "model:lab", "method:average", fuse_widget.FROM_FILE} <= set(values)
     widget.model.value = fuse_widget.FROM_FILE
-    assert widget.checkpoint.visible
+    assert _shown(widget.checkpoint, widget)
+    widget.model.value = "model:tiny"
+    assert not _shown(widget.checkpoint, widget)
 
 
 def test_devices_present_are_the_only_ones_enabled_and_backend_is_shown(make_napari_viewer, qtbot):
@@ -145,7 +151,7 @@ def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_vi
     widget.progress.changed.connect(lambda value: seen.append((value, widget.progress.max)))
 
     widget.run_button.clicked.emit()
-    assert widget.run_button.text == "Cancel"
+    assert widget.run_button.text == "Cancel" and _shown(widget.progress, widget)
     qtbot.waitUntil(lambda: any(value >= 2 for value, _ in seen), timeout=60_000)
     widget.run_button.clicked.emit()  # the same button now cancels
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
