@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -19,6 +20,7 @@ IMAGES = Path(__file__).resolve().parent / "images"
 
 def main() -> None:
     os.environ["NAPARI_FUSIONMAMBA_SETTINGS_DIR"] = tempfile.mkdtemp(prefix="fusionmamba-settings-")
+    warnings.filterwarnings("ignore", message="napari support for the PyQt5")  # keep its toast off the picture
     import napari
     from qtpy.QtWidgets import QApplication
 

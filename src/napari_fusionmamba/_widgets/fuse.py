@@ -77,7 +77,7 @@ class FuseWidget(Container):
     #: Results larger than this (bytes of float32 output) must go to a zarr file.
     in_memory_limit = 2 * 1024**3
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821 (napari injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
         super().__init__()
         self._viewer = viewer
         self.a = layer_picker(
