@@ -232,13 +232,19 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
 
     widget.output.value = fuse_widget.TO_ZARR
     widget.out_path.value = tmp_path / "fused.zarr"
+    added_while_running = []
+    viewer.layers.events.inserted.connect(lambda event: added_while_running.append(widget.runner.running))
     _run(widget, qtbot)
+    assert added_while_running == [True]  # shown as soon as the store exists, filled as chunks land
     result = viewer.layers["fused(big A, big B)"]
     assert isinstance(result.data, da.Array)  # lazy, read from the zarr on disk
     assert (tmp_path / "fused.zarr").is_dir()
     np.testing.assert_allclose(result.scale, (3, 0.5, 0.5))
     expected = fuse(np.asarray(sources[0]), np.asarray(sources[1]), method="average", **SETTINGS)
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
+
+    [reopened] = viewer.open(str(tmp_path / "fused.zarr"), plugin="napari-fusionmamba")
+    np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(result.data))
 
 
 def test_stack_whole_or_current_plane(make_napari_viewer, qtbot):
