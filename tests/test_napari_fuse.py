@@ -245,6 +245,7 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
 
     [reopened] = viewer.open(str(tmp_path / "fused.zarr"), plugin="napari-fusionmamba")
     np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(result.data))
+    np.testing.assert_allclose(reopened.scale, (3, 0.5, 0.5))  # the pixel size travels with the file
 
 
 def test_stack_whole_or_current_plane(make_napari_viewer, qtbot):
@@ -285,3 +286,19 @@ def test_parameters_persist_between_sessions(make_napari_viewer, qtbot, tmp_path
     qtbot.addWidget(second.native)
     assert (second.tile.value, second.overlap.value, second.batch.value) == (128, 24, 3)
     assert second.model.value == "method:max" and second.stack.value == fuse_widget.PLANE
+
+
+def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtbot):
+    from napari_fusionmamba.pipeline import fuse
+
+    rng = np.random.default_rng(5)
+    colour = rng.integers(0, 255, size=(64, 80, 3), dtype=np.uint8)
+    gray = rng.integers(0, 255, size=(64, 80), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    viewer.add_image(colour, name="PET", rgb=True)
+    viewer.add_image(gray, name="MRI")
+    widget = _widget(viewer, qtbot, "PET", "MRI", model="method:average")
+    _run(widget, qtbot)
+    result = viewer.layers["fused(PET, MRI)"]
+    assert result.rgb and result.data.shape == (64, 80, 3)
+    np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)

@@ -326,9 +326,23 @@ def run_fusion(request: FuseRequest, progress, cancelled):
 
         source = request.checkpoint or request.model
         options["model"] = load_model(str(source), device=str(resolve_device(request.device)))
+    # Named, calibrated sources: errors name the layers, a zarr output keeps the pixel size.
+    a, b = (_as_image(data, name, request.scale, rgb) for data, name, rgb in
+            zip((request.a, request.b), request.names, (request.rgb, False)))
     if request.out is not None:
-        return fuse_files(request.a, request.b, str(request.out), **options)
-    return fuse(request.a, request.b, names=request.names, **options)
+        return fuse_files(a, b, str(request.out), **options)
+    return fuse(a, b, **options)
+
+
+def _as_image(data, name: str, scale, rgb: bool):
+    """A layer's data as the library's image type, with napari's own word on colour."""
+    from ..io import OpenedImage
+
+    lead = data.ndim - 2 - rgb
+    if lead > 3:
+        raise ValueError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
+    axes = "TCZ"[3 - lead:] + "YX" + ("S" if rgb else "")
+    return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name)
 
 
 def _layer_options(request: FuseRequest) -> dict:
