@@ -30,11 +30,11 @@ PEAK = 255.0
 def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     """Return ``image`` as a 2-D float64 array of integer gray levels in [0, 255].
 
-    Colour (H, W, 3|4) -> BT.601 luminance Y (alpha dropped). Then by dtype: uint8 and bool as
-    they are (bool -> 0/255); floats lying in [0, 1] are scaled by 255 (the pipeline's output
-    convention); anything else (uint16, other integers, floats outside [0, 1]) is stretched
-    linearly from its min..max to 0..255. Finally values are rounded to integer levels, as a
-    fused image saved to an 8-bit file would be.
+    Colour (H, W, 3|4) -> BT.601 luminance Y (alpha dropped). Then by range: floats lying in
+    [0, 1] are scaled by 255 (the pipeline's output convention); values lying in [0, 255] are
+    taken as gray levels (uint8, and 8-bit data held in wider types); anything else (16-bit
+    data, negative values) is stretched linearly from its min..max to 0..255. Finally values are
+    rounded to integer levels, as a fused image saved to an 8-bit file would be.
     """
     data = np.asarray(image)
     if data.dtype == bool:
@@ -51,14 +51,11 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name}: image is empty")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name}: image contains NaN or infinite values")
-    if data.dtype != np.uint8:
-        low, high = values.min(), values.max()
-        if np.issubdtype(data.dtype, np.floating) and low >= 0.0 and high <= 1.0:
-            values = values * PEAK
-        elif high > low:
-            values = (values - low) * (PEAK / (high - low))
-        else:
-            values = np.zeros_like(values)
+    low, high = values.min(), values.max()
+    if np.issubdtype(data.dtype, np.floating) and low >= 0.0 and high <= 1.0:
+        values = values * PEAK
+    elif low < 0.0 or high > PEAK:
+        values = (values - low) * (PEAK / (high - low))
     return np.clip(np.rint(values), 0.0, PEAK)
 
 
