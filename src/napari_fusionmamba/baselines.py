@@ -15,20 +15,22 @@ from scipy import ndimage
 FusionMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((np.asarray(a, np.float32) + np.asarray(b, np.float32)) / 2).astype(np.float32)
-
-
-def maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum(np.asarray(a, np.float32), np.asarray(b, np.float32))
-
-
 def _planes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"expected two 2-D planes of the same shape, got {a.shape} and {b.shape}")
     return a, b
+
+
+def average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = _planes(a, b)
+    return ((a + b) / 2).astype(np.float32)
+
+
+def maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = _planes(a, b)
+    return np.maximum(a, b)
 
 
 def _max_abs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
