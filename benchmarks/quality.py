@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_fusionmamba.baselines import BASELINES
-from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, evaluate, to_gray8
+from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, compare_methods
 
 WIN_METRICS = ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
 """The metrics on which the network is scored against the best baseline."""
@@ -49,11 +49,10 @@ def find_pairs(data: Path) -> list[str]:
     return names
 
 
-def load_source(path: Path) -> np.ndarray:
-    """One source as the fusion literature feeds it: 8-bit gray (Y of colour) scaled to [0, 1]."""
-    import imageio.v3 as iio
+def read(path: Path) -> np.ndarray:
+    from napari_fusionmamba.io import open_image
 
-    return (to_gray8(np.asarray(iio.imread(path)), str(path)) / 255.0).astype(np.float32)
+    return np.asarray(open_image(path).data)
 
 
 def resolve_model(name: str | None):
@@ -76,36 +75,35 @@ def resolve_model(name: str | None):
     return label, weights.load_model(name, device="cpu")
 
 
-def fuse_with_network(model, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def network_method(model):
+    """The network as a ``fuse(a, b)`` method, through the same tiled engine users run."""
     from napari_fusionmamba.pipeline import fuse
 
-    return np.asarray(fuse(a, b, model=model, device="cpu"))
+    return lambda a, b: fuse(a, b, model=model, device="cpu", normalise=None)
 
 
 def run(data: Path, methods: list[str], model_name: str | None, limit: int | None) -> dict:
     names = find_pairs(data)[:limit]
     label, model = resolve_model(model_name)
-    columns = list(methods) + ([label] if label else [])
-    scores: dict[str, list[dict[str, float]]] = {method: [] for method in columns}
-    seconds: dict[str, float] = {method: 0.0 for method in columns}
+    fusers = {method: BASELINES[method] for method in methods}
+    if label:
+        fusers[label] = network_method(model)
+    rows: dict[str, list[dict[str, float]]] = {method: [] for method in fusers}
+    seconds: dict[str, float] = {}
     for index, name in enumerate(names, 1):
         started = time.perf_counter()
-        a, b = load_source(data / "A" / name), load_source(data / "B" / name)
-        if a.shape != b.shape:
-            raise SystemExit(f"quality: {name}: A is {a.shape} but B is {b.shape}")
-        for method in columns:
-            tick = time.perf_counter()
-            fused = fuse_with_network(model, a, b) if method == label else BASELINES[method](a, b)
-            seconds[method] += time.perf_counter() - tick
-            scores[method].append(evaluate(fused, a, b, names=(f"{method} on {name}", name, name)))
+        a, b = read(data / "A" / name), read(data / "B" / name)
+        scores = compare_methods(a, b, fusers, names=(f"A/{name}", f"B/{name}"), seconds=seconds)
+        for method, values in scores.items():
+            rows[method].append(values)
         print(f"pair {index}/{len(names)} {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     keys = list(METRICS)
     results, spread = {}, {}
-    for method, rows in scores.items():
-        table = np.array([[row[key] for key in keys] for row in rows], dtype=np.float64)
-        means = table.mean(axis=0)
-        sds = table.std(axis=0, ddof=1) if len(rows) > 1 else np.zeros(len(keys))
+    for method, table in rows.items():
+        values = np.array([[row[key] for key in keys] for row in table], dtype=np.float64)
+        means = values.mean(axis=0)
+        sds = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(keys))
         results[method] = {key: _number(v) for key, v in zip(keys, means)}
         spread[method] = {key: _number(v) for key, v in zip(keys, sds)}
     return {
@@ -115,7 +113,7 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         "std": spread,
         "pairs": len(names),
         "data": str(data),
-        "seconds": {method: s / len(names) for method, s in seconds.items()},
+        "seconds": {method: seconds[method] / len(names) for method in fusers},
     }
 
 

@@ -13,11 +13,15 @@ all call it.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import time
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
+
+from .colour import rgb_to_ycrcb
+from .tiling import FusionCancelled
 
 PEAK = 255.0
 """Data range of every metric input (8-bit gray)."""
@@ -40,7 +44,7 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if data.dtype == bool:
         data = data.astype(np.uint8) * np.uint8(255)
     if data.ndim == 3 and data.shape[-1] in (3, 4):
-        values = data[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        values = rgb_to_ycrcb(data[..., :3].astype(np.float64))[0].astype(np.float64)
     elif data.ndim == 2:
         values = data.astype(np.float64)
     else:
@@ -57,6 +61,14 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     elif low < 0.0 or high > PEAK:
         values = (values - low) * (PEAK / (high - low))
     return np.clip(np.rint(values), 0.0, PEAK)
+
+
+def fusion_input(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """A source as fusion papers feed it to a method: its 8-bit gray (Y of colour) / 255.
+
+    Every method then sees the same float32 [0, 1] planes the metrics compare against.
+    """
+    return (to_gray8(image, name) / PEAK).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,3 +510,46 @@ def evaluate(
                 "the fused image and its sources must be the same size"
             )
     return {key: METRICS[key](*images) for key in keys}
+
+
+def compare_methods(
+    a: np.ndarray,
+    b: np.ndarray,
+    methods: Sequence[str] | Mapping[str, Callable] | None = None,
+    metrics: Sequence[str] | None = None,
+    names: Sequence[str] = ("A", "B"),
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Fuse sources a, b with each method and evaluate each result: ``{method: {metric: value}}``.
+
+    ``methods``: names of ``baselines.BASELINES`` (default: all of them) or a mapping of names
+    to ``fuse(a, b) -> fused`` callables (the network, say). Every method gets the same
+    :func:`fusion_input` planes. ``progress(done, total)`` after each method; ``cancel()``
+    returning True stops with ``FusionCancelled``; fusion times are added into ``seconds``.
+    """
+    from .baselines import BASELINES
+
+    if methods is None:
+        methods = list(BASELINES)
+    if not isinstance(methods, Mapping):
+        unknown = [name for name in methods if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+        methods = {name: BASELINES[name] for name in methods}
+    plane_a, plane_b = fusion_input(a, names[0]), fusion_input(b, names[1])
+    if plane_a.shape != plane_b.shape:
+        raise ValueError(f"{names[1]} has shape {plane_b.shape} but {names[0]} has {plane_a.shape}")
+    results = {}
+    for done, (name, method) in enumerate(methods.items()):
+        if cancel is not None and cancel():
+            raise FusionCancelled("evaluation cancelled")
+        started = time.perf_counter()
+        fused = np.asarray(method(plane_a, plane_b))
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        results[name] = evaluate(fused, plane_a, plane_b, metrics, names=(name, *names))
+        if progress is not None:
+            progress(done + 1, len(methods))
+    return results
