@@ -78,3 +78,25 @@ def test_a_folder_without_pairs_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--model", "none"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "expected DIR/A and DIR/B" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder, tmp_path):
+    import torch
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "tinynet.safetensors", build_model("tiny"))
+    out = tmp_path / "q.json"
+    result = run("--data", str(folder), "--methods", "average", "max", "--model", str(checkpoint),
+                 "--limit", "1", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["model"] == "tinynet"
+    assert list(report["results"]) == ["average", "max", "tinynet"]
+    assert all(v is not None for v in report["results"]["tinynet"].values())
+    won = [key for key in ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
+           if report["results"]["tinynet"][key]
+           > max(report["results"][m][key] for m in ("average", "max"))]
+    assert f"tinynet wins {len(won)}/10 against the best baseline" in result.stdout
