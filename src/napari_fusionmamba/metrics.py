@@ -178,7 +178,7 @@ def _window_pdfs(windows: np.ndarray) -> np.ndarray:
 def _pdf_entropy(p: np.ndarray) -> np.ndarray:
     """Entropy (bits) along the last axis, skipping zeros; -p log2|p| so negatives count too."""
     terms = np.abs(p)
-    terms[terms == 0] = 1.0
+    terms += np.finfo(p.dtype).tiny  # log2 of a zero cell stays finite; 0 * finite = 0
     np.log2(terms, out=terms)
     terms *= p
     return -terms.sum(axis=-1)
@@ -216,14 +216,32 @@ def _fmi_differing_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     sd_x = np.sqrt(np.maximum(px @ (index * index) - (px @ index) ** 2, 0.0))
     sd_f = np.sqrt(np.maximum(pf @ (index * index) - (pf @ index) ** 2, 0.0))
 
-    # Frechet upper bound of the joint CDF (rows index f), the lower bound where c < 0
-    cf32, cx32 = cf.astype(np.float32), cx.astype(np.float32)
-    bound = np.minimum(cf32[:, :, None], cx32[:, None, :])
-    negative = c < 0
-    if negative.any():
-        bound[negative] = np.maximum(cf32[negative, :, None] + cx32[negative, None, :] - 1, 0)
+    h_joint = np.empty(len(c))
+    for rows in (np.flatnonzero(c >= 0), np.flatnonzero(c < 0)):
+        if rows.size:
+            h_joint[rows] = _nelsen_joint_entropy(
+                px[rows], pf[rows], cx[rows], cf[rows], c[rows], sd_x[rows] * sd_f[rows]
+            )
+
+    h_x, h_f = _pdf_entropy(px), _pdf_entropy(pf)
+    information = h_x + h_f - h_joint
+    total = h_x + h_f
+    value = np.where(
+        (information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0)
+    )
+    return value
+
+
+def _nelsen_joint_entropy(px, pf, cx, cf, c, sd_product) -> np.ndarray:
+    """Entropy of the joint distribution of windows whose correlations c share one sign."""
+    cf32, cx32 = cf.astype(np.float32)[:, :, None], cx.astype(np.float32)[:, None, :]
+    if c[0] >= 0:  # Frechet upper bound of the joint CDF (rows index f)
+        bound = np.minimum(cf32, cx32)
+    else:  # lower bound
+        bound = cf32 + cx32
+        bound -= 1
+        np.maximum(bound, 0, out=bound)
     cov_bound = bound.sum(axis=(1, 2), dtype=np.float64) - cf.sum(axis=1) * cx.sum(axis=1)
-    sd_product = sd_f * sd_x
     corr_bound = cov_bound / np.where(sd_product > 0, sd_product, 1.0)
     usable = (sd_product > 0) & (c != 0) & (corr_bound != 0)
     mix = np.where(usable, c / np.where(corr_bound != 0, corr_bound, 1.0), 0.0)
@@ -236,15 +254,7 @@ def _fmi_differing_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     joint = np.multiply(pf.astype(np.float32)[:, :, None], px.astype(np.float32)[:, None, :])
     joint *= 1 - mix
     joint += bound
-
-    h_x, h_f = _pdf_entropy(px), _pdf_entropy(pf)
-    h_joint = _pdf_entropy(joint.reshape(joint.shape[0], -1)).astype(np.float64)
-    information = h_x + h_f - h_joint
-    total = h_x + h_f
-    value = np.where(
-        (information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0)
-    )
-    return value
+    return _pdf_entropy(joint.reshape(joint.shape[0], -1)).astype(np.float64)
 
 
 def _column_major_windows(feature: np.ndarray, rows: slice, size: int) -> np.ndarray:
