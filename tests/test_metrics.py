@@ -204,3 +204,26 @@ def test_evaluate_a_subset_colour_sources_and_errors(triple):
         evaluate(fused, a, b, metrics=["NOPE"])
     with pytest.raises(ValueError, match="mri.png has shape"):
         evaluate(fused, a, b[:-1], names=("f.tif", "ct.png", "mri.png"))
+
+
+def test_compare_methods_scores_each_method_on_the_same_planes(triple):
+    from napari_fusionmamba.baselines import BASELINES
+    from napari_fusionmamba.metrics import compare_methods
+    from napari_fusionmamba.tiling import FusionCancelled
+
+    _, a, b = triple
+    a8, b8 = a.astype(np.uint8), b.astype(np.uint8)
+    seconds, steps = {}, []
+    results = compare_methods(
+        a8, b8, {"max": BASELINES["max"], "first": lambda x, y: x}, seconds=seconds,
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    assert list(results) == ["max", "first"] and set(seconds) == {"max", "first"}
+    assert steps == [(1, 2), (2, 2)]
+    assert results["max"] == pytest.approx(evaluate(np.maximum(a, b), a, b))
+    assert results["first"]["SSIM"] == pytest.approx(evaluate(a, a, b)["SSIM"])
+    assert list(compare_methods(a8, b8, metrics=["EN"])) == list(BASELINES)
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_methods(a8, b8, ["nope"])
+    with pytest.raises(FusionCancelled):
+        compare_methods(a8, b8, cancel=lambda: True)
