@@ -204,6 +204,10 @@ def test_evaluate_a_subset_colour_sources_and_errors(triple):
         evaluate(fused, a, b, metrics=["NOPE"])
     with pytest.raises(ValueError, match="mri.png has shape"):
         evaluate(fused, a, b[:-1], names=("f.tif", "ct.png", "mri.png"))
+    tiny = a[:10, :10]
+    for key in ("VIF", "SSIM", "MS-SSIM"):
+        with pytest.raises(ValueError, match="at least"):
+            evaluate(tiny, tiny, tiny, metrics=[key])
 
 
 def test_compare_methods_scores_each_method_on_the_same_planes(triple):

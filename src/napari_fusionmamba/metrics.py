@@ -281,7 +281,7 @@ def feature_mutual_information(
     f_img, a_img, b_img = images
     height, width = f_img.shape
     if height < window or width < window:
-        return float("nan")
+        raise ValueError(f"FMI needs images of at least {window}x{window} pixels, got {f_img.shape}")
     total, count = 0.0, 0
     rows_per_chunk = max(1, _FMI_CHUNK // (width - window + 1))
     for start in range(0, height - window + 1, rows_per_chunk):
@@ -301,6 +301,8 @@ def feature_mutual_information(
 def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
     """Pixel-domain multi-scale VIF of Sheikh & Bovik (the reference vifp_mscale)."""
     sigma_nsq, eps = 2.0, 1e-10
+    if min(reference.shape) < 17:
+        raise ValueError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
     num = den = 0.0
     ref, dist = reference, distorted
     for scale in range(1, 5):
