@@ -123,6 +123,67 @@ def _finetune(args: argparse.Namespace) -> int:
     if name:
         entry = register_model(result.best, name, overwrite=True)
         print(f"registered as model {entry.name!r}: {entry.path}")
+
+
+def _add_fuse_parser(commands) -> None:
+    fuse = commands.add_parser(
+        "fuse", help="fuse two registered images (TIFF, zarr, PNG/JPEG) into a zarr or OME-TIFF",
+        description="Fuse two registered images tile by tile, chunk by chunk. An interrupted run "
+        "resumes when started again with the same arguments.",
+    )
+    fuse.add_argument("a", help="first source (functional / fluorescence / CT / infrared): "
+                      ".tif .tiff .png .jpg .zarr .ome.zarr or PATH.zarr/ARRAY")
+    fuse.add_argument("b", help="second source (structural / phase contrast / MRI / visible)")
+    fuse.add_argument("-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)")
+    fuse.add_argument("--model", default=None, help="model name or checkpoint path (default: the shipped model)")
+    fuse.add_argument("--method", default=None, help="a classical method instead of the network (see baselines)")
+    fuse.add_argument("--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)")
+    fuse.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
+    fuse.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
+    fuse.add_argument("--chunk", type=int, default=None, help="output chunk size in pixels (default: a multiple of the tile stride near 1024)")
+    fuse.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (auto)")
+    fuse.add_argument("--scheduler", default=None, help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS")
+    fuse.add_argument("--dtype", choices=("float32", "source"), default="float32",
+                      help="float32 in [0, 1] (default) or the sources' dtype scaled to its range")
+    fuse.add_argument("--normalise", choices=("percentile", "range", "none"), default="percentile",
+                      help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])")
+    fuse.add_argument("--overwrite", action="store_true", help="replace an existing output (or an unfinished run with other arguments)")
+    fuse.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fuse.set_defaults(handler=_fuse)
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from .pipeline import FusionCancelled, fuse_files
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="chunk", desc="fusing", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = fuse_files(
+            args.a, args.b, args.output, model=args.model, method=args.method, tile=args.tile,
+            overlap=args.overlap, batch=args.batch, device=args.device, chunk=args.chunk,
+            dtype=args.dtype, overwrite=args.overwrite, scheduler=args.scheduler, progress=progress,
+            normalise=None if args.normalise == "none" else args.normalise,
+        )
+    except (KeyboardInterrupt, FusionCancelled):
+        print(f"fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    except OSError as error:
+        raise CLIError(str(error)) from error
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.summary())
     return 0
 
 
@@ -135,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, devices, scan backend and models")
     info.add_argument("--models", action="store_true", help="list the models with their parameter counts")
     info.set_defaults(handler=_info)
+    _add_fuse_parser(commands)
     _add_finetune_parser(commands)
     return parser
 

@@ -261,7 +261,10 @@ def _engine(model, method: str | None, device: str) -> Engine:
     from .baselines import BASELINES
     from .devices import resolve_device
 
-    resolve_device(device)
+    try:
+        resolve_device(device)
+    except RuntimeError as error:  # a device that is not there: the user's input, not a crash
+        raise FusionInputError(str(error)) from None
     if method is not None:
         if model is not None:
             raise FusionInputError("give either a model or a method, not both")
