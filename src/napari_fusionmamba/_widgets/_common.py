@@ -203,8 +203,8 @@ class Runner:
         worker.returned.connect(returned)
         worker.finished.connect(finished)
         self.worker = worker
-        self.bar.value = 0
         self.bar.max = 1
+        self.bar.value = 0
         self.bar.visible = True
         self.button.text = "Cancel"
         worker.start()

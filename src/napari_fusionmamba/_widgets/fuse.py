@@ -31,7 +31,8 @@ def model_choices() -> list[tuple[str, str]]:
     from ..baselines import BASELINES
     from ..weights import list_models
 
-    choices = [(f"{entry.name} ({entry.source})", f"model:{entry.name}") for entry in list_models()]
+    kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
+    choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
     choices += [(f"{name} (classical)", f"method:{name}") for name in BASELINES]
     return choices + [("from file...", FROM_FILE)]
 
@@ -67,6 +68,7 @@ class FuseRequest:
     device: str = "auto"
     out: Path | None = None
     rgb: bool = False
+    names: tuple[str, str] = ("A", "B")
     metadata: dict = field(default_factory=dict)
 
 
@@ -76,7 +78,7 @@ class FuseWidget(Container):
     #: Results larger than this (bytes of float32 output) must go to a zarr file.
     in_memory_limit = 2 * 1024**3
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821 (napari injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
         super().__init__()
         self._viewer = viewer
         self.a = layer_picker(
@@ -87,7 +89,7 @@ class FuseWidget(Container):
         )
         self.model = ComboBox(
             label="Model",
-            choices=model_choices(),
+            choices=lambda _widget=None: model_choices(),
             tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
         )
         self.checkpoint = FileEdit(
@@ -224,7 +226,7 @@ class FuseWidget(Container):
         request = FuseRequest(
             a=data_a, b=data_b, name=f"fused({a.name}, {b.name})", scale=scale, translate=tuple(translate),
             tile=self.tile.value, overlap=self.overlap.value, batch=self.batch.value, device=self.device.value,
-            rgb=a.rgb,
+            rgb=a.rgb, names=(a.name, b.name),
         )
         if choice.startswith("method:"):
             request.method = choice.split(":", 1)[1]
@@ -279,38 +281,31 @@ class FuseWidget(Container):
         )
 
     def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
-        """Show a zarr output as a lazy layer while it fills."""
+        """Show a zarr output as a lazy layer while it fills (from the run's partial store)."""
         if request.out is None:
             return
-        if self._live is None and _zarr_ready(request.out):
-            self._live = self._viewer.add_image(
-                _open_lazy(request.out), name=request.name, scale=request.scale,
-                translate=request.translate, rgb=request.rgb, metadata=request.metadata,
-                contrast_limits=(0, 1),
-            )
-        elif self._live is not None:
+        if self._live is None:
+            store = _partial_store(request.out)
+            if (store / ".zattrs").exists():
+                self._live = self._viewer.add_image(_open_lazy(store, request.rgb), **_layer_options(request))
+        else:
             self._live.refresh()
 
     def _add_result(self, request: FuseRequest, result) -> None:
-        if request.out is not None:
-            if self._live is None:
-                self._live = self._viewer.add_image(
-                    _open_lazy(request.out), name=request.name, scale=request.scale,
-                    translate=request.translate, rgb=request.rgb, metadata=request.metadata,
-                    contrast_limits=(0, 1),
-                )
-            else:
-                self._live.refresh()
-            self._live = None
-            show_info(f"{request.name} written to {request.out}")
+        if request.out is None:
+            self._viewer.add_image(result, **_layer_options(request))
             return
-        self._viewer.add_image(
-            result, name=request.name, scale=request.scale, translate=request.translate,
-            rgb=request.rgb, metadata=request.metadata, contrast_limits=(0, 1),
-        )
+        data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
+        if self._live is None:
+            self._viewer.add_image(data, **_layer_options(request))
+        else:
+            self._live.data = data
+        self._live = None
+        show_info(f"{request.name} written to {request.out}")
 
     def _on_stop(self, request: FuseRequest) -> None:
-        """A cancelled or failed zarr run leaves no half layer behind."""
+        """A cancelled or failed zarr run leaves no half layer behind (its partial store stays
+        beside the output so the same run resumes where it stopped)."""
         if self._live is not None:
             if self._live in self._viewer.layers:
                 self._viewer.layers.remove(self._live)
@@ -326,29 +321,39 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         progress=progress, cancel=cancelled, method=request.method,
     )
     if request.method is None:
+        from ..devices import resolve_device
         from ..weights import load_model
 
         source = request.checkpoint or request.model
-        options["model"] = load_model(str(source), device=_device_name(request.device))
+        options["model"] = load_model(str(source), device=str(resolve_device(request.device)))
     if request.out is not None:
-        return fuse_files(request.a, request.b, request.out, **options)
-    return fuse(request.a, request.b, **options)
+        return fuse_files(request.a, request.b, str(request.out), **options)
+    return fuse(request.a, request.b, names=request.names, **options)
 
 
-def _device_name(device: str) -> str:
-    from ..devices import resolve_device
-
-    return str(resolve_device(device))
-
-
-def _zarr_ready(path: Path) -> bool:
-    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+def _layer_options(request: FuseRequest) -> dict:
+    return dict(
+        name=request.name, scale=request.scale, translate=request.translate, rgb=request.rgb,
+        metadata=request.metadata, contrast_limits=(0, 1), colormap="gray",
+    )
 
 
-def _open_lazy(path: Path):
+def _partial_store(out: Path) -> Path:
+    from ..pipeline import PARTIAL_SUFFIX
+
+    return Path(f"{out}{PARTIAL_SUFFIX}") / "out.zarr"
+
+
+def _open_lazy(path: Path, rgb: bool):
+    """The fused store as a dask array in napari's axis order (colour last)."""
+    import dask.array as da
+
     from ..io import open_image
 
-    return open_image(path).data
+    image = open_image(path)
+    if rgb and "C" in image.axes:
+        return da.moveaxis(image.data, image.axes.index("C"), -1)
+    return image.data
 
 
 def _shape(shape) -> str:
