@@ -187,7 +187,7 @@ def _sample(source: Source) -> np.ndarray:
         index = index + (slice(0, 3),)
     sample = source.data()[index]
     if hasattr(sample, "compute"):
-        sample = sample.compute()
+        sample = sample.compute(scheduler="threads")  # local reads, even with a cluster client active
     sample = np.asarray(sample, dtype=np.float64)
     if source.colour:
         sample = rgb_to_ycrcb(sample)[0]
