@@ -248,6 +248,23 @@ def _open_picture(path: str) -> OpenedImage:
 # --- writing --------------------------------------------------------------------------------
 
 
+def ome_translation(path: str | os.PathLike) -> tuple[float, ...] | None:
+    """Where an OME-Zarr image's full-resolution level starts (its ``translation``), one value
+    per stored axis, or None when the store gives none; viewers use it to place the image."""
+    import zarr
+
+    if kind_of(path) != "zarr":
+        return None
+    node = zarr.open(str(path), mode="r")
+    meta = _multiscales(node) if isinstance(node, zarr.Group) else None
+    if not meta:
+        return None
+    for transform in meta["datasets"][0].get("coordinateTransformations", []):
+        if transform.get("type") == "translation":
+            return tuple(float(t) for t in transform["translation"])
+    return None
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Shape and metadata of a fused output: planes (``lead`` shape) of (Y, X), plus a colour

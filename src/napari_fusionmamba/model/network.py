@@ -70,7 +70,7 @@ RESIDUALS = ("sum2", "mean", "max", "none")
 
 def _drop_rates(depths: tuple[int, ...], top: float) -> list[list[float]]:
     """Stochastic-depth rate of each block, rising linearly from 0 to ``top`` over all stages."""
-    rates = torch.linspace(0, top, max(sum(depths), 1)).tolist()
+    rates = torch.linspace(0, top, max(sum(depths), 1), device="cpu").tolist()
     out, start = [], 0
     for depth in depths:
         out.append(rates[start : start + depth])
