@@ -56,6 +56,30 @@ def test_tiled_matches_one_shot_on_a_512_pair():
     assert psnr(tiled, one_shot) >= 40
 
 
+@pytest.mark.slow
+def test_constant_pair_through_the_network_has_no_seams(tmp_path):
+    """Regular tiles of a constant pair get identical predictions, so a seamless blend repeats
+    with the tile stride: neighbouring tile regions must agree (here also across chunk borders
+    that cut through tiles)."""
+    tile, overlap = 64, 16
+    stride = tile - overlap
+    height, width = tile + 5 * stride, tile + 4 * stride  # every tile on the regular grid
+    a = np.full((height, width), 0.3, np.float32)
+    b = np.full((height, width), 0.7, np.float32)
+    whole = fuse(a, b, tile=tile, overlap=overlap, normalise=None)
+    zarr.open_group(str(tmp_path / "a.zarr"), mode="w").create_array("0", data=a)
+    zarr.open_group(str(tmp_path / "b.zarr"), mode="w").create_array("0", data=b)
+    out = str(tmp_path / "out.zarr")
+    fuse_files(str(tmp_path / "a.zarr/0"), str(tmp_path / "b.zarr/0"), out, tile=tile, overlap=overlap,
+               normalise=None, chunk=100)
+    chunked = open_image(out).data.compute()
+    for fused in (whole, chunked):
+        inner = fused[overlap : height - overlap, overlap : width - overlap]
+        assert np.abs(inner[:-stride] - inner[stride:]).max() <= 1e-5
+        assert np.abs(inner[:, :-stride] - inner[:, stride:]).max() <= 1e-5
+    assert np.abs(whole - chunked).max() <= 1e-5
+
+
 def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
     a = np.stack([real_looking_pair(64, seed=s)[0] * (s + 1) for s in range(3)])
     b = np.stack([real_looking_pair(64, seed=s)[1] for s in range(3)])
