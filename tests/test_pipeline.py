@@ -327,9 +327,12 @@ def test_bad_files_and_outputs_are_named(tmp_path, pair):
     a, b = write_pair(tmp_path, *pair)
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00garbage")
+    unreadable = tmp_path / "folder.tif"  # unreadable as a file (permissions do not stop root)
+    unreadable.mkdir()
     cases = [
         ((str(tmp_path / "missing.tif"), b, str(tmp_path / "o1.zarr")), {}, FileNotFoundError, "missing.tif"),
         ((str(corrupt), b, str(tmp_path / "o2.zarr")), {}, ValueError, "corrupt.tif: cannot read"),
+        ((a, str(unreadable), str(tmp_path / "o5.zarr")), {}, ValueError, "folder.tif: cannot read"),
         ((a, b, str(tmp_path / "nowhere" / "o3.zarr")), {}, ValueError, "folder .*nowhere does not exist"),
         ((a, b, a), {"overwrite": True}, ValueError, "would overwrite the source"),
         ((a, b, str(tmp_path / "o4.png")), {}, ValueError, "o4.png: write fused images as"),
