@@ -62,6 +62,12 @@ def _shown(child, widget) -> bool:
     return child.native.isVisibleTo(widget.native)
 
 
+def _alive(qt_widget) -> bool:
+    from qtpy import sip
+
+    return not sip.isdeleted(qt_widget)
+
+
 def _run(widget, qtbot, timeout=120_000):
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
@@ -197,8 +203,8 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
 
 def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
+    listeners = len(viewer.layers.events.inserted.callbacks)
     widget = FuseWidget(viewer)
-    qtbot.addWidget(widget.native)
     assert widget.a.choices == ()
     layer = viewer.add_image(np.zeros((8, 8)), name="first")
     viewer.add_labels(np.zeros((8, 8), int), name="not an image")
@@ -207,6 +213,11 @@ def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
     assert [widget.a.native.itemText(i) for i in range(widget.a.native.count())] == ["renamed"]
     viewer.layers.remove(layer)
     assert widget.a.choices == ()
+
+    widget.native.close()
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: not _alive(widget.a.native), timeout=5000)
+    assert len(viewer.layers.events.inserted.callbacks) == listeners  # a closed widget stops listening
 
 
 def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_viewer, qtbot, tmp_path, notes):

@@ -171,7 +171,7 @@ class FuseWidget(Container):
     def _on_model(self, _value=None) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
         network = not str(self.model.value).startswith("method:")
-        for widget in (self.device, self.backend, self.tile, self.overlap, self.batch):
+        for widget in (self.device, self.backend):  # classical methods run on the CPU, tiled alike
             widget.enabled = network
 
     def _on_device(self, _value=None) -> None:
