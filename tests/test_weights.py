@@ -165,6 +165,8 @@ def test_registry_lists_configs_and_registered_models(tmp_path, tiny, home):
 def test_config_models_load_untrained_and_count_without_building(monkeypatch):
     model = load_model("default")
     assert model.config == MODEL_CONFIGS[DEFAULT_MODEL] and not model.training
+    torch.rand(3)  # the global random state does not change what an untrained config is
+    assert torch.equal(next(load_model(DEFAULT_MODEL).parameters()), next(model.parameters()))
     entry = weights.find_model("tiny")
     assert entry.parameter_count() == count_parameters(model)
 

@@ -35,6 +35,96 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune_parser(commands) -> None:
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a model (or train one from scratch) on registered pairs",
+        description="Fine-tune on registered pairs. Crops come only from each pair's mask; a block of "
+        "each pair (whole pairs when there are many) is held out for validation. Ctrl-C saves the run; "
+        "--resume continues it.",
+    )
+    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=[], help="a registered pair of images (repeatable)")
+    p.add_argument("--mask", action="append", default=[], metavar="M",
+                   help="region mask of the matching --pair (0 unused, 2 important detail; 'none' for no mask)")
+    p.add_argument("--recipe", metavar="FILE", help="JSON with 'pairs' (files or A/ B/ folders) and 'settings'")
+    p.add_argument("--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)")
+    p.add_argument("--config", help="config trained with --from scratch (tiny, small, paper, paper-lite)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder in the user data dir)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss-weights", metavar="A1,A2,A3", help="intensity, texture and structure weights (default 10,1,10)")
+    p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda[:N] or mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    p.add_argument("--name", help="register the best model under this name so every tool can use it")
+    p.set_defaults(handler=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import Pair, TrainSettings, default_run_dir, finetune, load_recipe
+    from .weights import check_model_name, register_model
+
+    pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
+    if args.mask and len(args.mask) != len(args.pair):
+        raise CLIError(f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)")
+    masks = args.mask or [None] * len(args.pair)
+    pairs += [Pair(a, b, None if m in (None, "none") else m) for (a, b), m in zip(args.pair, masks)]
+    flags = {
+        "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
+        "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
+    }  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.resume and (set(given) - {"device"} or args.loss_weights or args.recipe or pairs):
+        raise CLIError("--resume continues the run with its saved pairs and settings: give only --out (and --device)")
+    values.update(given)
+    if args.loss_weights:
+        try:
+            weights = tuple(float(w) for w in args.loss_weights.split(","))
+        except ValueError:
+            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}") from None
+        if len(weights) != 3:
+            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}")
+        values["loss_weights"] = weights
+    out = args.out or extra.get("out")
+    name = args.name or extra.get("name")
+    if args.resume and out is None:
+        raise CLIError("--resume needs --out RUN_DIR")
+    out = out or default_run_dir()
+    if name:
+        check_model_name(name)
+    settings = TrainSettings.from_dict(values)
+
+    bar = tqdm(total=settings.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(info) -> None:
+        if bar.total != info.steps:
+            bar.total = info.steps
+        bar.n = info.step
+        text = f"loss {info.terms['loss']:.4f}"
+        if info.val_terms:
+            text += f" val {info.val_terms['loss']:.4f}"
+        bar.set_postfix_str(text, refresh=False)
+        bar.refresh()
+
+    try:
+        result = finetune(pairs or None, settings, out, resume=args.resume, on_step=on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped; the run is saved in {out}: continue it with --resume --out {out}", file=sys.stderr)
+        raise
+    bar.close()
+    print(f"run folder: {result.run_dir}")
+    print(f"step {result.step}, best validation loss {result.best_val_loss:.4f}: {result.best}")
+    if name:
+        entry = register_model(result.best, name, overwrite=True)
+        print(f"registered as model {entry.name!r}: {entry.path}")
+
+
 def _add_fuse_parser(commands) -> None:
     fuse = commands.add_parser(
         "fuse", help="fuse two registered images (TIFF, zarr, PNG/JPEG) into a zarr or OME-TIFF",
@@ -107,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--models", action="store_true", help="list the models with their parameter counts")
     info.set_defaults(handler=_info)
     _add_fuse_parser(commands)
+    _add_finetune_parser(commands)
     return parser
 
 

@@ -259,20 +259,32 @@ def load_model(name_or_path="default", device="cpu"):
         model, _ = load_checkpoint(name_or_path)
     else:
         entry = find_model(str(name_or_path))
-        model = build_model(entry.name) if entry.path is None else load_checkpoint(entry.path)[0]
+        if entry.path is None:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # an untrained config is the same network in every process
+                model = build_model(entry.name)
+        else:
+            model = load_checkpoint(entry.path)[0]
     return model.to(resolve_device(device)).eval()
+
+
+def check_model_name(name: str) -> None:
+    """A user model name must be a plain file name and not shadow a shipped model."""
+    from .model import MODEL_CONFIGS
+
+    if not _NAME.match(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
+    if name in MODEL_CONFIGS or name == "default" or (BUNDLED_DIR / f"{name}.safetensors").exists():
+        raise ValueError(f"model name {name!r} is taken by a shipped model; choose another name")
 
 
 def register_model(path, name: str, overwrite: bool = False) -> ModelEntry:
     """Copy a checkpoint into the user models folder under ``name`` so every widget and the CLI
     can pick it by name. The file is checked first (it must load)."""
-    from .model import MODEL_CONFIGS
-
     path = Path(path)
-    if not _NAME.match(name):
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
-    if name in MODEL_CONFIGS or (BUNDLED_DIR / f"{name}.safetensors").exists():
-        raise ValueError(f"model name {name!r} is taken by a shipped model; choose another name")
+    check_model_name(name)
     load_checkpoint(path)
     target = models_dir() / f"{name}.safetensors"
     if target.exists() and not overwrite:
