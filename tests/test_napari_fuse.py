@@ -76,7 +76,6 @@ def _run(widget, qtbot, timeout=120_000):
 @pytest.mark.slow
 def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     from napari_fusionmamba.pipeline import fuse
-    from napari_fusionmamba.weights import load_model
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
@@ -89,7 +88,7 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
     result = viewer.layers["fused(GFP, phase)"]
     expected = fuse(
-        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=load_model(tiny_checkpoint), device="cpu",
+        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
         **SETTINGS,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
@@ -176,7 +175,7 @@ def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_vi
     assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
 
 
-@pytest.mark.parametrize("problem", ["shape", "scale", "empty"])
+@pytest.mark.parametrize("problem", ["shape", "scale", "empty", "checkpoint"])
 def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_viewer, qtbot, notes, problem):
     viewer = make_napari_viewer()
     widget = FuseWidget(viewer)
@@ -184,9 +183,12 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
     if problem != "empty":
         viewer.add_image(np.zeros((64, 64), np.float32), name="cells")
         other = (64, 80) if problem == "shape" else (64, 64)
-        viewer.add_image(np.zeros(other, np.float32), name="nuclei", scale=(1, 1) if problem == "shape" else (2, 2))
+        viewer.add_image(np.zeros(other, np.float32), name="nuclei", scale=(2, 2) if problem == "scale" else (1, 1))
         widget.a.value, widget.b.value = viewer.layers["cells"], viewer.layers["nuclei"]
     widget.model.value = "method:average"
+    if problem == "checkpoint":
+        widget.model.value = fuse_widget.FROM_FILE
+        widget.checkpoint.value = "/no/such/model.safetensors"
     count = len(viewer.layers)
     widget.run_button.clicked.emit()
 
@@ -196,6 +198,8 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
     assert len(errors) == 1
     if problem == "empty":
         assert "choose two image layers" in errors[0]
+    elif problem == "checkpoint":
+        assert "/no/such/model.safetensors" in errors[0] and "not found" in errors[0]
     else:
         assert "'cells'" in errors[0] and "'nuclei'" in errors[0]
         assert ("shape" if problem == "shape" else "pixel sizes") in errors[0]

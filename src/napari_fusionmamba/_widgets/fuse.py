@@ -313,19 +313,15 @@ class FuseWidget(Container):
 
 
 def run_fusion(request: FuseRequest, progress, cancelled):
-    """The worker's job: load the model and fuse, in memory or into zarr (never touches the viewer)."""
+    """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
+    the model by name or path and keeps it loaded for the next run."""
     from ..pipeline import fuse, fuse_files
 
     options = dict(
         tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
         progress=progress, cancel=cancelled, method=request.method,
+        model=None if request.method else str(request.checkpoint or request.model),
     )
-    if request.method is None:
-        from ..devices import resolve_device
-        from ..weights import load_model
-
-        source = request.checkpoint or request.model
-        options["model"] = load_model(str(source), device=str(resolve_device(request.device)))
     # Named, calibrated sources: errors name the layers, a zarr output keeps the pixel size.
     a, b = (_as_image(data, name, request.scale, rgb) for data, name, rgb in
             zip((request.a, request.b), request.names, (request.rgb, False)))
