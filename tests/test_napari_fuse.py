@@ -317,3 +317,36 @@ def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtb
     result = viewer.layers["fused(PET, MRI)"]
     assert result.rgb and result.data.shape == (64, 80, 3)
     np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)
+
+
+def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_viewer, qtbot, monkeypatch, notes):
+    from napari_fusionmamba import baselines
+
+    def broken(a, b):
+        raise RuntimeError("the method broke")
+
+    monkeypatch.setitem(baselines.BASELINES, "broken", broken)  # a method of its own: the engine caches methods
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((64, 64), np.float32), name="A")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:broken")
+    _run(widget, qtbot)
+    assert len(viewer.layers) == 2
+    assert any(severity == "error" and "the method broke" in message for severity, message in notes)
+
+    widget.model.value = "method:max"
+    _run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+
+
+def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
+    from napari_fusionmamba._widgets._common import save_settings
+    from napari_fusionmamba.devices import available_devices
+
+    missing = [name for name in ("cuda", "mps") if name not in available_devices()]
+    if not missing:
+        pytest.skip("every device is present here")
+    save_settings("fuse", {"device": missing[0], "tile": 128})
+    widget = FuseWidget(make_napari_viewer())
+    qtbot.addWidget(widget.native)
+    assert widget.device.value == "auto" and widget.tile.value == 128

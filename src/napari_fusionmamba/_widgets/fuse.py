@@ -146,12 +146,12 @@ class FuseWidget(Container):
             self.overlap, self.batch, self.stack, self.output, self.out_path, self.run_button, self.progress,
         ])
         self.runner = Runner(self.run_button, self.progress, name="Run")
-        self._disable_missing_devices()
+        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
+        self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
         self.model.changed.connect(self._on_model)
         self.device.changed.connect(self._on_device)
         self.output.changed.connect(self._on_output)
         self.run_button.changed.connect(self._on_run)
-        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
         self._on_model()
         self._on_device()
         self._on_output()
