@@ -176,6 +176,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if name:
         entry = register_model(result.best, name, overwrite=True)
         print(f"registered as model {entry.name!r}: {entry.path}")
+    return 0
 
 
 def _add_fuse_parser(commands) -> None:

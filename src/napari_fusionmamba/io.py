@@ -142,8 +142,11 @@ def _open_tiff(path: str) -> OpenedImage:
     node = zarr.open(store, mode="r")
     arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
     levels = [da.from_zarr(array) for array in arrays]
-    if axes.endswith("S") or len(axes) != levels[0].ndim:
-        axes = axes if len(axes) == levels[0].ndim else guess_axes(levels[0].shape)
+    if len(axes) != levels[0].ndim:
+        axes = guess_axes(levels[0].shape)
+    if "S" in axes[:-1]:  # planar colour: samples last, as everywhere else
+        levels = [da.moveaxis(level, axes.index("S"), -1) for level in levels]
+        axes = axes.replace("S", "") + "S"
     return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None)
 
 
