@@ -23,7 +23,7 @@ from ._common import Runner, layer_picker
 class EvaluateWidget(Container):
     """Score a fused layer against its two sources, and compare it with the classical methods."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821 (napari injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
         super().__init__()
         self._viewer = viewer
         self.fused = layer_picker(viewer, "Fused", "The fused image to score.")
