@@ -73,3 +73,25 @@ def test_the_command_line_entry_point(files):
     )
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) == {"EN", "PSNR"}
+
+
+def test_fuse_then_evaluate_matches_the_methods_comparison(tmp_path, capsys):
+    """`fusionmamba fuse --method max` then `fusionmamba evaluate` scores what compare_methods does."""
+    from napari_fusionmamba.metrics import compare_methods
+
+    rng = np.random.default_rng(3)
+    sources = []
+    for name in ("ct.png", "mri.png"):
+        x = ndimage.gaussian_filter(rng.random((48, 40)), 1.2)
+        x8 = np.rint((x - x.min()) / np.ptp(x) * 255).astype(np.uint8)
+        iio.imwrite(tmp_path / name, x8)
+        sources.append(x8)
+    out = str(tmp_path / "fused.tif")
+    a, b = str(tmp_path / "ct.png"), str(tmp_path / "mri.png")
+    assert main(["fuse", a, b, "-o", out, "--method", "max", "--normalise", "range", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", out, a, b, "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    expected = compare_methods(*sources, ["max"])["max"]
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value, rel=1e-6), key
