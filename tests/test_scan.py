@@ -71,7 +71,7 @@ def test_backend_matches_reference_forward_and_gradients(backend, case):
     y_ref, g_ref = run("reference", inputs, grad, use_d, use_bias, softplus, dtype=torch.float64)
     y, g = run(backend, inputs, grad, use_d, use_bias, softplus)
     assert_close_relative(y, y_ref, "y")
-    expected = {"u", "delta", "A", "B", "C"} | {"D"} * use_d | {"delta_bias"} * use_bias
+    expected = {"u", "delta", "A", "B", "C"} | ({"D"} if use_d else set()) | ({"delta_bias"} if use_bias else set())
     assert set(g) == set(g_ref) == expected
     for name in expected:
         assert_close_relative(g[name], g_ref[name], f"d{name}")
@@ -166,6 +166,35 @@ def test_network_gives_the_same_fusion_and_gradients_with_each_backend(backend, 
     assert out.shape == a.shape
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     assert grads and grads.keys() == ref_grads.keys()
-    for key in grads:
-        assert grads[key].abs().sum() > 0, key
+    # the deepest level sees 2 x 2 maps, sequences of one step, where A cannot matter
+    moving = [key for key in grads if ref_grads[key].abs().sum() > 0]
+    assert len(moving) >= len(grads) / 2
+    for key in moving:
         assert_close_relative(grads[key].double(), ref_grads[key].double(), key)
+
+
+@pytest.mark.skipif(not scan._numba_importable(), reason="numba not installed")
+def test_numba_backend_is_safe_to_call_from_several_threads_at_once():
+    # as dask's threaded scheduler or napari workers do; run apart so an abort cannot kill pytest
+    code = textwrap.dedent("""
+        from concurrent.futures import ThreadPoolExecutor
+        import torch
+        from napari_fusionmamba.model.scan import selective_scan
+        torch.manual_seed(0)
+        jobs = [[torch.randn(2, 8, 300), torch.rand(2, 8, 300), -torch.rand(8, 4),
+                 torch.randn(2, 2, 4, 300), torch.randn(2, 2, 4, 300)] for _ in range(8)]
+        def run(args):
+            args = [a.clone().requires_grad_() for a in args]
+            y = selective_scan(*args, delta_softplus=True, backend="numba")
+            y.sum().backward()
+            return [y.detach()] + [a.grad for a in args]
+        serial = [run(job) for job in jobs]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                for got, want in zip(pool.map(run, jobs), serial):
+                    assert all(torch.equal(g, w) for g, w in zip(got, want))
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
