@@ -35,6 +35,212 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(commands) -> None:
+    from .metrics import METRICS
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="fusion quality metrics of one fused image against its two sources",
+        description="Fusion quality metrics (docs/metrics.md) of FUSED against sources A and B, "
+        "computed on 8-bit gray as fusion papers report them (colour images: their Y).",
+    )
+    evaluate.add_argument("fused", help="the fused image (TIFF, zarr, PNG, BMP, JPEG)")
+    evaluate.add_argument("a", help="source A (e.g. the GFP / CT / infrared image)")
+    evaluate.add_argument("b", help="source B (e.g. the phase-contrast / MRI / visible image)")
+    evaluate.add_argument(
+        "--metrics", nargs="+", metavar="KEY", choices=list(METRICS),
+        help=f"metrics to compute (default: all): {' '.join(METRICS)}",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object {metric: value}")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def read_plane(path: str):
+    """One image file read whole as a numpy array (gray or colour), for the metrics."""
+    import numpy as np
+
+    from .io import open_image
+
+    return np.asarray(open_image(path).data)
+
+
+def json_number(value: float) -> float | None:
+    """Strict JSON has no inf or NaN: those become null."""
+    import math
+
+    return value if math.isfinite(value) else None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics import evaluate
+
+    paths = (args.fused, args.a, args.b)
+    images = [read_plane(path) for path in paths]
+    scores = evaluate(*images, metrics=args.metrics, names=paths)
+    if args.json:
+        print(json.dumps({key: json_number(value) for key, value in scores.items()}))
+    else:
+        width = max(len(key) for key in scores)
+        for key, value in scores.items():
+            print(f"{key:<{width}}  {value:.4f}")
+    return 0
+
+
+def _add_finetune_parser(commands) -> None:
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a model (or train one from scratch) on registered pairs",
+        description="Fine-tune on registered pairs. Crops come only from each pair's mask; a block of "
+        "each pair (whole pairs when there are many) is held out for validation. Ctrl-C saves the run; "
+        "--resume continues it.",
+    )
+    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=[], help="a registered pair of images (repeatable)")
+    p.add_argument("--mask", action="append", default=[], metavar="M",
+                   help="region mask of the matching --pair (0 unused, 2 important detail; 'none' for no mask)")
+    p.add_argument("--recipe", metavar="FILE", help="JSON with 'pairs' (files or A/ B/ folders) and 'settings'")
+    p.add_argument("--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)")
+    p.add_argument("--config", help="config trained with --from scratch (tiny, small, paper, paper-lite)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder in the user data dir)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss-weights", metavar="A1,A2,A3", help="intensity, texture and structure weights (default 10,1,10)")
+    p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda[:N] or mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    p.add_argument("--name", help="register the best model under this name so every tool can use it")
+    p.set_defaults(handler=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import Pair, TrainSettings, default_run_dir, finetune, load_recipe
+    from .weights import check_model_name, register_model
+
+    pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
+    if args.mask and len(args.mask) != len(args.pair):
+        raise CLIError(f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)")
+    masks = args.mask or [None] * len(args.pair)
+    pairs += [Pair(a, b, None if m in (None, "none") else m) for (a, b), m in zip(args.pair, masks)]
+    flags = {
+        "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
+        "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
+    }  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.resume and (set(given) - {"device"} or args.loss_weights or args.recipe or pairs):
+        raise CLIError("--resume continues the run with its saved pairs and settings: give only --out (and --device)")
+    values.update(given)
+    if args.loss_weights:
+        try:
+            weights = tuple(float(w) for w in args.loss_weights.split(","))
+        except ValueError:
+            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}") from None
+        if len(weights) != 3:
+            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}")
+        values["loss_weights"] = weights
+    out = args.out or extra.get("out")
+    name = args.name or extra.get("name")
+    if args.resume and out is None:
+        raise CLIError("--resume needs --out RUN_DIR")
+    out = out or default_run_dir()
+    if name:
+        check_model_name(name)
+    settings = TrainSettings.from_dict(values)
+
+    bar = tqdm(total=settings.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(info) -> None:
+        if bar.total != info.steps:
+            bar.total = info.steps
+        bar.n = info.step
+        text = f"loss {info.terms['loss']:.4f}"
+        if info.val_terms:
+            text += f" val {info.val_terms['loss']:.4f}"
+        bar.set_postfix_str(text, refresh=False)
+        bar.refresh()
+
+    try:
+        result = finetune(pairs or None, settings, out, resume=args.resume, on_step=on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped; the run is saved in {out}: continue it with --resume --out {out}", file=sys.stderr)
+        raise
+    bar.close()
+    print(f"run folder: {result.run_dir}")
+    print(f"step {result.step}, best validation loss {result.best_val_loss:.4f}: {result.best}")
+    if name:
+        entry = register_model(result.best, name, overwrite=True)
+        print(f"registered as model {entry.name!r}: {entry.path}")
+    return 0
+
+
+def _add_fuse_parser(commands) -> None:
+    fuse = commands.add_parser(
+        "fuse", help="fuse two registered images (TIFF, zarr, PNG/JPEG) into a zarr or OME-TIFF",
+        description="Fuse two registered images tile by tile, chunk by chunk. An interrupted run "
+        "resumes when started again with the same arguments.",
+    )
+    fuse.add_argument("a", help="first source (functional / fluorescence / CT / infrared): "
+                      ".tif .tiff .png .jpg .zarr .ome.zarr or PATH.zarr/ARRAY")
+    fuse.add_argument("b", help="second source (structural / phase contrast / MRI / visible)")
+    fuse.add_argument("-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)")
+    fuse.add_argument("--model", default=None, help="model name or checkpoint path (default: the shipped model)")
+    fuse.add_argument("--method", default=None, help="a classical method instead of the network (see baselines)")
+    fuse.add_argument("--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)")
+    fuse.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
+    fuse.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
+    fuse.add_argument("--chunk", type=int, default=None, help="output chunk size in pixels (default: a multiple of the tile stride near 1024)")
+    fuse.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (auto)")
+    fuse.add_argument("--scheduler", default=None, help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS")
+    fuse.add_argument("--dtype", choices=("float32", "source"), default="float32",
+                      help="float32 in [0, 1] (default) or the sources' dtype scaled to its range")
+    fuse.add_argument("--normalise", choices=("percentile", "range", "none"), default="percentile",
+                      help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])")
+    fuse.add_argument("--overwrite", action="store_true", help="replace an existing output (or an unfinished run with other arguments)")
+    fuse.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fuse.set_defaults(handler=_fuse)
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    from .pipeline import FusionCancelled, fuse_files
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="chunk", desc="fusing", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = fuse_files(
+            args.a, args.b, args.output, model=args.model, method=args.method, tile=args.tile,
+            overlap=args.overlap, batch=args.batch, device=args.device, chunk=args.chunk,
+            dtype=args.dtype, overwrite=args.overwrite, scheduler=args.scheduler, progress=progress,
+            normalise=None if args.normalise == "none" else args.normalise,
+        )
+    except (KeyboardInterrupt, FusionCancelled):
+        print(f"fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    except OSError as error:
+        raise CLIError(str(error)) from error
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionmamba", description="Multimodal image fusion with the FusionMamba network."
@@ -44,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, devices, scan backend and models")
     info.add_argument("--models", action="store_true", help="list the models with their parameter counts")
     info.set_defaults(handler=_info)
+    _add_fuse_parser(commands)
+    _add_finetune_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""Pieces every widget of the plugin shares: layer pickers, the background runner, saved settings.
+
+Widgets stay thin shells over the library: they collect parameters, hand one job to ``Runner``
+(which runs it in a napari thread worker, off the UI thread) and turn its result into layers.
+The job never touches the viewer; only the callbacks here, on the UI thread, do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
+
+
+class Cancelled(Exception):
+    """Raised inside a job to stop it when the user pressed Cancel."""
+
+
+# --- layer pickers --------------------------------------------------------------------------
+
+
+def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
+    """A combo box of the viewer's layers (of ``layer_type``, images by default).
+
+    Its choices follow the layer list (added, removed, reordered, renamed layers), whether or not
+    the widget is docked in the viewer.
+    """
+    from napari.layers import Image
+
+    kind = layer_type or Image
+
+    def choices(_widget=None):
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+    picker = ComboBox(label=label, choices=choices, tooltip=tooltip, nullable=False)
+    emitters = [getattr(viewer.layers.events, name) for name in ("inserted", "removed", "reordered")]
+
+    def refresh(event=None):
+        picker.reset_choices()
+        layer = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and isinstance(layer, kind):
+            layer.events.name.connect(refresh)
+            emitters.append(layer.events.name)
+
+    def disconnect(*_):
+        """Once the widget is gone, stop listening (a closed widget must not react to layers)."""
+        for emitter in emitters:
+            emitter.disconnect(refresh)
+
+    for layer in viewer.layers:
+        if isinstance(layer, kind):
+            emitters.append(layer.events.name)
+    for emitter in emitters:
+        emitter.connect(refresh)
+    picker.native.destroyed.connect(disconnect)
+    return picker
+
+
+# --- saved parameters -----------------------------------------------------------------------
+
+
+def settings_dir() -> Path:
+    """Where widget parameters are kept between sessions (env NAPARI_FUSIONMAMBA_SETTINGS_DIR wins)."""
+    override = os.environ.get(SETTINGS_ENV)
+    if override:
+        return Path(override)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-fusionmamba", appauthor=False))
+
+
+def load_settings(name: str) -> dict:
+    """The saved parameters of widget ``name``; an unreadable file counts as none saved."""
+    path = settings_dir() / f"{name}.json"
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def save_settings(name: str, values: dict) -> None:
+    """Write atomically, so a crash never leaves a half-written settings file."""
+    folder = settings_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.json.tmp"
+    temporary.write_text(json.dumps(values, indent=1, sort_keys=True))
+    os.replace(temporary, folder / f"{name}.json")
+
+
+def persist(container: Container, name: str, fields: list[str]) -> None:
+    """Restore ``fields`` of ``container`` from the settings file and save them on every change.
+
+    Values are stored as JSON: numbers, strings and paths (as strings). A saved value that the
+    widget no longer accepts (a model that was removed, say) is skipped.
+    """
+    saved = load_settings(name)
+    for field in fields:
+        if field in saved:
+            try:
+                getattr(container, field).value = saved[field]
+            except (ValueError, TypeError):
+                pass
+
+    def save(_event=None):
+        values = {}
+        for field in fields:
+            value = getattr(container, field).value
+            values[field] = str(value) if isinstance(value, Path) else value
+        save_settings(name, values)
+
+    for field in fields:
+        getattr(container, field).changed.connect(save)
+
+
+# --- background work ------------------------------------------------------------------------
+
+
+class _Progress(QObject):
+    """Carries (done, total) from the worker thread to the UI thread (a queued Qt connection)."""
+
+    changed = Signal(int, int)
+
+
+class Runner:
+    """Runs one job at a time off the UI thread, with a progress bar and a Run / Cancel button.
+
+    ``job(progress, cancelled)`` runs in a napari thread worker: it reports with
+    ``progress(done, total)`` and stops early when ``cancelled()`` turns true (the library's
+    ``cancel=`` hooks take it as is). ``on_result`` gets the return value on the UI thread;
+    failures become an error notification; a cancelled job calls neither.
+    """
+
+    def __init__(self, button: PushButton, bar: ProgressBar, name: str = "Run"):
+        self.button = button
+        self.bar = bar
+        self.name = name
+        self.worker = None
+        self._cancel = threading.Event()
+        self._progress = _Progress()
+        self._progress.changed.connect(self._show_progress)
+        self._on_progress: Callable[[int, int], None] | None = None
+        self.bar.visible = False
+        self.button.text = name
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def cancel(self) -> None:
+        """Ask the job to stop; it does so at its next check (one batch at most)."""
+        if self.running:
+            self._cancel.set()
+            self.button.text = "Cancelling..."
+            self.button.enabled = False
+
+    def start(
+        self,
+        job: Callable[[Callable[[int, int], None], Callable[[], bool]], Any],
+        on_result: Callable[[Any], None],
+        on_progress: Callable[[int, int], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        what: str = "the job",
+    ):
+        """Start ``job`` in a thread worker; ``on_stop`` runs on the UI thread however it ended."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError("a job is already running")
+        self._cancel = threading.Event()
+        self._on_progress = on_progress
+        cancel = self._cancel
+        emit = self._progress.changed.emit
+        outcome: dict[str, Any] = {}
+
+        def work():
+            started = time.perf_counter()
+            result = job(lambda done, total: emit(int(done), int(total)), cancel.is_set)
+            outcome["seconds"] = time.perf_counter() - started
+            return result
+
+        def returned(result):
+            if cancel.is_set():
+                show_info(f"{what} cancelled")
+            else:
+                on_result(result)
+
+        def errored(error):
+            if isinstance(error, Cancelled) or cancel.is_set():
+                show_info(f"{what} cancelled")
+            else:
+                show_error(f"{what} failed: {error}")
+
+        def finished():
+            self.worker = None
+            self.bar.visible = False
+            self.button.text = self.name
+            self.button.enabled = True
+            if on_stop is not None:
+                on_stop()
+
+        worker = create_worker(work, _start_thread=False, _connect={"errored": errored})
+        worker.returned.connect(returned)
+        worker.finished.connect(finished)
+        self.worker = worker
+        self.bar.max = 1
+        self.bar.value = 0
+        self.bar.visible = True
+        self.button.text = "Cancel"
+        worker.start()
+        return worker
+
+    def _show_progress(self, done: int, total: int) -> None:
+        if not self.running:
+            return
+        self.bar.max = max(total, 1)
+        self.bar.value = min(done, self.bar.max)
+        if self._on_progress is not None:
+            self._on_progress(done, total)

@@ -1,0 +1,374 @@
+"""The "Fuse layers" widget: a thin shell over ``pipeline.fuse`` (in memory) and ``pipeline.fuse_files`` (to zarr).
+
+The widget checks the two layers on the UI thread, hands plain arrays and settings to a thread
+worker, and adds the result as a layer that keeps the sources' scale and translate. Everything
+about fusing itself (normalisation, tiling, batching, cancelling within one batch, writing zarr)
+lives in the library, shared with the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.utils.notifications import show_error, show_info
+
+from ._common import Runner, layer_picker, persist
+
+FROM_FILE = "file:"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WHOLE, PLANE = "whole stack", "current plane only"
+IN_MEMORY, TO_ZARR = "new layer (in memory)", "zarr file"
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, value) for the model picker: shipped and fine-tuned models, classical methods, a file.
+
+    Listing reads checkpoint headers only (no network is built), so opening the widget stays fast.
+    """
+    from ..baselines import BASELINES
+    from ..weights import list_models
+
+    kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
+    choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
+    choices += [(f"{name} (classical)", f"method:{name}") for name in BASELINES]
+    return choices + [("from file...", FROM_FILE)]
+
+
+def scan_backend(device: str) -> str:
+    """The selective-scan backend the network would use on ``device``, in words."""
+    try:
+        from ..devices import resolve_device
+        from ..model.scan import resolve_backend
+
+        return resolve_backend("auto", resolve_device(device))
+    except (ImportError, AttributeError):
+        return "reference"
+    except (RuntimeError, ValueError) as error:
+        return f"unavailable ({error})"
+
+
+@dataclass
+class FuseRequest:
+    """Everything the worker needs, taken from the viewer on the UI thread (the worker never reads it)."""
+
+    a: object
+    b: object
+    name: str
+    scale: tuple
+    translate: tuple
+    model: str = ""
+    method: str | None = None
+    checkpoint: Path | None = None
+    tile: int = 256
+    overlap: int = 64
+    batch: int = 4
+    device: str = "auto"
+    out: Path | None = None
+    rgb: bool = False
+    names: tuple[str, str] = ("A", "B")
+    metadata: dict = field(default_factory=dict)
+
+
+class FuseWidget(Container):
+    """Fuse two registered image layers, e.g. GFP fluorescence (A) with phase contrast (B)."""
+
+    #: Results larger than this (bytes of float32 output) must go to a zarr file.
+    in_memory_limit = 2 * 1024**3
+
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
+        super().__init__()
+        self._viewer = viewer
+        self.a = layer_picker(
+            viewer, "Fluorescence (A)", "Functional image: GFP fluorescence, CT / PET / SPECT, infrared."
+        )
+        self.b = layer_picker(
+            viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
+        )
+        self.model = ComboBox(
+            label="Model",
+            choices=lambda _widget=None: model_choices(),
+            tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
+        )
+        self.checkpoint = FileEdit(
+            label="Checkpoint",
+            mode="r",
+            filter="*.safetensors",
+            nullable=True,
+            visible=False,
+            tooltip="A .safetensors checkpoint saved by fine-tuning (used with 'from file...').",
+        )
+        self.device = ComboBox(
+            label="Device",
+            choices=DEVICES,
+            value="auto",
+            tooltip="Where the network runs; devices missing on this machine are greyed out.",
+        )
+        self.backend = Label(label="Scan backend", tooltip="The selective-scan implementation the device will use.")
+        self.tile = SpinBox(
+            label="Tile", min=32, max=4096, step=32, value=256,
+            tooltip="Tile edge in pixels (a multiple of 32); bigger tiles are faster but need more memory.",
+        )
+        self.overlap = SpinBox(
+            label="Overlap", min=0, max=1024, step=8, value=64,
+            tooltip="Pixels shared by neighbouring tiles, blended smoothly so no seams show.",
+        )
+        self.batch = SpinBox(
+            label="Batch", min=1, max=256, value=4,
+            tooltip="Tiles run together; Cancel takes effect after the current batch.",
+        )
+        self.stack = ComboBox(
+            label="Stacks",
+            choices=(WHOLE, PLANE),
+            value=WHOLE,
+            tooltip="For T / Z stacks: fuse every plane, or only the plane the viewer shows now.",
+        )
+        self.output = ComboBox(
+            label="Output",
+            choices=(IN_MEMORY, TO_ZARR),
+            value=IN_MEMORY,
+            tooltip="A new layer held in memory, or a zarr file for big data (shown as a lazy layer while it fills).",
+        )
+        self.out_path = FileEdit(
+            label="Zarr path",
+            mode="w",
+            filter="*.zarr",
+            nullable=True,
+            visible=False,
+            tooltip="Where the fused zarr goes; an existing path is not overwritten.",
+        )
+        self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
+        self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
+        self.extend([
+            self.a, self.b, self.model, self.checkpoint, self.device, self.backend, self.tile,
+            self.overlap, self.batch, self.stack, self.output, self.out_path, self.run_button, self.progress,
+        ])
+        self.runner = Runner(self.run_button, self.progress, name="Run")
+        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
+        self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
+        self.model.changed.connect(self._on_model)
+        self.device.changed.connect(self._on_device)
+        self.output.changed.connect(self._on_output)
+        self.run_button.changed.connect(self._on_run)
+        self._on_model()
+        self._on_device()
+        self._on_output()
+
+    # --- view updates ---------------------------------------------------------------------
+
+    def _disable_missing_devices(self) -> None:
+        from ..devices import available_devices
+
+        present = {"auto", *available_devices()}
+        items = self.device.native.model()
+        for row, name in enumerate(DEVICES):
+            items.item(row).setEnabled(name in present)
+        if self.device.value not in present:
+            self.device.value = "auto"
+
+    def _on_model(self, _value=None) -> None:
+        self.checkpoint.visible = self.model.value == FROM_FILE
+        network = not str(self.model.value).startswith("method:")
+        for widget in (self.device, self.backend):  # classical methods run on the CPU, tiled alike
+            widget.enabled = network
+
+    def _on_device(self, _value=None) -> None:
+        self.backend.value = scan_backend(self.device.value)
+
+    def _on_output(self, _value=None) -> None:
+        self.out_path.visible = self.output.value == TO_ZARR
+
+    # --- running --------------------------------------------------------------------------
+
+    def _on_run(self, _value=None) -> None:
+        if self.runner.running:
+            self.runner.cancel()
+            return
+        try:
+            request = self._request()
+        except ValueError as error:
+            show_error(str(error))
+            return
+        self._start(request)
+
+    def _request(self) -> FuseRequest:
+        """Check the layers and settings on the UI thread; a ValueError names what is wrong."""
+        a, b = self.a.value, self.b.value
+        if a is None or b is None:
+            raise ValueError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
+        data_a = a.data[0] if a.multiscale else a.data
+        data_b = b.data[0] if b.multiscale else b.data
+        shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
+        shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
+        if shape_a != shape_b:
+            raise ValueError(
+                f"Fuse: layers '{a.name}' {_shape(shape_a)} and '{b.name}' {_shape(shape_b)} differ in shape; "
+                "they must be registered images of the same size."
+            )
+        if b.rgb:
+            raise ValueError(f"Fuse: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+        if not np.allclose(a.scale, b.scale):
+            raise ValueError(
+                f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
+                "have different pixel sizes."
+            )
+        scale, translate = tuple(a.scale), list(a.translate)
+        if self.stack.value == PLANE and len(shape_a) > 2:
+            plane = self._current_plane(a, len(shape_a) - 2)
+            # one plane, kept where it was: its leading axes become length 1, its translate moves
+            data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane):])
+            data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane):])
+            for axis, index in enumerate(plane):
+                translate[axis] += index * scale[axis]
+        choice = str(self.model.value)
+        request = FuseRequest(
+            a=data_a, b=data_b, name=f"fused({a.name}, {b.name})", scale=scale, translate=tuple(translate),
+            tile=self.tile.value, overlap=self.overlap.value, batch=self.batch.value, device=self.device.value,
+            rgb=a.rgb, names=(a.name, b.name),
+        )
+        if choice.startswith("method:"):
+            request.method = choice.split(":", 1)[1]
+        elif choice == FROM_FILE:
+            if not self.checkpoint.value or not Path(self.checkpoint.value).is_file():
+                raise ValueError(f"Fuse: checkpoint file '{self.checkpoint.value or ''}' not found.")
+            request.checkpoint = Path(self.checkpoint.value)
+        else:
+            request.model = choice.split(":", 1)[1]
+        if request.tile % 32:
+            raise ValueError(f"Fuse: tile {request.tile} is not a multiple of 32.")
+        if request.overlap >= request.tile:
+            raise ValueError(f"Fuse: overlap {request.overlap} must be smaller than the tile {request.tile}.")
+        if self.output.value == TO_ZARR:
+            if not self.out_path.value:
+                raise ValueError("Fuse: choose a zarr path for the output, or output to a new layer.")
+            request.out = Path(self.out_path.value)
+            if request.out.exists():
+                raise ValueError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
+        else:
+            size = int(np.prod(shape_a, dtype=np.int64)) * 4 * (3 if a.rgb else 1)
+            if size > self.in_memory_limit:
+                raise ValueError(
+                    f"Fuse: fused({a.name}, {b.name}) would take {size / 1024**2:.0f} MB, more than the "
+                    f"in-memory limit of {self.in_memory_limit / 1024**2:.0f} MB; choose Output: zarr file."
+                )
+        request.metadata = {
+            "fused_from": [a.name, b.name],
+            "model": choice if request.checkpoint is None else str(request.checkpoint),
+            "tile": request.tile, "overlap": request.overlap, "batch": request.batch,
+        }
+        return request
+
+    def _current_plane(self, layer, leading: int) -> tuple[int, ...]:
+        """Data indices of the plane the viewer shows for the ``leading`` non-spatial axes."""
+        point = layer.world_to_data(self._viewer.dims.point[-layer.ndim:])
+        shape = (layer.data[0] if layer.multiscale else layer.data).shape
+        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:leading], shape[:leading]))
+
+    def _start(self, request: FuseRequest) -> None:
+        self._live = None
+
+        def job(progress, cancelled):
+            return run_fusion(request, progress, cancelled)
+
+        self.runner.start(
+            job,
+            on_result=lambda result: self._add_result(request, result),
+            on_progress=lambda done, total: self._on_fill(request, done, total),
+            on_stop=lambda: self._on_stop(request),
+            what=f"Fusing {request.name}",
+        )
+
+    def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
+        """Show a zarr output as a lazy layer while it fills (from the run's partial store)."""
+        if request.out is None:
+            return
+        if self._live is None:
+            store = _partial_store(request.out)
+            if (store / ".zattrs").exists():
+                self._live = self._viewer.add_image(_open_lazy(store, request.rgb), **_layer_options(request))
+        else:
+            self._live.refresh()
+
+    def _add_result(self, request: FuseRequest, result) -> None:
+        if request.out is None:
+            self._viewer.add_image(result, **_layer_options(request))
+            return
+        data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
+        if self._live is None:
+            self._viewer.add_image(data, **_layer_options(request))
+        else:
+            self._live.data = data
+        self._live = None
+        show_info(f"{request.name} written to {request.out}")
+
+    def _on_stop(self, request: FuseRequest) -> None:
+        """A cancelled or failed zarr run leaves no half layer behind (its partial store stays
+        beside the output so the same run resumes where it stopped)."""
+        if self._live is not None:
+            if self._live in self._viewer.layers:
+                self._viewer.layers.remove(self._live)
+            self._live = None
+
+
+def run_fusion(request: FuseRequest, progress, cancelled):
+    """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
+    the model by name or path and keeps it loaded for the next run."""
+    from ..pipeline import fuse, fuse_files
+
+    options = dict(
+        tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
+        progress=progress, cancel=cancelled, method=request.method,
+        model=None if request.method else str(request.checkpoint or request.model),
+    )
+    # Named, calibrated sources: errors name the layers, a zarr output keeps the pixel size.
+    a, b = (_as_image(data, name, request.scale, rgb) for data, name, rgb in
+            zip((request.a, request.b), request.names, (request.rgb, False)))
+    if request.out is not None:
+        return fuse_files(a, b, str(request.out), **options)
+    return fuse(a, b, **options)
+
+
+def _as_image(data, name: str, scale, rgb: bool):
+    """A layer's data as the library's image type, with napari's own word on colour."""
+    from ..io import OpenedImage
+
+    lead = data.ndim - 2 - rgb
+    if lead > 3:
+        raise ValueError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
+    axes = "TCZ"[3 - lead:] + "YX" + ("S" if rgb else "")
+    return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name)
+
+
+def _layer_options(request: FuseRequest) -> dict:
+    return dict(
+        name=request.name, scale=request.scale, translate=request.translate, rgb=request.rgb,
+        metadata=request.metadata, contrast_limits=(0, 1), colormap="gray",
+    )
+
+
+def _partial_store(out: Path) -> Path:
+    from ..pipeline import PARTIAL_SUFFIX
+
+    return Path(f"{out}{PARTIAL_SUFFIX}") / "out.zarr"
+
+
+def _open_lazy(path: Path, rgb: bool):
+    """The fused store as a dask array in napari's axis order (colour last)."""
+    import dask.array as da
+
+    from ..io import open_image
+
+    image = open_image(path)
+    if rgb and "C" in image.axes:
+        return da.moveaxis(image.data, image.axes.index("C"), -1)
+    return image.data
+
+
+def _shape(shape) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)

@@ -1,0 +1,409 @@
+"""Read TIFF / OME-TIFF / zarr / OME-Zarr / PNG / JPEG lazily; write OME-Zarr 0.4 and OME-TIFF.
+
+Every reader returns an ``OpenedImage``: a dask array (TIFF pages through tifffile's zarr
+interface, so nothing is loaded whole), its axes letters (``T Z C ... Y X`` plus ``S`` for colour
+samples, always last), the pixel size when the file says it, and the store's multiscale levels
+(full resolution first) for viewers. Writers work block by block, so memory stays bounded by a
+block, never by the image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ZARR_SUFFIXES = (".zarr",)
+TIFF_SUFFIXES = (".tif", ".tiff")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+#: OME-Zarr unit names for the spellings found in TIFF metadata.
+_UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer",
+          "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+_TIFF_UNITS = {v: k for k, v in _UNITS.items() if k in ("µm", "nm", "mm", "cm", "m")}
+
+
+class ImageReadError(ValueError):
+    """A source that is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+@dataclass
+class OpenedImage:
+    """A lazily opened image.
+
+    ``pixel_size`` has one value per axis of ``axes`` other than the colour axis ``S`` (in
+    ``unit``; 1.0 for axes without a known spacing, such as T), so it can be a napari layer's
+    ``scale``; it is None when the file gives no spatial calibration.
+    """
+
+    data: "object"  # dask.array.Array
+    pixel_size: tuple[float, ...] | None
+    axes: str
+    path: str
+    levels: list = field(default_factory=list)
+    unit: str | None = None
+
+    @property
+    def colour(self) -> bool:
+        return self.axes.endswith("S")
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """``X.zarr``, ``X.ome.zarr`` and arrays inside them (``X.zarr/ARRAY``)."""
+    return any(part.endswith(ZARR_SUFFIXES) for part in Path(path).parts)
+
+
+def kind_of(path: str | os.PathLike) -> str:
+    """"zarr", "tiff" or "picture" from a path's name; a clear error otherwise."""
+    name = str(path).lower().rstrip("/")
+    if is_zarr_path(path):
+        return "zarr"
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(PICTURE_SUFFIXES):
+        return "picture"
+    raise ImageReadError(
+        f"{path}: unsupported format (use .tif/.tiff, .zarr/.ome.zarr (or PATH.zarr/ARRAY), .png or .jpg)"
+    )
+
+
+def open_image(path: str | os.PathLike) -> OpenedImage:
+    """Open an image file or store lazily. Raises ``FileNotFoundError`` or ``ImageReadError``
+    naming the path."""
+    path = str(path)
+    kind = kind_of(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    try:
+        if kind == "tiff":
+            image = _open_tiff(path)
+        elif kind == "zarr":
+            image = _open_zarr(path)
+        else:
+            image = _open_picture(path)
+    except (ImageReadError, FileNotFoundError):
+        raise
+    except Exception as error:  # every library has its own error types for a corrupt file
+        raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {error})") from error
+    return _squeeze(image)
+
+
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """Axes for an array without metadata: ``YX`` last, a last axis of 3 or 4 is colour
+    (napari's own rule), and up to two leading axes are ``Z`` then ``T Z``."""
+    colour = len(shape) >= 3 and shape[-1] in (3, 4)
+    lead = len(shape) - 2 - colour
+    if lead < 0 or lead > 3:
+        raise ValueError(f"cannot interpret an array of shape {shape} as image planes")
+    return "TCZ"[3 - lead :] + "YX" + ("S" if colour else "")
+
+
+def _squeeze(image: OpenedImage) -> OpenedImage:
+    """Drop length-1 axes other than Y and X (a single T or Z is not a stack)."""
+    keep = [i for i, (ax, n) in enumerate(zip(image.axes, image.data.shape)) if n != 1 or ax in "YX"]
+    if len(keep) == image.data.ndim:
+        return image
+    index = tuple(slice(None) if i in keep else 0 for i in range(image.data.ndim))
+    spatial = [i for i, ax in enumerate(image.axes) if ax != "S"]
+    pixel = None
+    if image.pixel_size is not None:
+        pixel = tuple(p for i, p in zip(spatial, image.pixel_size) if i in keep)
+    return OpenedImage(
+        data=image.data[index],
+        pixel_size=pixel,
+        axes="".join(image.axes[i] for i in keep),
+        path=image.path,
+        levels=[level[index] for level in image.levels] if image.levels else [],
+        unit=image.unit,
+    )
+
+
+def _per_axis(axes: str, sizes: dict[str, float]) -> tuple[float, ...] | None:
+    if "X" not in sizes and "Y" not in sizes:
+        return None
+    sx = sizes.get("X", sizes.get("Y"))
+    sizes = {"Y": sizes.get("Y", sx), "X": sx, **{k: v for k, v in sizes.items() if k not in "YX"}}
+    return tuple(float(sizes.get(ax, 1.0)) for ax in axes if ax != "S")
+
+
+def _open_tiff(path: str) -> OpenedImage:
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes.upper()
+        n_levels = len(series.levels)
+        sizes, unit = _tiff_calibration(tif)
+    store = tifffile.imread(path, aszarr=True, series=0)
+    node = zarr.open(store, mode="r")
+    arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
+    levels = [da.from_zarr(array) for array in arrays]
+    if len(axes) != levels[0].ndim:
+        axes = guess_axes(levels[0].shape)
+    if "S" in axes[:-1]:  # planar colour: samples last, as everywhere else
+        levels = [da.moveaxis(level, axes.index("S"), -1) for level in levels]
+        axes = axes.replace("S", "") + "S"
+    return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None)
+
+
+def _tiff_calibration(tif) -> tuple[dict[str, float], str | None]:
+    """Pixel sizes from OME-XML, else from ImageJ's description and resolution tags."""
+    import tifffile
+
+    if tif.is_ome and tif.ome_metadata:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+        sizes = {ax: float(pixels[f"PhysicalSize{ax}"]) for ax in "XYZ" if f"PhysicalSize{ax}" in pixels}
+        unit = str(pixels.get("PhysicalSizeXUnit", "µm"))
+        return sizes, _UNITS.get(unit, unit)
+    if tif.is_imagej and tif.imagej_metadata:
+        meta = tif.imagej_metadata
+        page = tif.pages[0]
+        sizes = {}
+        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in page.tags:
+                num, den = page.tags[tag].value
+                if num:
+                    sizes[ax] = den / num
+        if "spacing" in meta:
+            sizes["Z"] = float(meta["spacing"])
+        unit = str(meta.get("unit", "micron"))
+        if sizes.get("X") == 1.0 and "unit" not in meta:
+            sizes = {}
+        return sizes, _UNITS.get(unit, unit)
+    return {}, None
+
+
+def _multiscales(group) -> dict | None:
+    attrs = dict(group.attrs)
+    meta = attrs.get("ome", attrs).get("multiscales")
+    return meta[0] if meta else None
+
+
+def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) -> OpenedImage:
+    import dask.array as da
+
+    datasets = meta["datasets"]
+    names = [d["path"] for d in datasets]
+    first = names.index(dataset) if dataset is not None else 0
+    levels = [da.from_zarr(group[name]) for name in names[first:]]
+    axes_meta = meta.get("axes") or []
+    names_axes = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
+    axes = "".join(n.upper()[0] for n in names_axes) if len(names_axes) == levels[0].ndim else guess_axes(levels[0].shape)
+    scale = None
+    for transform in datasets[first].get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = transform["scale"]
+    unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None)
+    pixel = tuple(float(s) for s in scale) if scale is not None and len(scale) == len(axes) else None
+    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None)
+
+
+def _open_zarr(path: str) -> OpenedImage:
+    import dask.array as da
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    if isinstance(node, zarr.Array):
+        parent = os.path.dirname(path.rstrip("/"))
+        if is_zarr_path(parent):
+            try:
+                group = zarr.open_group(parent, mode="r")
+                meta = _multiscales(group)
+            except Exception:  # the parent is a plain folder, not a group
+                meta = None
+            name = os.path.basename(path.rstrip("/"))
+            if meta and name in [d["path"] for d in meta["datasets"]]:
+                return _from_multiscales(path, meta, group, name)
+        data = da.from_zarr(node)
+        return OpenedImage(data, None, guess_axes(data.shape), path, [data])
+    meta = _multiscales(node)
+    if meta is None:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise ImageReadError(
+            f"{path}: a zarr group without OME multiscales metadata; name one of its arrays as "
+            f"{path.rstrip('/')}/ARRAY ({', '.join(arrays) or 'it holds no arrays'})"
+        )
+    return _from_multiscales(path, meta, node)
+
+
+def _open_picture(path: str) -> OpenedImage:
+    import dask.array as da
+    import imageio.v3 as iio
+
+    pixels = np.asarray(iio.imread(path))
+    if pixels.ndim == 3 and pixels.shape[-1] == 2:  # gray + alpha
+        pixels = pixels[..., 0]
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    axes = "YXS" if pixels.ndim == 3 else "YX"
+    data = da.from_array(pixels, chunks=pixels.shape)
+    return OpenedImage(data, None, axes, path, [data])
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def ome_translation(path: str | os.PathLike) -> tuple[float, ...] | None:
+    """Where an OME-Zarr image's full-resolution level starts (its ``translation``), one value
+    per stored axis, or None when the store gives none; viewers use it to place the image."""
+    import zarr
+
+    if kind_of(path) != "zarr":
+        return None
+    node = zarr.open(str(path), mode="r")
+    meta = _multiscales(node) if isinstance(node, zarr.Group) else None
+    if not meta:
+        return None
+    for transform in meta["datasets"][0].get("coordinateTransformations", []):
+        if transform.get("type") == "translation":
+            return tuple(float(t) for t in transform["translation"])
+    return None
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Shape and metadata of a fused output: planes (``lead`` shape) of (Y, X), plus a colour
+    axis of 3 last when a source was colour. OME-Zarr 0.4 has no sample axis, so the store
+    keeps colour as a channel axis ``c`` before the space axes; this class maps between the two."""
+
+    shape: tuple[int, ...]
+    axes: str
+    dtype: str
+    chunk: int
+    pixel_size: tuple[float, ...] | None = None
+    unit: str | None = None
+
+    @property
+    def colour(self) -> bool:
+        return self.axes.endswith("S")
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        return self.shape[: len(self.shape) - 2 - self.colour]
+
+    def _store_order(self) -> list[int]:
+        """Memory axis indices in store order (colour moved in front of Z, after T)."""
+        order = list(range(len(self.axes)))
+        if self.colour:
+            order.pop()
+            lead_axes = self.axes[: len(self.lead)]
+            position = 1 if lead_axes.startswith("T") else 0
+            order.insert(position, len(self.axes) - 1)
+        return order
+
+    def ome_axes(self) -> list[dict]:
+        out = []
+        for i in self._store_order():
+            letter = "C" if self.axes[i] == "S" else self.axes[i]
+            if letter in "YXZ":
+                entry = {"name": letter.lower(), "type": "space"}
+                if self.unit:
+                    entry["unit"] = self.unit
+            elif letter == "T":
+                entry = {"name": "t", "type": "time"}
+            else:
+                entry = {"name": "c", "type": "channel"}
+            out.append(entry)
+        return out
+
+    def store_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[i] for i in self._store_order())
+
+    def store_chunks(self) -> tuple[int, ...]:
+        chunks = [1] * len(self.lead) + [min(self.chunk, self.shape[len(self.lead)]),
+                                         min(self.chunk, self.shape[len(self.lead) + 1])]
+        if self.colour:
+            chunks.append(3)
+        return tuple(chunks[i] for i in self._store_order())
+
+    def to_store(self, block: np.ndarray) -> np.ndarray:
+        """A memory-order block (Y, X[, 3]) of one plane as the store wants it."""
+        return np.moveaxis(block, -1, 0) if self.colour else block
+
+
+def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, name: str | None = None):
+    """An empty OME-Zarr 0.4 image (one full-resolution level "0") ready for block writes."""
+    import zarr
+
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    group.create_array("0", shape=layout.store_shape(), chunks=layout.store_chunks(),
+                       dtype=layout.dtype, fill_value=0)
+    scale = [1.0] * len(layout.shape)
+    if layout.pixel_size is not None:
+        spatial = [i for i, ax in enumerate(layout.axes) if ax != "S"]
+        for i, value in zip(spatial, layout.pixel_size):
+            scale[i] = value
+    store_scale = [scale[i] for i in layout._store_order()]
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "name": name or os.path.basename(path.rstrip("/")),
+        "axes": layout.ome_axes(),
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": store_scale}]}],
+    }]
+    if attrs:
+        group.attrs.update(attrs)
+    return group
+
+
+def write_block(path: str, layout: OutputLayout, plane: tuple[int, ...], y0: int, x0: int, block: np.ndarray) -> None:
+    """Write one (Y, X[, 3]) block of one plane into the store made by ``create_ome_zarr``."""
+    import zarr
+
+    array = zarr.open_array(os.path.join(path, "0"), mode="r+")
+    region = (slice(y0, y0 + block.shape[0]), slice(x0, x0 + block.shape[1]))
+    if layout.colour:
+        position = layout._store_order().index(len(layout.axes) - 1)
+        index = list(plane[:position]) + [slice(None)] + list(plane[position:]) + list(region)
+    else:
+        index = list(plane) + list(region)
+    array[tuple(index)] = layout.to_store(block).astype(layout.dtype, copy=False)
+
+
+def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y0: int, y1: int) -> np.ndarray:
+    """Rows [y0, y1) of one plane of a store made by ``create_ome_zarr``, in memory order."""
+    import zarr
+
+    array = zarr.open_array(os.path.join(path, "0"), mode="r")
+    if layout.colour:
+        position = layout._store_order().index(len(layout.axes) - 1)
+        index = list(plane[:position]) + [slice(None)] + list(plane[position:]) + [slice(y0, y1)]
+        return np.moveaxis(np.asarray(array[tuple(index)]), 0, -1)
+    return np.asarray(array[tuple(list(plane) + [slice(y0, y1)])])
+
+
+TIFF_TILE = 256
+
+
+def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
+    """Stream a store made by ``create_ome_zarr`` into a tiled OME-TIFF, one band of rows at a
+    time (memory: a band of ``4 * TIFF_TILE`` rows of one plane)."""
+    import tifffile
+
+    height, width = layout.shape[len(layout.lead)], layout.shape[len(layout.lead) + 1]
+    band = 4 * TIFF_TILE
+
+    def tiles():
+        for plane in np.ndindex(*layout.lead) if layout.lead else [()]:
+            for top in range(0, height, band):
+                rows = read_plane_region(zarr_path, layout, plane, top, min(top + band, height))
+                for y in range(0, rows.shape[0], TIFF_TILE):
+                    for x in range(0, width, TIFF_TILE):
+                        yield rows[y : y + TIFF_TILE, x : x + TIFF_TILE]
+
+    metadata = {"axes": layout.axes}
+    if layout.pixel_size is not None:
+        spatial = [ax for ax in layout.axes if ax != "S"]
+        unit = _TIFF_UNITS.get(layout.unit or "micrometer", layout.unit or "µm")
+        for ax, value in zip(spatial, layout.pixel_size):
+            if ax in "XYZ":
+                metadata[f"PhysicalSize{ax}"] = value
+                metadata[f"PhysicalSize{ax}Unit"] = unit
+    tifffile.imwrite(
+        tiff_path, tiles(), shape=layout.shape, dtype=layout.dtype, tile=(TIFF_TILE, TIFF_TILE),
+        photometric="rgb" if layout.colour else "minisblack", ome=True, metadata=metadata,
+    )

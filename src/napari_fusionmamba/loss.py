@@ -1,0 +1,155 @@
+"""The paper's unsupervised fusion loss: the two sources are the only targets.
+
+total = a1 * intensity + a2 * texture + a3 * structure, with
+- intensity: MSE between the fused image and max(a, b), pixel by pixel;
+- texture: L1 between Sobel(fused) and max(Sobel(a), Sobel(b)), Sobel(x) = |Gx * x| + |Gy * x|;
+- structure: b * (1 - SSIM(fused, a)) + g * (1 - SSIM(fused, b)).
+
+An optional per-pixel weight map turns every mean into a weighted mean, so fine-tuning can make
+regions a user marked count more (or not at all).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The authors' code: 10 * intensity + 1 * texture + 10 * structure, SSIM terms halved.
+DEFAULT_WEIGHTS = (10.0, 1.0, 10.0)
+SSIM_MODES = ("auto", "ssim", "ms-ssim")
+
+_WINDOW = 11
+_SIGMA = 1.5
+_C1, _C2 = 0.01**2, 0.03**2  # data range 1
+_MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# MS-SSIM halves the image four times and needs a full window at the coarsest scale.
+MS_SSIM_MIN_SIZE = (_WINDOW - 1) * 2 ** (len(_MS_WEIGHTS) - 1) + 1
+
+
+def sobel(x: torch.Tensor) -> torch.Tensor:
+    """|Gx * x| + |Gy * x| with the 3x3 Sobel kernels and zero padding, per channel."""
+    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    kernel = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    channels = x.shape[1]
+    grads = F.conv2d(x, kernel.repeat(channels, 1, 1, 1), padding=1, groups=channels)
+    return grads.abs().view(x.shape[0], channels, 2, *x.shape[-2:]).sum(dim=2)
+
+
+def _gaussian_window(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * _SIGMA**2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter, 'valid' (no padding), as the reference SSIM code does."""
+    size, (batch, channels) = window.numel(), x.shape[:2]
+    x = x.reshape(batch * channels, 1, *x.shape[-2:])
+    x = F.conv2d(F.conv2d(x, window.view(1, 1, 1, size)), window.view(1, 1, size, 1))
+    return x.view(batch, channels, *x.shape[-2:])
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def _crop_weight(weight: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """The weight map cut to the centre of a 'valid' filter's output of ``shape``."""
+    if weight is None:
+        return None
+    top = (weight.shape[-2] - shape[-2]) // 2
+    left = (weight.shape[-1] - shape[-1]) // 2
+    return weight[..., top : top + shape[-2], left : left + shape[-1]]
+
+
+def _ssim_maps(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel SSIM and its contrast-structure part over an 11x11 Gaussian window (sigma 1.5);
+    the window shrinks for images smaller than it."""
+    size = min(_WINDOW, x.shape[-2], x.shape[-1])
+    window = _gaussian_window(size, x.dtype, x.device)
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mu_x**2
+    var_y = _blur(y * y, window) - mu_y**2
+    cov = _blur(x * y, window) - mu_x * mu_y
+    cs = (2 * cov + _C2) / (var_x + var_y + _C2)
+    luminance = (2 * mu_x * mu_y + _C1) / (mu_x**2 + mu_y**2 + _C1)
+    return luminance * cs, cs
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean SSIM of two (B, 1, H, W) images in [0, 1], optionally weighted per pixel."""
+    ssim_map, _ = _ssim_maps(x, y)
+    return _weighted_mean(ssim_map, _crop_weight(weight, ssim_map.shape))
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-scale SSIM over five scales, the "normalised" variant of the authors' code (each
+    scale's value mapped from [-1, 1] to [0, 1] before the weighted product, which keeps the
+    gradient finite). Needs H, W >= ``MS_SSIM_MIN_SIZE``."""
+    if min(x.shape[-2:]) < MS_SSIM_MIN_SIZE:
+        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE} px a side, got {tuple(x.shape[-2:])}")
+    values = []
+    for scale in range(len(_MS_WEIGHTS)):
+        ssim_map, cs_map = _ssim_maps(x, y)
+        last = scale == len(_MS_WEIGHTS) - 1
+        values.append(_weighted_mean(ssim_map if last else cs_map, _crop_weight(weight, ssim_map.shape)))
+        if not last:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+            weight = None if weight is None else F.avg_pool2d(weight, 2)
+    stacked = (torch.stack(values) + 1) / 2
+    exponents = torch.tensor(_MS_WEIGHTS, dtype=x.dtype, device=x.device)
+    return torch.prod(stacked**exponents)
+
+
+class FusionLoss(nn.Module):
+    """The paper's loss: ``FusionLoss(a1, a2, a3, b, g)(fused, a, b, weight=None)``.
+
+    Returns ``(total, terms)`` with ``terms`` the un-weighted ``intensity``, ``texture`` and
+    ``structure`` values (tensors), so logs show what each part does. ``weight`` is an optional
+    per-pixel map broadcastable to (B, 1, H, W); zero means "ignore this pixel". ``ssim`` picks
+    the structure measure: "ms-ssim" (the authors' choice), "ssim" (needed for crops smaller than
+    ``MS_SSIM_MIN_SIZE``), or "auto" (MS-SSIM when the image is large enough).
+    """
+
+    def __init__(
+        self,
+        a1: float = DEFAULT_WEIGHTS[0],
+        a2: float = DEFAULT_WEIGHTS[1],
+        a3: float = DEFAULT_WEIGHTS[2],
+        b: float = 0.5,
+        g: float = 0.5,
+        ssim: str = "auto",
+    ):
+        super().__init__()
+        if ssim not in SSIM_MODES:
+            raise ValueError(f"unknown ssim mode {ssim!r}: choose one of {', '.join(SSIM_MODES)}")
+        self.a1, self.a2, self.a3, self.b, self.g = a1, a2, a3, b, g
+        self.ssim_mode = ssim
+
+    def _structure_measure(self, shape: torch.Size):
+        if self.ssim_mode == "ms-ssim" or (self.ssim_mode == "auto" and min(shape[-2:]) >= MS_SSIM_MIN_SIZE):
+            return ms_ssim
+        return ssim
+
+    def forward(
+        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not (fused.shape == a.shape == b.shape) or fused.ndim != 4:
+            raise ValueError(
+                f"expected three (B, C, H, W) tensors of one shape, got "
+                f"{tuple(fused.shape)}, {tuple(a.shape)}, {tuple(b.shape)}"
+            )
+        if weight is not None:
+            weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
+            if float(weight.sum()) <= 0:
+                raise ValueError("the loss weight map is zero everywhere")
+
+        intensity = _weighted_mean((fused - torch.maximum(a, b)) ** 2, weight)
+        texture = _weighted_mean((sobel(fused) - torch.maximum(sobel(a), sobel(b))).abs(), weight)
+        measure = self._structure_measure(fused.shape)
+        structure = self.b * (1 - measure(fused, a, weight)) + self.g * (1 - measure(fused, b, weight))
+        total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
+        return total, {"intensity": intensity, "texture": texture, "structure": structure}

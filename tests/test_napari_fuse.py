@@ -1,0 +1,352 @@
+"""The "Fuse layers" widget in a real (headless) viewer, driven the way a user drives it."""
+
+from __future__ import annotations
+
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari.utils.notifications import notification_manager
+from napari_fusionmamba._widgets import fuse as fuse_widget
+from napari_fusionmamba._widgets.fuse import FuseWidget
+
+SETTINGS = dict(tile=64, overlap=16, batch=2)
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path, monkeypatch):
+    """Saved widget settings and user models go to a temporary folder, never the user's."""
+    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def notes():
+    """Messages of the notifications shown during the test."""
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A fixed tiny network registered as a user model, so the widget and the test use the same weights."""
+    import torch
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import register_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "lab.safetensors", build_model("tiny"))
+    register_model(path, "lab")
+    return path
+
+
+def _widget(viewer, qtbot, a, b, **values):
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.a.value, widget.b.value = viewer.layers[a], viewer.layers[b]
+    for name, value in {**SETTINGS, **values}.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def _shown(child, widget) -> bool:
+    return child.native.isVisibleTo(widget.native)
+
+
+def _alive(qt_widget) -> bool:
+    from qtpy import sip
+
+    return not sip.isdeleted(qt_widget)
+
+
+def _run(widget, qtbot, timeout=120_000):
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    from napari_fusionmamba.pipeline import fuse
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "gfp_phase")
+    viewer.layers["GFP"].scale = viewer.layers["phase"].scale = (0.5, 0.5)
+    viewer.layers["GFP"].translate = viewer.layers["phase"].translate = (3, 4)
+    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu")
+    assert "lab (your model)" in [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
+    _run(widget, qtbot)
+
+    assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
+    result = viewer.layers["fused(GFP, phase)"]
+    expected = fuse(
+        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
+        **SETTINGS,
+    )
+    np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
+    assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
+    np.testing.assert_allclose(result.scale, (0.5, 0.5))
+    np.testing.assert_allclose(result.translate, (3, 4))
+    assert not _shown(widget.progress, widget) and widget.run_button.text == "Run"
+
+
+def test_model_picker_lists_shipped_and_user_models_without_building_networks(
+    make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch
+):
+    from napari_fusionmamba.model import network
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("opening the widget must not build a network")
+
+    monkeypatch.setattr(network.FusionMamba, "__init__", refuse)
+    viewer = make_napari_viewer()
+    started = time.perf_counter()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    assert time.perf_counter() - started < 5
+    values = [value for value in widget.model.choices]
+    assert {"model:tiny", "model:paper", "model:lab", "method:average", fuse_widget.FROM_FILE} <= set(values)
+    widget.model.value = fuse_widget.FROM_FILE
+    assert _shown(widget.checkpoint, widget)
+    widget.model.value = "model:tiny"
+    assert not _shown(widget.checkpoint, widget)
+
+
+def test_devices_present_are_the_only_ones_enabled_and_backend_is_shown(make_napari_viewer, qtbot):
+    from napari_fusionmamba.devices import available_devices
+    from napari_fusionmamba.model.scan import resolve_backend
+
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    items = widget.device.native.model()
+    enabled = {name for row, name in enumerate(fuse_widget.DEVICES) if items.item(row).isEnabled()}
+    assert enabled == {"auto", *available_devices()}
+    widget.device.value = "cpu"
+    assert widget.backend.value == resolve_backend("auto", "cpu")
+    for widget_field in widget:
+        assert widget_field.tooltip, f"{widget_field.label} has no tooltip"
+
+
+def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_viewer, qtbot, monkeypatch, notes):
+    from napari_fusionmamba.model import network
+
+    forward = network.FusionMamba.forward
+    calls = []
+
+    def slow_forward(self, a, b):  # a slow device: each batch takes a while, so Cancel lands mid-run
+        calls.append(a.shape[0])
+        time.sleep(0.05)
+        return forward(self, a, b)
+
+    monkeypatch.setattr(network.FusionMamba, "forward", slow_forward)
+    rng = np.random.default_rng(0)
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.random((256, 256), dtype=np.float32), name="A")
+    viewer.add_image(rng.random((256, 256), dtype=np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="model:tiny", device="cpu", tile=64, overlap=32, batch=1)
+    seen = []
+    widget.progress.changed.connect(lambda value: seen.append((value, widget.progress.max)))
+
+    widget.run_button.clicked.emit()
+    assert widget.run_button.text == "Cancel" and _shown(widget.progress, widget)
+    qtbot.waitUntil(lambda: any(value >= 2 for value, _ in seen), timeout=60_000)
+    widget.run_button.clicked.emit()  # the same button now cancels
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+
+    total = seen[-1][1]
+    assert total == 49  # 7 x 7 tiles of 64 with stride 32
+    assert sum(calls) < total, "the run finished before the cancel landed"
+    assert [layer.name for layer in viewer.layers] == ["A", "B"]
+    assert any("cancelled" in message for _, message in notes)
+    assert widget.run_button.text == "Run" and widget.run_button.enabled
+
+    monkeypatch.setattr(network.FusionMamba, "forward", forward)
+    widget.tile.value, widget.overlap.value = 128, 32
+    _run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+
+
+@pytest.mark.parametrize("problem", ["shape", "scale", "empty", "checkpoint"])
+def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_viewer, qtbot, notes, problem):
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    if problem != "empty":
+        viewer.add_image(np.zeros((64, 64), np.float32), name="cells")
+        other = (64, 80) if problem == "shape" else (64, 64)
+        viewer.add_image(np.zeros(other, np.float32), name="nuclei", scale=(2, 2) if problem == "scale" else (1, 1))
+        widget.a.value, widget.b.value = viewer.layers["cells"], viewer.layers["nuclei"]
+    widget.model.value = "method:average"
+    if problem == "checkpoint":
+        widget.model.value = fuse_widget.FROM_FILE
+        widget.checkpoint.value = "/no/such/model.safetensors"
+    count = len(viewer.layers)
+    widget.run_button.clicked.emit()
+
+    assert not widget.runner.running
+    assert len(viewer.layers) == count
+    errors = [message for severity, message in notes if severity == "error"]
+    assert len(errors) == 1
+    if problem == "empty":
+        assert "choose two image layers" in errors[0]
+    elif problem == "checkpoint":
+        assert "/no/such/model.safetensors" in errors[0] and "not found" in errors[0]
+    else:
+        assert "'cells'" in errors[0] and "'nuclei'" in errors[0]
+        assert ("shape" if problem == "shape" else "pixel sizes") in errors[0]
+
+
+def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    listeners = len(viewer.layers.events.inserted.callbacks)
+    widget = FuseWidget(viewer)
+    assert widget.a.choices == ()
+    layer = viewer.add_image(np.zeros((8, 8)), name="first")
+    viewer.add_labels(np.zeros((8, 8), int), name="not an image")
+    assert widget.a.choices == (layer,) and widget.b.choices == (layer,)
+    layer.name = "renamed"
+    assert [widget.a.native.itemText(i) for i in range(widget.a.native.count())] == ["renamed"]
+    viewer.layers.remove(layer)
+    assert widget.a.choices == ()
+
+    widget.native.close()
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: not _alive(widget.a.native), timeout=5000)
+    assert len(viewer.layers.events.inserted.callbacks) == listeners  # a closed widget stops listening
+
+
+def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_viewer, qtbot, tmp_path, notes):
+    import zarr
+
+    from napari_fusionmamba.pipeline import fuse
+
+    rng = np.random.default_rng(3)
+    sources = []
+    for name in ("a", "b"):
+        array = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=(2, 192, 160), chunks=(1, 64, 64), dtype="uint16")
+        array[:] = rng.integers(0, 60000, size=array.shape, dtype=np.uint16)
+        sources.append(da.from_zarr(str(tmp_path / f"{name}.zarr")))
+    viewer = make_napari_viewer()
+    viewer.add_image(sources[0], name="big A", scale=(3, 0.5, 0.5))
+    viewer.add_image(sources[1], name="big B", scale=(3, 0.5, 0.5))
+    widget = _widget(viewer, qtbot, "big A", "big B", model="method:average")
+    widget.in_memory_limit = 100_000  # bytes: far below this pair's fused size
+
+    widget.run_button.clicked.emit()  # in memory: refused, it would not fit
+    assert len(viewer.layers) == 2
+    assert any("in-memory limit" in message for severity, message in notes if severity == "error")
+
+    widget.output.value = fuse_widget.TO_ZARR
+    widget.out_path.value = tmp_path / "fused.zarr"
+    added_while_running = []
+    viewer.layers.events.inserted.connect(lambda event: added_while_running.append(widget.runner.running))
+    _run(widget, qtbot)
+    assert added_while_running == [True]  # shown as soon as the store exists, filled as chunks land
+    result = viewer.layers["fused(big A, big B)"]
+    assert isinstance(result.data, da.Array)  # lazy, read from the zarr on disk
+    assert (tmp_path / "fused.zarr").is_dir()
+    np.testing.assert_allclose(result.scale, (3, 0.5, 0.5))
+    expected = fuse(np.asarray(sources[0]), np.asarray(sources[1]), method="average", **SETTINGS)
+    np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
+
+    [reopened] = viewer.open(str(tmp_path / "fused.zarr"), plugin="napari-fusionmamba")
+    np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(result.data))
+    np.testing.assert_allclose(reopened.scale, (3, 0.5, 0.5))  # the pixel size travels with the file
+
+
+def test_stack_whole_or_current_plane(make_napari_viewer, qtbot):
+    from napari_fusionmamba.pipeline import fuse
+
+    rng = np.random.default_rng(4)
+    a = rng.random((3, 64, 64), dtype=np.float32)
+    b = rng.random((3, 64, 64), dtype=np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(a, name="A", scale=(2, 1, 1), translate=(10, 0, 0))
+    viewer.add_image(b, name="B", scale=(2, 1, 1), translate=(10, 0, 0))
+    widget = _widget(viewer, qtbot, "A", "B", model="method:max", stack=fuse_widget.PLANE)
+    viewer.dims.set_current_step(0, 2)
+    _run(widget, qtbot)
+    plane = viewer.layers[-1]
+    assert plane.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(plane.translate, (14, 0, 0))  # plane 2 of scale 2 from 10
+    np.testing.assert_allclose(plane.data[0], fuse(a[2], b[2], method="max", **SETTINGS), atol=1e-6)
+
+    widget.stack.value = fuse_widget.WHOLE
+    _run(widget, qtbot)
+    whole = viewer.layers[-1]
+    assert whole.data.shape == (3, 64, 64)
+    np.testing.assert_allclose(whole.translate, (10, 0, 0))
+    np.testing.assert_allclose(whole.data, fuse(a, b, method="max", **SETTINGS), atol=1e-6)
+
+
+def test_parameters_persist_between_sessions(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    first = FuseWidget(viewer)
+    qtbot.addWidget(first.native)
+    first.tile.value, first.overlap.value, first.batch.value = 128, 24, 3
+    first.model.value = "method:max"
+    first.stack.value = fuse_widget.PLANE
+    assert (tmp_path / "settings" / "fuse.json").is_file()
+
+    second = FuseWidget(viewer)
+    qtbot.addWidget(second.native)
+    assert (second.tile.value, second.overlap.value, second.batch.value) == (128, 24, 3)
+    assert second.model.value == "method:max" and second.stack.value == fuse_widget.PLANE
+
+
+def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtbot):
+    from napari_fusionmamba.pipeline import fuse
+
+    rng = np.random.default_rng(5)
+    colour = rng.integers(0, 255, size=(64, 80, 3), dtype=np.uint8)
+    gray = rng.integers(0, 255, size=(64, 80), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    viewer.add_image(colour, name="PET", rgb=True)
+    viewer.add_image(gray, name="MRI")
+    widget = _widget(viewer, qtbot, "PET", "MRI", model="method:average")
+    _run(widget, qtbot)
+    result = viewer.layers["fused(PET, MRI)"]
+    assert result.rgb and result.data.shape == (64, 80, 3)
+    np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)
+
+
+def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_viewer, qtbot, monkeypatch, notes):
+    from napari_fusionmamba import baselines
+
+    def broken(a, b):
+        raise RuntimeError("the method broke")
+
+    monkeypatch.setitem(baselines.BASELINES, "broken", broken)  # a method of its own: the engine caches methods
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((64, 64), np.float32), name="A")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:broken")
+    _run(widget, qtbot)
+    assert len(viewer.layers) == 2
+    assert any(severity == "error" and "the method broke" in message for severity, message in notes)
+
+    widget.model.value = "method:max"
+    _run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+
+
+def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
+    from napari_fusionmamba._widgets._common import save_settings
+    from napari_fusionmamba.devices import available_devices
+
+    missing = [name for name in ("cuda", "mps") if name not in available_devices()]
+    if not missing:
+        pytest.skip("every device is present here")
+    save_settings("fuse", {"device": missing[0], "tile": 128})
+    widget = FuseWidget(make_napari_viewer())
+    qtbot.addWidget(widget.native)
+    assert widget.device.value == "auto" and widget.tile.value == 128

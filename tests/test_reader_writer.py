@@ -1,0 +1,99 @@
+"""Reader and writers, driven through napari the way a user saves and opens a layer."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import napari
+from napari_fusionmamba._reader import napari_get_reader
+
+PLUGIN = "napari-fusionmamba"
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 4000, size=(3, 48, 64), dtype=np.uint16)
+
+
+def test_ome_zarr_round_trip_keeps_data_scale_translate(make_napari_viewer, tmp_path, stack):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="cells", scale=(2.0, 0.5, 0.25), translate=(0, 10, 20))
+    path = tmp_path / "cells.ome.zarr"
+    napari.save_layers(str(path), [layer], plugin=PLUGIN)
+    assert (path / ".zattrs").exists()
+    assert not list(tmp_path.glob(".*partial"))
+    viewer.layers.remove(layer)
+
+    [opened] = viewer.open(str(path), plugin=PLUGIN)
+    assert isinstance(opened.data, da.Array)  # lazy
+    np.testing.assert_array_equal(np.asarray(opened.data), stack)
+    np.testing.assert_allclose(opened.scale, (2.0, 0.5, 0.25))
+    np.testing.assert_allclose(opened.translate, (0, 10, 20))
+    assert opened.name == "cells"
+
+
+def test_ome_tiff_round_trip_keeps_data_and_pixel_size(make_napari_viewer, tmp_path, stack):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="cells", scale=(2.0, 0.5, 0.25))
+    path = tmp_path / "cells.ome.tif"
+    napari.save_layers(str(path), [layer], plugin=PLUGIN)
+
+    [opened] = viewer.open(str(path), plugin=PLUGIN)
+    assert isinstance(opened.data, da.Array)
+    np.testing.assert_array_equal(np.asarray(opened.data), stack)
+    np.testing.assert_allclose(opened.scale, (2.0, 0.5, 0.25))
+
+
+def test_plain_tiff_opens_with_unit_scale(make_napari_viewer, tmp_path):
+    import tifffile
+
+    image = np.arange(40 * 30, dtype=np.float32).reshape(40, 30)
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    viewer = make_napari_viewer()
+    [opened] = viewer.open(str(tmp_path / "plain.tif"), plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(opened.data), image)
+    np.testing.assert_allclose(opened.scale, (1, 1))
+
+
+def test_multiscale_and_rgb_layers_round_trip_through_ome_zarr(make_napari_viewer, tmp_path):
+    rng = np.random.default_rng(1)
+    full = rng.random((64, 96), dtype=np.float32)
+    viewer = make_napari_viewer()
+    pyramid = viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True, scale=(0.3, 0.3))
+    napari.save_layers(str(tmp_path / "pyramid.zarr"), [pyramid], plugin=PLUGIN)
+    [opened] = viewer.open(str(tmp_path / "pyramid.zarr"), plugin=PLUGIN)
+    assert opened.multiscale and len(opened.data) == 2
+    np.testing.assert_array_equal(np.asarray(opened.data[1]), full[::2, ::2])
+    np.testing.assert_allclose(opened.scale, (0.3, 0.3))
+
+    colour = rng.integers(0, 255, size=(32, 40, 3), dtype=np.uint8)
+    rgb = viewer.add_image(colour, name="colour", rgb=True, scale=(0.5, 0.5))
+    napari.save_layers(str(tmp_path / "colour.ome.zarr"), [rgb], plugin=PLUGIN)
+    [opened] = viewer.open(str(tmp_path / "colour.ome.zarr"), plugin=PLUGIN)
+    assert opened.rgb
+    np.testing.assert_array_equal(np.asarray(opened.data), colour)
+    np.testing.assert_allclose(opened.scale, (0.5, 0.5))
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path):
+    from napari_fusionmamba._writer import write_ome_tiff, write_ome_zarr
+
+    def explode(block):
+        raise OSError("disk full")
+
+    data = da.zeros((4, 64, 64), chunks=(1, 64, 64), dtype=np.uint8).map_blocks(explode, dtype=np.uint8)
+    for writer, name in ((write_ome_zarr, "x.ome.zarr"), (write_ome_tiff, "x.ome.tif")):
+        with pytest.raises(OSError, match="disk full"):
+            writer(str(tmp_path / name), data, {"name": "x"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_declines_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "empty")) is None
+    assert napari_get_reader(str(tmp_path / "missing.tif")) is None

@@ -1,0 +1,228 @@
+"""The training engine: real training steps on small synthetic pairs (tiny config, 32-px crops)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_fusionmamba.train import (
+    CropSampler,
+    Pair,
+    PreflightError,
+    TrainSettings,
+    finetune,
+    learning_rate,
+    prepare_pairs,
+)
+from napari_fusionmamba.pipeline import PERCENTILES
+from napari_fusionmamba.weights import load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
+
+
+def _pair(size=96, seed=0):
+    """Two sources that differ: stripes in a (upper part only), rings in b."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size].astype(np.float32)
+    a = (np.sin(x / 3) * 0.5 + 0.5) * (y < size * 0.6) + 0.05 * rng.random((size, size))
+    b = np.cos(np.hypot(y - size / 2, x - size / 3) / 4) * 0.5 + 0.5
+    return np.clip(a, 0, 1).astype(np.float32), b.astype(np.float32)
+
+
+def _settings(**kw):
+    values = dict(steps=30, crop=32, batch=2, lr=1e-3, warmup=3, val_every=10, base="tiny")
+    values.update(kw)
+    return TrainSettings(**values)
+
+
+def _log(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_thirty_steps_lower_the_loss_and_write_the_run(tmp_path):
+    run = tmp_path / "run"
+    seen = []
+    result = finetune([Pair(*_pair())], _settings(), run, on_step=seen.append)
+    losses = [info.terms["loss"] for info in seen]
+    assert len(losses) == 30 and result.step == 30 and not result.cancelled
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.safetensors", "config.json", "last.safetensors", "last.state.safetensors", "log.csv"
+    ]  # fmt: skip
+    rows = _log(run)
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    assert all(r["loss"] and r["intensity"] and r["texture"] and r["structure"] for r in rows)
+    assert [int(r["step"]) for r in rows if r["val_loss"]] == [10, 20, 30]
+    config = json.loads((run / "config.json").read_text())
+    assert config["settings"]["crop"] == 32 and config["model_config"]["name"] == "tiny"
+    last, meta = load_checkpoint(run / "last.safetensors")
+    assert meta["step"] == 30 and meta["normalisation"]["percentiles"] == list(PERCENTILES)
+    _, best_meta = load_checkpoint(run / "best.safetensors")
+    val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert best_meta["step"] == min(val, key=val.get)
+    assert result.best_val_loss == pytest.approx(min(val.values()))
+    # Validation steps hand a preview of the fused validation crop to the caller.
+    previews = [info for info in seen if info.preview is not None]
+    assert [info.step for info in previews] == [10, 20, 30]
+    assert previews[0].preview.shape == (32, 32) and previews[0].preview_origin[0] == 0
+
+
+def test_crops_come_only_from_the_masked_quadrant():
+    size = 128
+    # Every pixel of a carries a unique value, so a crop's values tell where it came from.
+    a = np.arange(size * size, dtype=np.float32).reshape(size, size) / (size * size)
+    b = np.random.default_rng(1).random((size, size)).astype(np.float32)
+    mask = np.zeros((size, size), np.uint8)
+    mask[64:, :64] = 1  # the lower-left quadrant
+    settings = _settings(crop=32, normalise=False, val_fraction=0.2)
+    [data] = prepare_pairs([Pair(a, b, mask)], settings)
+    sampler = CropSampler([data], 32, np.random.default_rng(0))
+    allowed = set(a[64:, :64].ravel().tolist())
+    train_cols = set()
+    for _ in range(40):
+        crops_a, _, weights, origins = sampler.sample(4)
+        assert set(crops_a.ravel().tolist()) <= allowed
+        assert (weights == 1).all()
+        for _, y, x in origins:
+            assert 64 <= y <= 96 and x <= 32
+            train_cols.update(range(x, x + 32))
+    # The validation crops lie in the held-out block of the same quadrant, away from training crops.
+    assert data.val_positions
+    for y, x in data.val_positions:
+        assert y >= 64 and x + 32 <= 64
+        assert not train_cols & set(range(x, x + 32))
+
+
+def test_many_pairs_hold_out_whole_pairs_for_validation():
+    pairs = [Pair(*_pair(64, seed)) for seed in range(6)]
+    data = prepare_pairs(pairs, _settings(val_fraction=0.2))
+    held_out = [d for d in data if d.val_positions]
+    assert len(held_out) == 1 and held_out[0].train_positions.size == 0
+    assert all(d.train_positions.size and not d.val_positions for d in data if d is not held_out[0])
+
+
+def test_region_weight_applies_to_label_two():
+    a, b = _pair(64)
+    mask = np.ones((64, 64), np.uint8)
+    mask[:, 32:] = 2
+    [data] = prepare_pairs([Pair(a, b, mask)], _settings(region_weight=3.0))
+    assert set(np.unique(data.weight)) == {1.0, 3.0}
+    assert (data.weight[:, 32:] == 3.0).all()
+
+
+def test_stop_then_resume_continues_step_and_schedule(tmp_path):
+    settings = _settings(steps=12, val_every=4)
+    straight = finetune([Pair(*_pair())], settings, tmp_path / "straight")
+
+    stop = {"now": False}
+
+    def on_step(info):
+        stop["now"] = info.step >= 5
+
+    run = tmp_path / "stopped"
+    first = finetune([Pair(*_pair())], settings, run, on_step=on_step, cancel=lambda: stop["now"])
+    assert first.cancelled and first.step == 5
+    assert load_checkpoint(run / "last.safetensors")[1]["step"] == 5
+    assert len(_log(run)) == 5
+
+    resumed_steps = []
+    second = finetune([Pair(*_pair())], None, run, resume=True, on_step=lambda i: resumed_steps.append((i.step, i.lr)))
+    assert second.step == 12 and not second.cancelled
+    assert [s for s, _ in resumed_steps] == list(range(6, 13))
+    assert [lr for _, lr in resumed_steps] == [learning_rate(s - 1, settings) for s in range(6, 13)]
+    rows, reference = _log(run), _log(tmp_path / "straight")
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert [float(r["lr"]) for r in rows] == [float(r["lr"]) for r in reference]
+    # Optimizer moments and random states come back too: the resumed run is the straight run.
+    assert [float(r["loss"]) for r in rows] == pytest.approx([float(r["loss"]) for r in reference], rel=1e-4)
+    assert straight.step == 12
+
+
+def test_ctrl_c_saves_last_and_leaves_no_partial_files(tmp_path):
+    run = tmp_path / "run"
+
+    def interrupt(info):
+        if info.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune([Pair(*_pair())], _settings(), run, on_step=interrupt)
+    assert load_checkpoint(run / "last.safetensors")[1]["step"] == 3
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(PreflightError, match="in-memory arrays"):  # arrays must be given again
+        finetune(None, None, run, resume=True)
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine():
+    s = TrainSettings(steps=100, lr=1e-3, warmup=10, min_lr_fraction=0.1)
+    lrs = [learning_rate(i, s) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(x > y for x, y in zip(lrs[10:], lrs[11:]))
+    assert learning_rate(100, s) == pytest.approx(1e-4)
+
+
+def _thin_strip_mask(shape=(64, 160)):
+    mask = np.zeros(shape, np.uint8)
+    mask[:, :64] = 1
+    mask[:, 150:] = 1  # too thin for a validation crop at the far end
+    return mask
+
+
+@pytest.mark.parametrize(
+    "make, settings, message",
+    [
+        (lambda a, b: Pair(a, b[:80]), {}, r"pair 1.*differ in shape"),
+        (lambda a, b: Pair(a, b), {"crop": 128}, r"crop 128 is larger than the image"),
+        (lambda a, b: Pair(a, b, np.zeros(a.shape)), {}, r"mask is empty"),
+        (lambda a, b: Pair(a, b, np.pad(np.ones((20, 20)), ((0, 76), (0, 76)))), {}, r"only 400 pixels are marked, fewer than one 32 x 32"),
+        (lambda a, b: Pair(a, b, np.pad(np.ones((96, 16)), ((0, 0), (0, 80)))), {}, r"no 32 x 32 crop fits inside the marked region"),
+        (lambda a, b: Pair(a, b, np.ones((50, 50))), {}, r"mask has shape \(50, 50\)"),
+        (lambda a, b: Pair(a * 255, b), {"normalise": False}, r"image a spans .* outside \[0, 1\]; turn normalisation on"),
+        (lambda a, b: Pair(a, b * 0.1), {"normalise": False}, r"intensity ranges differ .*x.*turn normalisation on"),
+        (lambda a, b: Pair(np.full_like(a, 3.0), b), {}, r"image a is flat"),
+        (lambda a, b: Pair(np.zeros((64, 160)) + np.arange(160) / 160, np.ones((64, 160)) * np.arange(64)[:, None] / 64, _thin_strip_mask()), {}, r"validation region is empty"),
+        (lambda a, b: Pair(a, b), {"base": "no-such-model"}, r"base model: unknown model 'no-such-model'"),
+        (lambda a, b: Pair(a, b), {"steps": 0, "crop": 8}, r"steps must be at least 1.*crop must be at least 16"),
+        (lambda a, b: Pair(a, b), {"loss_weights": (0, 0, 0)}, r"loss weights"),
+        (lambda a, b: Pair("/nonexistent/a.tif", b), {}, r"/nonexistent/a.tif: no such file"),
+    ],
+)
+def test_preflight_errors_come_before_any_step(tmp_path, make, settings, message):
+    a, b = _pair()
+    steps = []
+    run = tmp_path / "run"
+    with pytest.raises(PreflightError, match=message):
+        finetune([make(a, b)], _settings(**settings), run, on_step=steps.append)
+    assert steps == [] and not run.exists()
+
+
+def test_run_folder_rules(tmp_path):
+    with pytest.raises(PreflightError, match="no run to resume"):
+        finetune([Pair(*_pair())], None, tmp_path / "empty", resume=True)
+    run = tmp_path / "run"
+    finetune([Pair(*_pair())], _settings(steps=2), run)
+    with pytest.raises(PreflightError, match="already holds a run"):
+        finetune([Pair(*_pair())], _settings(steps=2), run)
+    with pytest.raises(PreflightError, match="no training pairs"):
+        finetune([], _settings(), tmp_path / "other")
+
+
+def test_colour_source_is_trained_on_its_luminance_and_runs_default_to_the_data_dir(tmp_path):
+    a, b = _pair(64)
+    rgb = np.stack([a * 0.2, a, a * 0.1], axis=-1)
+    result = finetune([Pair(rgb, b)], _settings(steps=2), None)
+    assert result.run_dir.parent == tmp_path / "home" / "runs"
+    assert result.last.exists()
+
+
+def test_training_from_scratch_uses_the_named_config(tmp_path):
+    torch.manual_seed(123)
+    result = finetune([Pair(*_pair(64))], _settings(steps=2, base="scratch", config="tiny", seed=5), tmp_path / "r")
+    model, meta = load_checkpoint(result.last)
+    assert meta["provenance"]["base"] == "scratch (tiny)" and model.config.name == "tiny"
