@@ -198,3 +198,19 @@ def test_numba_backend_is_safe_to_call_from_several_threads_at_once():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_info_prints_the_backend_that_would_run(monkeypatch, capsys):
+    from napari_fusionmamba.cli import main
+
+    monkeypatch.delenv(scan.ENV_VAR, raising=False)
+    assert main(["info"]) == 0
+    auto = "numba" if scan._numba_importable() else "torch"
+    assert f"scan backend on cpu: {auto}\n" in capsys.readouterr().out
+    monkeypatch.setenv(scan.ENV_VAR, "torch")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "scan backend on cpu: torch\n" in out and f"({scan.ENV_VAR}=torch)" in out
+    monkeypatch.setenv(scan.ENV_VAR, "cuda")
+    assert main(["info"]) == 0
+    assert "scan backend on cpu: error: the cuda selective-scan backend needs CUDA tensors" in capsys.readouterr().out
