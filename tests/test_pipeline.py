@@ -172,15 +172,21 @@ def test_output_does_not_depend_on_the_scheduler(files, reference, tmp_path, sch
 
 @pytest.mark.slow
 def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(files, reference, tmp_path):
+    from napari_fusionmamba.cli import main
+
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        out = str(tmp_path / "out.zarr")
-        report = fuse_files(*files, out, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_client = str(tmp_path / "client.zarr")
+        report = fuse_files(*files, by_client, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
+        assert main(["fuse", *files, "-o", by_address, "--tile", "64", "--overlap", "16", "--chunk", "100",
+                     "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         loads = client.run(eval, "__import__('napari_fusionmamba.pipeline').pipeline.MODEL_LOADS")
     assert report.chunks_computed == 25
-    assert sorted(loads.values()) == [1, 1]  # two workers shared 25 chunks, one load each
-    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+    assert sorted(loads.values()) == [1, 1]  # two workers, two runs, 34 chunks: one load each
+    for out in (by_client, by_address):
+        assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
 
 @pytest.mark.slow
