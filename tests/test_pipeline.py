@@ -288,6 +288,19 @@ def test_png_colour_to_ome_tiff(tmp_path, pair):
     assert image.axes == "YXS" and image.data.shape == a.shape + (3,) and image.data.dtype == np.uint8
 
 
+def test_large_zarr_output_gets_a_pyramid_for_viewers(tmp_path):
+    a, b = real_looking_pair(600, 530, seed=4)
+    green = np.zeros(a.shape + (3,), np.uint16)
+    green[..., 1] = a
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(green, b, out, method="average")
+    image = open_image(out)
+    assert [level.shape for level in image.levels] == [(3, 600, 530), (3, 300, 265)]
+    full = image.levels[0].compute().astype(np.float64)
+    assert np.allclose(image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6)
+    assert np.allclose(np.moveaxis(full, 0, -1), fuse(green, b, method="average"), atol=1e-6)
+
+
 # --- bad input: a clear error naming the input, nothing at the output path --------------------
 
 
