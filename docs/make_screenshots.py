@@ -12,15 +12,34 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
 
+def _settle(app) -> None:
+    """Let the window draw, and close notification toasts (start-up warnings) that would hide the view."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    for toast in app.allWidgets():
+        if isinstance(toast, NapariQtNotification):
+            toast.close()
+    app.processEvents()
+
+
+def _save(viewer, name: str) -> None:
+    """The whole window (widget included), as a 256-colour PNG to keep the repository small."""
+    from PIL import Image
+
+    pixels = viewer.screenshot(canvas_only=False, flash=False)
+    Image.fromarray(pixels[..., :3]).quantize(256).save(IMAGES / name, optimize=True)
+
+
 def main() -> None:
     os.environ["NAPARI_FUSIONMAMBA_SETTINGS_DIR"] = tempfile.mkdtemp(prefix="fusionmamba-settings-")
-    warnings.filterwarnings("ignore", message="napari support for the PyQt5")  # keep its toast off the picture
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -35,13 +54,12 @@ def main() -> None:
     widget.tile.value, widget.overlap.value, widget.batch.value = 256, 64, 4
     viewer.grid.enabled = True
     viewer.grid.shape = (1, -1)
-    viewer.reset_view()
     app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
+    _settle(app)
+    viewer.reset_view()  # once the window has its size
+    _settle(app)
     IMAGES.mkdir(exist_ok=True)
-    viewer.screenshot(str(IMAGES / "napari_fuse_before.png"), canvas_only=False, flash=False)
+    _save(viewer, "napari_fuse_before.png")
 
     started = time.perf_counter()
     widget.run_button.clicked.emit()
@@ -53,10 +71,8 @@ def main() -> None:
         raise SystemExit("the fusion did not produce a layer: see the notification above")
     print(f"fused the 320x320 sample pair in {time.perf_counter() - started:.1f} s")
     viewer.reset_view()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    viewer.screenshot(str(IMAGES / "napari_fuse_after.png"), canvas_only=False, flash=False)
+    _settle(app)
+    _save(viewer, "napari_fuse_after.png")
     for path in sorted(IMAGES.glob("napari_fuse_*.png")):
         print(f"{path}: {path.stat().st_size / 1024:.0f} KB")
     viewer.close()
