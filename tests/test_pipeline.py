@@ -56,6 +56,30 @@ def test_tiled_matches_one_shot_on_a_512_pair():
     assert psnr(tiled, one_shot) >= 40
 
 
+@pytest.mark.slow
+def test_constant_pair_through_the_network_has_no_seams(tmp_path):
+    """Regular tiles of a constant pair get identical predictions, so a seamless blend repeats
+    with the tile stride: neighbouring tile regions must agree (here also across chunk borders
+    that cut through tiles)."""
+    tile, overlap = 64, 16
+    stride = tile - overlap
+    height, width = tile + 5 * stride, tile + 4 * stride  # every tile on the regular grid
+    a = np.full((height, width), 0.3, np.float32)
+    b = np.full((height, width), 0.7, np.float32)
+    whole = fuse(a, b, tile=tile, overlap=overlap, normalise=None)
+    zarr.open_group(str(tmp_path / "a.zarr"), mode="w").create_array("0", data=a)
+    zarr.open_group(str(tmp_path / "b.zarr"), mode="w").create_array("0", data=b)
+    out = str(tmp_path / "out.zarr")
+    fuse_files(str(tmp_path / "a.zarr/0"), str(tmp_path / "b.zarr/0"), out, tile=tile, overlap=overlap,
+               normalise=None, chunk=100)
+    chunked = open_image(out).data.compute()
+    for fused in (whole, chunked):
+        inner = fused[overlap : height - overlap, overlap : width - overlap]
+        assert np.abs(inner[:-stride] - inner[stride:]).max() <= 1e-5
+        assert np.abs(inner[:, :-stride] - inner[:, stride:]).max() <= 1e-5
+    assert np.abs(whole - chunked).max() <= 1e-5
+
+
 def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
     a = np.stack([real_looking_pair(64, seed=s)[0] * (s + 1) for s in range(3)])
     b = np.stack([real_looking_pair(64, seed=s)[1] for s in range(3)])
@@ -148,15 +172,21 @@ def test_output_does_not_depend_on_the_scheduler(files, reference, tmp_path, sch
 
 @pytest.mark.slow
 def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(files, reference, tmp_path):
+    from napari_fusionmamba.cli import main
+
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        out = str(tmp_path / "out.zarr")
-        report = fuse_files(*files, out, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_client = str(tmp_path / "client.zarr")
+        report = fuse_files(*files, by_client, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
+        assert main(["fuse", *files, "-o", by_address, "--tile", "64", "--overlap", "16", "--chunk", "100",
+                     "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         loads = client.run(eval, "__import__('napari_fusionmamba.pipeline').pipeline.MODEL_LOADS")
     assert report.chunks_computed == 25
-    assert sorted(loads.values()) == [1, 1]  # two workers shared 25 chunks, one load each
-    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+    assert sorted(loads.values()) == [1, 1]  # two workers, two runs, 34 chunks: one load each
+    for out in (by_client, by_address):
+        assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
 
 @pytest.mark.slow
@@ -258,6 +288,19 @@ def test_png_colour_to_ome_tiff(tmp_path, pair):
     assert image.axes == "YXS" and image.data.shape == a.shape + (3,) and image.data.dtype == np.uint8
 
 
+def test_large_zarr_output_gets_a_pyramid_for_viewers(tmp_path):
+    a, b = real_looking_pair(600, 530, seed=4)
+    green = np.zeros(a.shape + (3,), np.uint16)
+    green[..., 1] = a
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(green, b, out, method="average")
+    image = open_image(out)
+    assert [level.shape for level in image.levels] == [(3, 600, 530), (3, 300, 265)]
+    full = image.levels[0].compute().astype(np.float64)
+    assert np.allclose(image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6)
+    assert np.allclose(np.moveaxis(full, 0, -1), fuse(green, b, method="average"), atol=1e-6)
+
+
 # --- bad input: a clear error naming the input, nothing at the output path --------------------
 
 
@@ -303,9 +346,12 @@ def test_bad_files_and_outputs_are_named(tmp_path, pair):
     a, b = write_pair(tmp_path, *pair)
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00garbage")
+    unreadable = tmp_path / "folder.tif"  # unreadable as a file (permissions do not stop root)
+    unreadable.mkdir()
     cases = [
         ((str(tmp_path / "missing.tif"), b, str(tmp_path / "o1.zarr")), {}, FileNotFoundError, "missing.tif"),
         ((str(corrupt), b, str(tmp_path / "o2.zarr")), {}, ValueError, "corrupt.tif: cannot read"),
+        ((a, str(unreadable), str(tmp_path / "o5.zarr")), {}, ValueError, "folder.tif: cannot read"),
         ((a, b, str(tmp_path / "nowhere" / "o3.zarr")), {}, ValueError, "folder .*nowhere does not exist"),
         ((a, b, a), {"overwrite": True}, ValueError, "would overwrite the source"),
         ((a, b, str(tmp_path / "o4.png")), {}, ValueError, "o4.png: write fused images as"),

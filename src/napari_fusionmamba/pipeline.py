@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
-from .io import OpenedImage, OutputLayout, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
+from .io import OpenedImage, OutputLayout, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
 
 __all__ = ["fuse", "fuse_files", "FuseReport", "FusionInputError", "FusionCancelled"]
@@ -605,6 +605,7 @@ def fuse_files(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     normalise: str | None = "percentile",
+    names: tuple[str, str] | None = None,
 ) -> FuseReport:
     """Fuse two images (paths, or arrays) into ``out`` (.zarr / .ome.zarr: OME-Zarr 0.4;
     .tif / .tiff: tiled OME-TIFF), chunk by chunk.
@@ -615,7 +616,8 @@ def fuse_files(
     refuse to resume unless ``overwrite``. ``scheduler``: None (threads), "synchronous",
     "threads", "processes", a ``distributed.Client`` or a scheduler address. ``dtype``:
     "float32" (values in [0, 1]) or "source" (the sources' common dtype, integers scaled to
-    their full range). ``progress(done, total)`` counts chunks.
+    their full range). ``progress(done, total)`` counts chunks; ``names`` label array inputs in
+    error messages. Array inputs are recognised on a rerun by name, shape, dtype and percentiles.
     """
     import dask
 
@@ -624,7 +626,8 @@ def fuse_files(
     if dtype not in DTYPES:
         raise FusionInputError(f"unknown output dtype {dtype!r}: choose float32 or source")
     # Open the sources before judging the output, so a missing source is named first.
-    names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n for x, n in ((a, "A"), (b, "B")))
+    names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n
+                  for x, n in zip((a, b), names or ("A", "B")))
     job = _prepare(a, b, model, method, tile, overlap, batch, device, normalise, names)
     kind = _check_output(out, overwrite, [job.a, job.b])
     chunk = int(chunk) if chunk is not None else default_chunk(job.tile, job.overlap)
@@ -699,9 +702,12 @@ def fuse_files(
 
 
 def _finalise(out: str, kind: str, store: str, layout: OutputLayout, partial: str, run_hash: str) -> None:
-    """Mark the store complete and move it into place (replacing an old output only now)."""
+    """Add the zarr pyramid (or write the TIFF), mark the store complete and move it into place
+    (replacing an old output only now)."""
     import zarr
 
+    if kind == "zarr":
+        add_pyramid(store, layout)
     group = zarr.open_group(store, mode="r+")
     group.attrs["fusionmamba"] = {"run": run_hash, "complete": True}
     if kind == "tiff":
