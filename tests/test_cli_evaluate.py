@@ -42,6 +42,14 @@ def test_json_output_is_every_metric_of_the_files(files, capsys):
         assert scores[key] == pytest.approx(value, rel=1e-9), key
 
 
+def test_an_image_scored_against_itself_gives_strict_json(files, capsys):
+    paths, _ = files
+    assert main(["evaluate", paths["b"], paths["b"], paths["b"], "--json", "--metrics", "SSIM", "PSNR"]) == 0
+    text = capsys.readouterr().out
+    assert json.loads(text) == {"SSIM": pytest.approx(1.0), "PSNR": None}  # infinite PSNR -> null
+    assert "Infinity" not in text
+
+
 def test_table_output_and_a_metric_subset(files, capsys):
     paths, _ = files
     assert main(["evaluate", paths["fused"], paths["a"], paths["b"], "--metrics", "SSIM", "Qabf"]) == 0
