@@ -20,8 +20,13 @@ system-deps:
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest
 
+# Fuses the package's sample pair with the shipped model: demo/fused.tif, demo/side_by_side.png
+# and the metric table against the classical methods.
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py --out demo
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache
+	rm -rf $(VENV) build dist .pytest_cache demo

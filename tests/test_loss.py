@@ -18,6 +18,7 @@ def _pair(size=64, seed=0):
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
     model = build_model("tiny").train()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # a fresh head is zero: act as after one step
     a, b = _pair(128)  # the deepest scan must see more than one step for A to matter
     total, _ = FusionLoss()(model(a, b), a, b)
     total.backward()

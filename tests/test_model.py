@@ -40,6 +40,7 @@ def test_ldc_modulates_only_the_centre_tap():
 def test_every_config_runs_forward_and_backward(name):
     torch.manual_seed(0)
     model = build_model(name)
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # a fresh head is zero: act as after one step
     a, b = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
     out = model(a, b)
     assert out.shape == a.shape
@@ -83,6 +84,17 @@ def test_residual_choices_and_config_round_trip(residual):
     model = FusionMamba(config).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "none"])
+def test_an_untrained_network_returns_its_residual(residual):
+    # The head starts at zero, so training starts from a fair fusion instead of from noise.
+    torch.manual_seed(0)
+    model = FusionMamba(ModelConfig(residual=residual)).eval()
+    a, b = torch.rand(2, 1, 48, 40), torch.rand(2, 1, 48, 40)
+    expected = {"sum2": 2 * a + 2 * b, "mean": (a + b) / 2, "max": torch.maximum(a, b), "none": 0 * a}[residual]
+    with torch.no_grad():
+        assert torch.equal(model(a, b), expected.clamp(0, 1))
 
 
 def test_bad_inputs_and_configs_are_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -62,6 +63,12 @@ def _shown(child, widget) -> bool:
     return child.native.isVisibleTo(widget.native)
 
 
+def _alive(qt_widget) -> bool:
+    from qtpy import sip
+
+    return not sip.isdeleted(qt_widget)
+
+
 def _run(widget, qtbot, timeout=120_000):
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
@@ -70,7 +77,6 @@ def _run(widget, qtbot, timeout=120_000):
 @pytest.mark.slow
 def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     from napari_fusionmamba.pipeline import fuse
-    from napari_fusionmamba.weights import load_model
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
@@ -83,7 +89,7 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
     result = viewer.layers["fused(GFP, phase)"]
     expected = fuse(
-        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=load_model(tiny_checkpoint), device="cpu",
+        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
         **SETTINGS,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
@@ -170,7 +176,7 @@ def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_vi
     assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
 
 
-@pytest.mark.parametrize("problem", ["shape", "scale", "empty"])
+@pytest.mark.parametrize("problem", ["shape", "scale", "empty", "checkpoint"])
 def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_viewer, qtbot, notes, problem):
     viewer = make_napari_viewer()
     widget = FuseWidget(viewer)
@@ -178,9 +184,12 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
     if problem != "empty":
         viewer.add_image(np.zeros((64, 64), np.float32), name="cells")
         other = (64, 80) if problem == "shape" else (64, 64)
-        viewer.add_image(np.zeros(other, np.float32), name="nuclei", scale=(1, 1) if problem == "shape" else (2, 2))
+        viewer.add_image(np.zeros(other, np.float32), name="nuclei", scale=(2, 2) if problem == "scale" else (1, 1))
         widget.a.value, widget.b.value = viewer.layers["cells"], viewer.layers["nuclei"]
     widget.model.value = "method:average"
+    if problem == "checkpoint":
+        widget.model.value = fuse_widget.FROM_FILE
+        widget.checkpoint.value = "/no/such/model.safetensors"
     count = len(viewer.layers)
     widget.run_button.clicked.emit()
 
@@ -190,6 +199,8 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
     assert len(errors) == 1
     if problem == "empty":
         assert "choose two image layers" in errors[0]
+    elif problem == "checkpoint":
+        assert "/no/such/model.safetensors" in errors[0] and "not found" in errors[0]
     else:
         assert "'cells'" in errors[0] and "'nuclei'" in errors[0]
         assert ("shape" if problem == "shape" else "pixel sizes") in errors[0]
@@ -197,8 +208,8 @@ def test_bad_layers_give_a_notification_naming_them_and_no_layer(make_napari_vie
 
 def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
+    listeners = len(viewer.layers.events.inserted.callbacks)
     widget = FuseWidget(viewer)
-    qtbot.addWidget(widget.native)
     assert widget.a.choices == ()
     layer = viewer.add_image(np.zeros((8, 8)), name="first")
     viewer.add_labels(np.zeros((8, 8), int), name="not an image")
@@ -207,6 +218,11 @@ def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
     assert [widget.a.native.itemText(i) for i in range(widget.a.native.count())] == ["renamed"]
     viewer.layers.remove(layer)
     assert widget.a.choices == ()
+
+    widget.native.close()
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: not _alive(widget.a.native), timeout=5000)
+    assert len(viewer.layers.events.inserted.callbacks) == listeners  # a closed widget stops listening
 
 
 def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_viewer, qtbot, tmp_path, notes):
@@ -302,3 +318,72 @@ def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtb
     result = viewer.layers["fused(PET, MRI)"]
     assert result.rgb and result.data.shape == (64, 80, 3)
     np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)
+
+
+def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_viewer, qtbot, monkeypatch, notes):
+    from napari_fusionmamba import baselines
+
+    def broken(a, b):
+        raise RuntimeError("the method broke")
+
+    monkeypatch.setitem(baselines.BASELINES, "broken", broken)  # a method of its own: the engine caches methods
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((64, 64), np.float32), name="A")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:broken")
+    _run(widget, qtbot)
+    assert len(viewer.layers) == 2
+    assert any(severity == "error" and "the method broke" in message for severity, message in notes)
+
+    widget.model.value = "method:max"
+    _run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+
+
+def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
+    from napari_fusionmamba._widgets._common import save_settings
+    from napari_fusionmamba.devices import available_devices
+
+    missing = [name for name in ("cuda", "mps") if name not in available_devices()]
+    if not missing:
+        pytest.skip("every device is present here")
+    save_settings("fuse", {"device": missing[0], "tile": 128})
+    widget = FuseWidget(make_napari_viewer())
+    qtbot.addWidget(widget.native)
+    assert widget.device.value == "auto" and widget.tile.value == 128
+
+
+def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_viewer, qtbot, tmp_path, monkeypatch, notes):
+    from napari_fusionmamba import baselines
+
+    slow = {"on": True}
+
+    def slow_average(a, b):  # a slow method: each tile takes a while while ``slow["on"]``
+        slow.setdefault("calls", []).append(time.perf_counter())
+        if slow["on"]:
+            time.sleep(0.1)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    rng = np.random.default_rng(6)
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="A")
+    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:slow", output=fuse_widget.TO_ZARR)
+    out = tmp_path / "fused.zarr"
+    widget.out_path.value = out
+    seen = []
+    widget.progress.changed.connect(seen.append)
+    widget.run_button.clicked.emit()
+    qtbot.wait(2000); print("DBG", len(slow.get("calls", [])), seen, [l.name for l in viewer.layers], widget.runner.running, widget.progress.max)
+    widget.run_button.clicked.emit()  # cancel
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == ["A", "B"]  # the filling layer is gone
+    assert not out.exists()
+    assert any("cancelled" in message for _, message in notes)
+
+    slow["on"] = False
+    _run(widget, qtbot)  # the same run again resumes from the finished chunks
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
+    assert viewer.layers["fused(A, B)"].data.shape == (6, 128, 128)

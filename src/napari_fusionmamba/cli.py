@@ -35,6 +35,59 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(commands) -> None:
+    from .metrics import METRICS
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="fusion quality metrics of one fused image against its two sources",
+        description="Fusion quality metrics (docs/metrics.md) of FUSED against sources A and B, "
+        "computed on 8-bit gray as fusion papers report them (colour images: their Y).",
+    )
+    evaluate.add_argument("fused", help="the fused image (TIFF, zarr, PNG, BMP, JPEG)")
+    evaluate.add_argument("a", help="source A (e.g. the GFP / CT / infrared image)")
+    evaluate.add_argument("b", help="source B (e.g. the phase-contrast / MRI / visible image)")
+    evaluate.add_argument(
+        "--metrics", nargs="+", metavar="KEY", choices=list(METRICS),
+        help=f"metrics to compute (default: all): {' '.join(METRICS)}",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object {metric: value}")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def read_plane(path: str):
+    """One image file read whole as a numpy array (gray or colour), for the metrics."""
+    import numpy as np
+
+    from .io import open_image
+
+    return np.asarray(open_image(path).data)
+
+
+def json_number(value: float) -> float | None:
+    """Strict JSON has no inf or NaN: those become null."""
+    import math
+
+    return value if math.isfinite(value) else None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics import evaluate
+
+    paths = (args.fused, args.a, args.b)
+    images = [read_plane(path) for path in paths]
+    scores = evaluate(*images, metrics=args.metrics, names=paths)
+    if args.json:
+        print(json.dumps({key: json_number(value) for key, value in scores.items()}))
+    else:
+        width = max(len(key) for key in scores)
+        for key, value in scores.items():
+            print(f"{key:<{width}}  {value:.4f}")
+    return 0
+
+
 def _add_finetune_parser(commands) -> None:
     p = commands.add_parser(
         "finetune",
@@ -197,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, devices, scan backend and models")
     info.add_argument("--models", action="store_true", help="list the models with their parameter counts")
     info.set_defaults(handler=_info)
-    _add_finetune_parser(commands)
     _add_fuse_parser(commands)
+    _add_finetune_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
-from .io import OpenedImage, OutputLayout, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
+from .io import OpenedImage, OutputLayout, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
 
 __all__ = ["fuse", "fuse_files", "FuseReport", "FusionInputError", "FusionCancelled"]
@@ -187,7 +187,7 @@ def _sample(source: Source) -> np.ndarray:
         index = index + (slice(0, 3),)
     sample = source.data()[index]
     if hasattr(sample, "compute"):
-        sample = sample.compute()
+        sample = sample.compute(scheduler="threads")  # local reads, even with a cluster client active
     sample = np.asarray(sample, dtype=np.float64)
     if source.colour:
         sample = rgb_to_ycrcb(sample)[0]
@@ -241,19 +241,32 @@ _PREDICTORS: dict[tuple[str, str], tuple[Callable, int]] = {}
 MODEL_LOADS = 0
 
 
-def _load_network(name: str | None, device):
-    """The network for a name or checkpoint path, in eval mode on ``device``."""
-    import torch
+def _load_network(name: str, device):
+    """The network for a model name or checkpoint path, in eval mode on ``device``."""
+    from .weights import load_model
 
-    from .model.network import MODEL_CONFIGS, build_model
+    try:
+        return load_model(name, device)
+    except ValueError as error:  # unknown name, bad checkpoint: the user's input
+        raise FusionInputError(f"model {name}: {error}") from None
 
-    name = name or "tiny"
-    if name not in MODEL_CONFIGS:
-        raise FusionInputError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CONFIGS)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # an untrained config must be the same network in every process
-        model = build_model(name)
-    return model.eval().to(device)
+
+def _model_key(name: str) -> str:
+    """Identity of a model for caching and resuming: its name plus the weights file's state."""
+    from .weights import DEFAULT_MODEL, find_model
+
+    name = DEFAULT_MODEL if name == "default" else name
+    path = name if os.path.isfile(name) else None
+    if path is None:
+        try:
+            entry = find_model(name)
+        except ValueError:
+            return f"model:{name}"  # loading it will say what is wrong
+        path = str(entry.path) if entry.path is not None else None
+    if path is None:
+        return f"model:{name}"
+    stat = os.stat(path)
+    return f"model:{name}:{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _engine(model, method: str | None, device: str) -> Engine:
@@ -272,8 +285,8 @@ def _engine(model, method: str | None, device: str) -> Engine:
             raise FusionInputError(f"unknown method {method!r}: choose one of {', '.join(BASELINES)}")
         return Engine(key=f"method:{method}", method=method, device=device)
     if model is None or isinstance(model, (str, os.PathLike)):
-        name = str(model) if model is not None else None
-        engine = Engine(key=f"model:{name or 'default'}", model=name, device=device)
+        name = str(model) if model is not None else "default"
+        engine = Engine(key=_model_key(name), model=name, device=device)
         _predictor(engine)  # loads (and caches) it here, so a bad name fails before any output
         return engine
     digest = hashlib.sha256()
@@ -592,6 +605,7 @@ def fuse_files(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     normalise: str | None = "percentile",
+    names: tuple[str, str] | None = None,
 ) -> FuseReport:
     """Fuse two images (paths, or arrays) into ``out`` (.zarr / .ome.zarr: OME-Zarr 0.4;
     .tif / .tiff: tiled OME-TIFF), chunk by chunk.
@@ -602,7 +616,8 @@ def fuse_files(
     refuse to resume unless ``overwrite``. ``scheduler``: None (threads), "synchronous",
     "threads", "processes", a ``distributed.Client`` or a scheduler address. ``dtype``:
     "float32" (values in [0, 1]) or "source" (the sources' common dtype, integers scaled to
-    their full range). ``progress(done, total)`` counts chunks.
+    their full range). ``progress(done, total)`` counts chunks; ``names`` label array inputs in
+    error messages. Array inputs are recognised on a rerun by name, shape, dtype and percentiles.
     """
     import dask
 
@@ -611,7 +626,8 @@ def fuse_files(
     if dtype not in DTYPES:
         raise FusionInputError(f"unknown output dtype {dtype!r}: choose float32 or source")
     # Open the sources before judging the output, so a missing source is named first.
-    names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n for x, n in ((a, "A"), (b, "B")))
+    names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n
+                  for x, n in zip((a, b), names or ("A", "B")))
     job = _prepare(a, b, model, method, tile, overlap, batch, device, normalise, names)
     kind = _check_output(out, overwrite, [job.a, job.b])
     chunk = int(chunk) if chunk is not None else default_chunk(job.tile, job.overlap)
@@ -686,9 +702,12 @@ def fuse_files(
 
 
 def _finalise(out: str, kind: str, store: str, layout: OutputLayout, partial: str, run_hash: str) -> None:
-    """Mark the store complete and move it into place (replacing an old output only now)."""
+    """Add the zarr pyramid (or write the TIFF), mark the store complete and move it into place
+    (replacing an old output only now)."""
     import zarr
 
+    if kind == "zarr":
+        add_pyramid(store, layout)
     group = zarr.open_group(store, mode="r+")
     group.attrs["fusionmamba"] = {"run": run_hash, "complete": True}
     if kind == "tiff":

@@ -42,17 +42,26 @@ def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
 
     picker = ComboBox(label=label, choices=choices, tooltip=tooltip, nullable=False)
+    emitters = [getattr(viewer.layers.events, name) for name in ("inserted", "removed", "reordered")]
 
     def refresh(event=None):
         picker.reset_choices()
         layer = getattr(event, "value", None)
-        if event is not None and getattr(event, "type", "") == "inserted" and isinstance(layer, kind):
+        if getattr(event, "type", "") == "inserted" and isinstance(layer, kind):
             layer.events.name.connect(refresh)
+            emitters.append(layer.events.name)
 
-    for name in ("inserted", "removed", "reordered"):
-        getattr(viewer.layers.events, name).connect(refresh)
+    def disconnect(*_):
+        """Once the widget is gone, stop listening (a closed widget must not react to layers)."""
+        for emitter in emitters:
+            emitter.disconnect(refresh)
+
     for layer in viewer.layers:
-        layer.events.name.connect(refresh)
+        if isinstance(layer, kind):
+            emitters.append(layer.events.name)
+    for emitter in emitters:
+        emitter.connect(refresh)
+    picker.native.destroyed.connect(disconnect)
     return picker
 
 

@@ -146,12 +146,12 @@ class FuseWidget(Container):
             self.overlap, self.batch, self.stack, self.output, self.out_path, self.run_button, self.progress,
         ])
         self.runner = Runner(self.run_button, self.progress, name="Run")
-        self._disable_missing_devices()
+        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
+        self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
         self.model.changed.connect(self._on_model)
         self.device.changed.connect(self._on_device)
         self.output.changed.connect(self._on_output)
         self.run_button.changed.connect(self._on_run)
-        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
         self._on_model()
         self._on_device()
         self._on_output()
@@ -171,7 +171,7 @@ class FuseWidget(Container):
     def _on_model(self, _value=None) -> None:
         self.checkpoint.visible = self.model.value == FROM_FILE
         network = not str(self.model.value).startswith("method:")
-        for widget in (self.device, self.backend, self.tile, self.overlap, self.batch):
+        for widget in (self.device, self.backend):  # classical methods run on the CPU, tiled alike
             widget.enabled = network
 
     def _on_device(self, _value=None) -> None:
@@ -313,19 +313,15 @@ class FuseWidget(Container):
 
 
 def run_fusion(request: FuseRequest, progress, cancelled):
-    """The worker's job: load the model and fuse, in memory or into zarr (never touches the viewer)."""
+    """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
+    the model by name or path and keeps it loaded for the next run."""
     from ..pipeline import fuse, fuse_files
 
     options = dict(
         tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
         progress=progress, cancel=cancelled, method=request.method,
+        model=None if request.method else str(request.checkpoint or request.model),
     )
-    if request.method is None:
-        from ..devices import resolve_device
-        from ..weights import load_model
-
-        source = request.checkpoint or request.model
-        options["model"] = load_model(str(source), device=str(resolve_device(request.device)))
     # Named, calibrated sources: errors name the layers, a zarr output keeps the pixel size.
     a, b = (_as_image(data, name, request.scale, rgb) for data, name, rgb in
             zip((request.a, request.b), request.names, (request.rgb, False)))

@@ -25,9 +25,10 @@ class ModelConfig:
     expand: int = 2  # E = expand * C inside the scan modules
     patch_size: int = 4
     drop_path: float = 0.1
-    # Residual added to the head's output: "sum2" is the authors' 2a + 2b, "mean" (a + b) / 2,
-    # "max" max(a, b), "none" nothing.
-    residual: str = "mean"
+    # Residual added to the head's output: "max" max(a, b) (the loss's intensity target), "sum2"
+    # the authors' 2a + 2b, "mean" (a + b) / 2, "none" nothing. The head starts at zero, so an
+    # untrained network returns exactly this residual.
+    residual: str = "max"
     # The authors' code never uses the shallowest fused skip (C0 at stride 4); True adds it back
     # before the final 4x expansion, as a U-Net would.
     shallow_skip: bool = True
@@ -129,6 +130,8 @@ class FusionMamba(nn.Module):
         )
         self.head_expand = PatchExpand(c0, scale=config.patch_size)
         self.head = nn.Conv2d(c0, 1, 1)
+        nn.init.zeros_(self.head.weight)  # training starts from the residual, not from noise
+        nn.init.zeros_(self.head.bias)
 
     @property
     def stride(self) -> int:

@@ -1,0 +1,95 @@
+"""``fusionmamba fuse`` as a user types it: exit codes, one-line errors, the output on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fusionmamba.cli import main
+from napari_fusionmamba.io import open_image
+from napari_fusionmamba.pipeline import fuse
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+@pytest.fixture
+def files(tmp_path, pair):
+    a, b = pair
+    meta = {"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2}
+    tifffile.imwrite(tmp_path / "gfp.ome.tif", a, metadata=meta)
+    tifffile.imwrite(tmp_path / "phase.ome.tif", b, metadata=meta)
+    return str(tmp_path / "gfp.ome.tif"), str(tmp_path / "phase.ome.tif")
+
+
+def test_fuse_writes_the_same_image_as_the_python_api(files, tmp_path, capsys):
+    out = str(tmp_path / "fused.ome.zarr")
+    assert main(["fuse", *files, "-o", out, "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
+    assert "fused.ome.zarr: 128x160 float32" in capsys.readouterr().out
+    image = open_image(out)
+    assert image.pixel_size == pytest.approx((0.2, 0.2))
+    assert np.abs(image.data.compute() - fuse(*files, tile=64, overlap=16)).max() <= 1e-5
+
+
+def test_method_dtype_and_overwrite(files, tmp_path):
+    out = str(tmp_path / "fused.tif")
+    assert main(["fuse", *files, "-o", out, "--method", "max", "--dtype", "source", "--no-progress"]) == 0
+    first = tifffile.imread(out)
+    assert first.dtype == np.uint16
+    assert main(["fuse", *files, "-o", out, "--method", "average", "--no-progress"]) == 2
+    assert np.array_equal(tifffile.imread(out), first)  # refused: the old output is untouched
+    assert main(["fuse", *files, "-o", out, "--method", "average", "--overwrite", "--no-progress"]) == 0
+    assert tifffile.imread(out).dtype == np.float32
+
+
+def test_model_checkpoint_path(files, tmp_path):
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import save_checkpoint
+
+    model = build_model("tiny")
+    checkpoint = save_checkpoint(tmp_path / "mine.safetensors", model)
+    out = str(tmp_path / "fused.zarr")
+    assert main(["fuse", *files, "-o", out, "--model", str(checkpoint), "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
+    expected = fuse(*files, model=model, tile=64, overlap=16)
+    assert np.abs(open_image(out).data.compute() - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--model", "nonexistent-model"], "nonexistent-model"),
+        (["--tile", "64", "--overlap", "64"], "tile 64 must be larger than the overlap 64"),
+        (["--device", "cuda"], "not available"),
+        (["--method", "nope"], "unknown method 'nope'"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(files, tmp_path, capsys, extra, message):
+    if extra == ["--device", "cuda"]:
+        from napari_fusionmamba.devices import available_devices
+
+        if "cuda" in available_devices():
+            pytest.skip("this machine has CUDA")
+    out = tmp_path / "out.zarr"
+    assert main(["fuse", *files, "-o", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fusionmamba fuse: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_missing_source_is_named(files, tmp_path, capsys):
+    assert main(["fuse", files[0], str(tmp_path / "gone.tif"), "-o", str(tmp_path / "o.zarr")]) == 2
+    assert "gone.tif: no such file" in capsys.readouterr().err
+
+
+def test_console_entry_shows_a_progress_bar(files, tmp_path):
+    out = str(tmp_path / "fused.zarr")
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--method", "average", "--chunk", "64"],
+        env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "6/6" in result.stderr and "chunk" in result.stderr  # tqdm's bar: 2 x 3 chunks

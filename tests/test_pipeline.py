@@ -1,0 +1,369 @@
+"""The fusion engine driven as a user would: arrays in memory, files on disk, dask schedulers,
+a dask.distributed cluster, interrupted runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from conftest import real_looking_pair
+from napari_fusionmamba import pipeline
+from napari_fusionmamba.colour import rgb_to_ycrcb
+from napari_fusionmamba.io import open_image
+from napari_fusionmamba.pipeline import FusionCancelled, FusionInputError, fuse, fuse_files
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def normalised(x):
+    lo, hi = np.percentile(x.astype(np.float64), pipeline.PERCENTILES)
+    return np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def psnr(x, y):
+    return 10 * np.log10(1.0 / np.mean((x.astype(np.float64) - y) ** 2))
+
+
+def write_pair(tmp_path, a, b, pixel=0.325):
+    meta = {"axes": "ZYX"[3 - a.ndim :], "PhysicalSizeX": pixel, "PhysicalSizeY": pixel}
+    pa, pb = tmp_path / "a.ome.tif", tmp_path / "b.ome.tif"
+    tifffile.imwrite(pa, a, metadata=meta)
+    tifffile.imwrite(pb, b, metadata=meta)
+    return str(pa), str(pb)
+
+
+def test_fuse_normalises_each_source_once_not_per_tile(pair):
+    a, b = pair
+    out = fuse(a, b, method="average", tile=64, overlap=16)
+    assert out.dtype == np.float32 and out.shape == a.shape
+    assert np.abs(out - (normalised(a) + normalised(b)) / 2).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_tiled_matches_one_shot_on_a_512_pair():
+    a, b = real_looking_pair(512, seed=3)
+    one_shot = fuse(a, b, tile=512, overlap=0)
+    tiled = fuse(a, b, tile=256, overlap=64)
+    assert psnr(tiled, one_shot) >= 40
+
+
+@pytest.mark.slow
+def test_constant_pair_through_the_network_has_no_seams(tmp_path):
+    """Regular tiles of a constant pair get identical predictions, so a seamless blend repeats
+    with the tile stride: neighbouring tile regions must agree (here also across chunk borders
+    that cut through tiles)."""
+    tile, overlap = 64, 16
+    stride = tile - overlap
+    height, width = tile + 5 * stride, tile + 4 * stride  # every tile on the regular grid
+    a = np.full((height, width), 0.3, np.float32)
+    b = np.full((height, width), 0.7, np.float32)
+    whole = fuse(a, b, tile=tile, overlap=overlap, normalise=None)
+    zarr.open_group(str(tmp_path / "a.zarr"), mode="w").create_array("0", data=a)
+    zarr.open_group(str(tmp_path / "b.zarr"), mode="w").create_array("0", data=b)
+    out = str(tmp_path / "out.zarr")
+    fuse_files(str(tmp_path / "a.zarr/0"), str(tmp_path / "b.zarr/0"), out, tile=tile, overlap=overlap,
+               normalise=None, chunk=100)
+    chunked = open_image(out).data.compute()
+    for fused in (whole, chunked):
+        inner = fused[overlap : height - overlap, overlap : width - overlap]
+        assert np.abs(inner[:-stride] - inner[stride:]).max() <= 1e-5
+        assert np.abs(inner[:, :-stride] - inner[:, stride:]).max() <= 1e-5
+    assert np.abs(whole - chunked).max() <= 1e-5
+
+
+def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
+    a = np.stack([real_looking_pair(64, seed=s)[0] * (s + 1) for s in range(3)])
+    b = np.stack([real_looking_pair(64, seed=s)[1] for s in range(3)])
+    out = fuse(a, b, method="max", tile=32, overlap=8)
+    assert out.shape == (3, 64, 64)
+    # One (lo, hi) for the whole stack: the brighter planes stay brighter.
+    assert np.abs(out - np.maximum(normalised(a), normalised(b))).max() < 1e-5
+
+
+def test_colour_source_is_fused_on_luminance_and_keeps_its_colour(pair):
+    a, b = pair
+    green = np.zeros(a.shape + (3,), np.uint16)
+    green[..., 1] = a
+    out = fuse(green, b, method="average", tile=64, overlap=16)
+    assert out.shape == a.shape + (3,)
+    luma = rgb_to_ycrcb(green.astype(np.float64))[0]
+    expected = (normalised(luma) + normalised(b)) / 2
+    fused_luma = rgb_to_ycrcb(out)[0]
+    unclipped = (out > 0.001).all(axis=-1) & (out < 0.999).all(axis=-1)
+    assert unclipped.mean() > 0.5
+    assert np.abs(fused_luma - expected)[unclipped].max() < 1e-4
+    bright = a > np.percentile(a, 90)
+    assert (out[..., 1] >= out[..., 0])[bright].all()  # GFP stays green
+
+
+def test_nan_and_inf_are_replaced_as_documented(pair):
+    a, b = (x.astype(np.float32) for x in pair)
+    a[5:9, 5:9] = np.nan
+    a[20, 20] = np.inf
+    a[30, 30] = -np.inf
+    with pytest.warns(UserWarning, match="NaN and -Inf are fused as 0, \\+Inf as 1"):
+        out = fuse(a, b, method="average", tile=64, overlap=16)
+    assert np.isfinite(out).all()
+    nb = normalised(b)
+    assert np.allclose(out[5:9, 5:9], nb[5:9, 5:9] / 2, atol=1e-5)
+    assert np.isclose(out[20, 20], (1 + nb[20, 20]) / 2, atol=1e-5)
+    assert np.isclose(out[30, 30], nb[30, 30] / 2, atol=1e-5)
+
+
+def test_a_model_object_is_used_as_given(pair):
+    from napari_fusionmamba.model.network import build_model
+
+    a, b = pair
+    model = build_model("tiny")
+    out = fuse(a, b, model=model, tile=64, overlap=16)
+    assert out.shape == a.shape and 0 <= out.min() and out.max() <= 1
+    assert not np.allclose(out, fuse(a, b, tile=64, overlap=16))
+
+
+# --- files, chunks, schedulers --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pair")
+    a, b = real_looking_pair(300, 260, seed=5)
+    return write_pair(tmp, a, b)
+
+
+@pytest.fixture(scope="module")
+def reference(files, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ref") / "whole.zarr")
+    report = fuse_files(*files, out, tile=64, overlap=16, chunk=1000, scheduler="synchronous")
+    assert report.chunks_total == 1
+    return open_image(out).data.compute()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [48, 100, 256, 512])
+def test_output_does_not_depend_on_chunk_size(files, reference, tmp_path, chunk):
+    out = str(tmp_path / "out.ome.zarr")
+    report = fuse_files(*files, out, tile=64, overlap=16, chunk=chunk, scheduler="threads")
+    assert report.chunks_computed == report.chunks_total == -(-300 // chunk) * -(-260 // chunk)
+    assert zarr.open_array(out + "/0").chunks == (min(chunk, 300), min(chunk, 260))
+    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+
+
+def test_in_memory_fuse_matches_the_file_pipeline(files, reference):
+    a, b = (open_image(p).data for p in files)
+    assert np.abs(fuse(a, b, tile=64, overlap=16) - reference).max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_output_does_not_depend_on_the_scheduler(files, reference, tmp_path, scheduler):
+    out = str(tmp_path / "out.zarr")
+    fuse_files(*files, out, tile=64, overlap=16, chunk=100, scheduler=scheduler)
+    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(files, reference, tmp_path):
+    from napari_fusionmamba.cli import main
+
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        by_client = str(tmp_path / "client.zarr")
+        report = fuse_files(*files, by_client, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
+        assert main(["fuse", *files, "-o", by_address, "--tile", "64", "--overlap", "16", "--chunk", "100",
+                     "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
+        loads = client.run(eval, "__import__('napari_fusionmamba.pipeline').pipeline.MODEL_LOADS")
+    assert report.chunks_computed == 25
+    assert sorted(loads.values()) == [1, 1]  # two workers, two runs, 34 chunks: one load each
+    for out in (by_client, by_address):
+        assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_chunks(files, reference, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    done = out + pipeline.PARTIAL_SUFFIX + "/done"
+    command = [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--tile", "64",
+               "--overlap", "16", "--chunk", "32", "--scheduler", "synchronous", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (os.path.isdir(done) and len(os.listdir(done)) >= 10):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(os.listdir(done))
+    total = 10 * 9
+    assert 10 <= finished < total and not os.path.exists(out)
+
+    report = fuse_files(*files, out, tile=64, overlap=16, chunk=32, scheduler="synchronous")
+    assert (report.chunks_skipped, report.chunks_computed) == (finished, total - finished)
+    assert not os.path.exists(out + pipeline.PARTIAL_SUFFIX)
+    assert zarr.open_group(out).attrs["fusionmamba"]["complete"] is True
+    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+
+
+def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
+    out = str(tmp_path / "out.tif")
+    seen = []
+    with pytest.raises(FusionCancelled):
+        fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous",
+                   progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) > 3)
+    assert not os.path.exists(out)
+    report = fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous")
+    assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
+    expected = fuse(*files, method="average")
+    assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
+
+
+def test_an_unfinished_run_with_other_arguments_is_not_resumed(files, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    with pytest.raises(FusionCancelled):
+        fuse_files(*files, out, method="average", chunk=64, cancel=lambda: True)
+    with pytest.raises(FusionInputError, match="unfinished run with other arguments"):
+        fuse_files(*files, out, method="max", chunk=64)
+    report = fuse_files(*files, out, method="max", chunk=64, overwrite=True)
+    assert report.chunks_skipped == 0 and report.chunks_computed == 25
+
+
+# --- round trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,expected", [("float32", np.float32), ("source", np.uint16)])
+def test_tiff_in_zarr_out_keeps_shape_dtype_choice_and_pixel_size(tmp_path, dtype, expected):
+    a, b = real_looking_pair(64, 96, seed=1)
+    files = write_pair(tmp_path, np.stack([a, a // 2]), np.stack([b, b]).astype(np.uint16), pixel=0.325)
+    out = str(tmp_path / "fused.ome.zarr")
+    report = fuse_files(*files, out, tile=64, overlap=16, dtype=dtype)
+    image = open_image(out)
+    assert image.data.shape == report.shape == (2, 64, 96) and image.data.dtype == expected
+    assert image.axes == "ZYX" and image.pixel_size[-2:] == pytest.approx((0.325, 0.325))
+    assert image.unit == "micrometer"
+    values = image.data.compute()
+    if expected == np.uint16:
+        assert values.max() > 60000  # the full range of the dtype
+    multiscales = zarr.open_group(out).attrs["multiscales"][0]
+    assert multiscales["version"] == "0.4" and [a["name"] for a in multiscales["axes"]] == ["z", "y", "x"]
+
+
+def test_zarr_in_tiff_out_keeps_shape_dtype_choice_and_pixel_size(tmp_path):
+    a, b = real_looking_pair(80, 72, seed=2)
+    paths = []
+    for name, data in (("a.ome.zarr", a), ("b.ome.zarr", b)):
+        group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        group.create_array("0", data=data, chunks=(32, 32))
+        group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+            {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}]}]
+        paths.append(str(tmp_path / name))
+    out = str(tmp_path / "fused.tif")
+    fuse_files(*paths, out, tile=64, overlap=16, dtype="source")
+    image = open_image(out)
+    # uint16 and uint8 sources: the common dtype is uint16.
+    assert image.data.shape == (80, 72) and image.data.dtype == np.uint16
+    assert image.pixel_size == pytest.approx((0.5, 0.5))
+
+
+def test_png_colour_to_ome_tiff(tmp_path, pair):
+    import imageio.v3 as iio
+
+    a, b = pair
+    rgb = np.zeros(a.shape + (3,), np.uint8)
+    rgb[..., 1] = (a / a.max() * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "gfp.png", rgb)
+    iio.imwrite(tmp_path / "pc.png", b)
+    out = str(tmp_path / "fused.ome.tif")
+    fuse_files(str(tmp_path / "gfp.png"), str(tmp_path / "pc.png"), out, method="average", dtype="source")
+    image = open_image(out)
+    assert image.axes == "YXS" and image.data.shape == a.shape + (3,) and image.data.dtype == np.uint8
+
+
+def test_large_zarr_output_gets_a_pyramid_for_viewers(tmp_path):
+    a, b = real_looking_pair(600, 530, seed=4)
+    green = np.zeros(a.shape + (3,), np.uint16)
+    green[..., 1] = a
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(green, b, out, method="average")
+    image = open_image(out)
+    assert [level.shape for level in image.levels] == [(3, 600, 530), (3, 300, 265)]
+    full = image.levels[0].compute().astype(np.float64)
+    assert np.allclose(image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6)
+    assert np.allclose(np.moveaxis(full, 0, -1), fuse(green, b, method="average"), atol=1e-6)
+
+
+# --- bad input: a clear error naming the input, nothing at the output path --------------------
+
+
+def _save(path, data):
+    path = str(path)
+    if path.endswith(".zarr"):
+        zarr.open_group(path, mode="w").create_array("0", data=data)
+        return path + "/0"
+    tifffile.imwrite(path, data, metadata={"axes": "ZYX"[3 - data.ndim :]})
+    return path
+
+
+BAD = {
+    "shapes differ": (np.zeros((64, 64), np.uint8), np.zeros((64, 80), np.uint8), {}, "spatial shapes differ.*64x64.*64x80"),
+    "planes differ": (np.zeros((3, 64, 64), np.uint8), np.zeros((4, 64, 64), np.uint8), {}, "different numbers of planes.*3 Z.*4 Z"),
+    "one pixel": (np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8), {}, "a.tif: image too small \\(1x1"),
+    "empty": (np.zeros((0, 64), np.uint8), np.zeros((0, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: image too small"),
+    "boolean": (np.zeros((64, 64), bool), np.zeros((64, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: boolean"),
+    "complex": (np.zeros((64, 64), np.complex64), np.zeros((64, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: complex"),
+    "tile <= overlap": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"tile": 32, "overlap": 32}, "larger than the overlap"),
+    "tile not a multiple": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"tile": 100}, "multiple of the network stride"),
+    "unknown model": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"model": "no-such-model"}, "no-such-model"),
+    "unknown method": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"method": "magic"}, "unknown method 'magic'"),
+    "absent device": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"device": "cuda"}, "cuda.*not available"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case):
+    a, b, options, message = BAD[case]
+    options = dict(options)
+    suffix = options.pop("suffix", ".tif")
+    if case == "absent device" and "cuda" in __import__("napari_fusionmamba.devices").devices.available_devices():
+        pytest.skip("this machine has CUDA")
+    pa, pb = _save(tmp_path / f"a{suffix}", a), _save(tmp_path / f"b{suffix}", b)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match=message):
+        fuse_files(pa, pb, str(out), **options)
+    assert not os.path.exists(out) and not os.path.exists(str(out) + pipeline.PARTIAL_SUFFIX)
+
+
+def test_bad_files_and_outputs_are_named(tmp_path, pair):
+    a, b = write_pair(tmp_path, *pair)
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00garbage")
+    unreadable = tmp_path / "folder.tif"  # unreadable as a file (permissions do not stop root)
+    unreadable.mkdir()
+    cases = [
+        ((str(tmp_path / "missing.tif"), b, str(tmp_path / "o1.zarr")), {}, FileNotFoundError, "missing.tif"),
+        ((str(corrupt), b, str(tmp_path / "o2.zarr")), {}, ValueError, "corrupt.tif: cannot read"),
+        ((a, str(unreadable), str(tmp_path / "o5.zarr")), {}, ValueError, "folder.tif: cannot read"),
+        ((a, b, str(tmp_path / "nowhere" / "o3.zarr")), {}, ValueError, "folder .*nowhere does not exist"),
+        ((a, b, a), {"overwrite": True}, ValueError, "would overwrite the source"),
+        ((a, b, str(tmp_path / "o4.png")), {}, ValueError, "o4.png: write fused images as"),
+    ]
+    for args, options, error, message in cases:
+        with pytest.raises(error, match=message):
+            fuse_files(*args, **options)
+        assert not os.path.exists(args[2]) or args[2] == a
+    existing = tmp_path / "exists.zarr"
+    existing.mkdir()
+    with pytest.raises(ValueError, match="exists.zarr: already exists"):
+        fuse_files(a, b, str(existing), method="average")
+    assert os.listdir(existing) == []
+    report = fuse_files(a, b, str(existing), method="average", overwrite=True)
+    assert open_image(report.out).data.shape == pair[0].shape

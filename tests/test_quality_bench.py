@@ -1,0 +1,107 @@
+"""benchmarks/quality.py on a tiny folder of pairs made here, run as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.metrics import METRICS, evaluate
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+
+
+def gray(seed, shape=(40, 48)):
+    x = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5)
+    return np.rint((x - x.min()) / np.ptp(x) * 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    data = tmp_path / "pairs"
+    (data / "A").mkdir(parents=True)
+    (data / "B").mkdir()
+    colour = np.zeros((40, 48, 3), np.uint8)
+    colour[..., 1] = gray(1)  # a green (GFP-like) source: its Y is used
+    iio.imwrite(data / "A" / "p1.png", colour)
+    iio.imwrite(data / "B" / "p1.png", gray(2))
+    iio.imwrite(data / "A" / "p2.png", gray(3))
+    iio.imwrite(data / "B" / "p2.png", gray(4))
+    iio.imwrite(data / "A" / "only_here.png", gray(5))  # unpaired: skipped
+    return data
+
+
+def run(*args):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_benchmark_json_and_table(folder, tmp_path):
+    out = tmp_path / "out" / "q.json"
+    result = run("--data", str(folder), "--methods", "average", "max", "--model", "none", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["model"] is None and report["pairs"] == 2
+    assert report["metrics"] == list(METRICS)
+    assert set(report["results"]) == {"average", "max"} == set(report["std"])
+    # the mean really is the mean over the pairs of evaluate() on what the method fused
+    a1 = iio.imread(folder / "A" / "p1.png")[..., 1] * 0.587
+    pairs = [(np.rint(a1) / 255, gray(2) / 255), (gray(3) / 255, gray(4) / 255)]
+    per_pair = [evaluate(BASELINES["max"](a, b), a, b) for a, b in pairs]
+    for key in ("MI", "Qabf", "SSIM"):
+        expected = np.mean([scores[key] for scores in per_pair])
+        assert report["results"]["max"][key] == pytest.approx(expected, rel=1e-6)
+        assert report["std"]["max"][key] == pytest.approx(
+            np.std([s[key] for s in per_pair], ddof=1), rel=1e-6)
+    assert "| metric | average | max |" in result.stdout
+    assert "unpaired" in result.stderr
+
+
+def test_limit_and_every_baseline_by_default(folder, tmp_path):
+    out = tmp_path / "q.json"
+    run("--data", str(folder), "--limit", "1", "--model", "none", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["pairs"] == 1
+    assert set(report["results"]) == {"average", "max", "laplacian", "dwt", "gff"}
+
+
+def test_bad_folders_are_clear_errors(folder, tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--model", "none"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "expected DIR/A and DIR/B" in result.stderr
+    iio.imwrite(folder / "A" / "p3.png", gray(6, (30, 30)))
+    iio.imwrite(folder / "B" / "p3.png", gray(7))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(folder), "--model", "none",
+                             "--methods", "max"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "B/p3.png has shape (40, 48) but A/p3.png has (30, 30)" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder, tmp_path):
+    import torch
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "tinynet.safetensors", build_model("tiny"))
+    out = tmp_path / "q.json"
+    result = run("--data", str(folder), "--methods", "average", "max", "--model", str(checkpoint),
+                 "--limit", "1", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["model"] == "tinynet"
+    assert list(report["results"]) == ["average", "max", "tinynet"]
+    assert all(v is not None for v in report["results"]["tinynet"].values())
+    won = [key for key in ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
+           if report["results"]["tinynet"][key]
+           > max(report["results"][m][key] for m in ("average", "max"))]
+    assert f"tinynet wins {len(won)}/10 against the best baseline" in result.stdout
