@@ -35,6 +35,7 @@ def _write_pair(folder, name="p.png", size=80, seed=0, colour=False):
     return folder / "A" / name, folder / "B" / name
 
 
+@pytest.mark.slow
 def test_finetune_files_with_mask_and_register_by_name(tmp_path, capsys):
     a, b = _images()
     tifffile.imwrite(tmp_path / "a.tif", a)

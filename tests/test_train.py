@@ -55,6 +55,7 @@ def _textured_pair(size=96):
     return a.astype(np.float32), b.astype(np.float32)
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_loss_and_write_the_run(tmp_path):
     run = tmp_path / "run"
     seen = []
@@ -137,6 +138,7 @@ def test_region_weight_applies_to_label_two():
     assert (data.weight[:, 32:] == 3.0).all()
 
 
+@pytest.mark.slow
 def test_stop_then_resume_continues_step_and_schedule(tmp_path):
     settings = _settings(steps=12, val_every=4)
     straight = finetune([Pair(*_pair())], settings, tmp_path / "straight")
