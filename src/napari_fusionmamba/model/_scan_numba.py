@@ -2,7 +2,7 @@
 
 Each (batch, channel) sequence is one parallel work item whose N states stay in a small local
 array, so nothing of size (batch, channels, L, N) is ever stored: the backward pass recomputes
-the states of one sequence into a per-item buffer (L x N) and walks back through it. Imported
+the states of one sequence into per-item buffers (L x N) and walks back through them. Imported
 only when the numba backend runs (numba's import and first compile cost time); the kernels are
 cached on disk after the first compile.
 """
@@ -85,6 +85,7 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
         g = (item // blocks) % groups
         blk = item % blocks
         hs = np.empty((length + 1, n), np.float32)  # hs[t + 1] = h_t, hs[0] = 0
+        decays = np.empty((length, n), np.float32)  # exp(dt_t A), kept from the forward walk
         gh = np.empty(n, np.float32)
         gA = np.empty(n, np.float32)
         for d in range(g * per + blk * per_block, min(g * per + (blk + 1) * per_block, (g + 1) * per)):
@@ -96,7 +97,8 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
                 dt_t = dt[b, d, t]
                 x = dt_t * u[b, d, t]
                 for k in range(n):
-                    hs[t + 1, k] = _exp(dt_t * a[k]) * hs[t, k] + x * B[b, g, t, k]
+                    decays[t, k] = _exp(dt_t * a[k])
+                    hs[t + 1, k] = decays[t, k] * hs[t, k] + x * B[b, g, t, k]
             # walk back: gh is dL/dh_t, accumulated from the future and from y_t
             for k in range(n):
                 gh[k] = 0.0
@@ -112,7 +114,7 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
                     dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
                     gk = gh[k] + g_y * C[b, g, t, k]
                     prev = hs[t, k]
-                    decay = _exp(dt_t * a[k])
+                    decay = decays[t, k]
                     gdt += gk * (a[k] * decay * prev + ut * bk)
                     gu += gk * dt_t * bk
                     dB[blk, b, g, t, k] += gk * dt_t * ut
