@@ -123,21 +123,20 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
                 dt_t = dt[b, d, t]
                 ut = u[b, d, t]
                 g_y = dy[b, d, t]
-                gu = np.float32(0.0)
-                gdt = np.float32(0.0)
+                dtu = dt_t * ut
+                gkb = np.float32(0.0)  # sum_k gk B_k: feeds both du and ddt
+                gdecay = np.float32(0.0)  # sum_k gk A_k decay_k h_{t-1,k}
                 for k in range(n):
-                    bk = B[b, g, t, k]
-                    dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
                     gk = gh[k] + g_y * C[b, g, t, k]
-                    prev = hs[t, k]
-                    decay = decays[t, k]
-                    gdt += gk * (a[k] * decay * prev + ut * bk)
-                    gu += gk * dt_t * bk
-                    dB[blk, b, g, t, k] += gk * dt_t * ut
-                    gA[k] += gk * prev * decay * dt_t
-                    gh[k] = gk * decay
-                ddt[b, d, t] = gdt
-                du[b, d, t] = gu
+                    dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
+                    dB[blk, b, g, t, k] += gk * dtu
+                    gkb += gk * B[b, g, t, k]
+                    q = gk * decays[t, k] * hs[t, k]
+                    gA[k] += q * dt_t
+                    gdecay += q * a[k]
+                    gh[k] = gk * decays[t, k]
+                ddt[b, d, t] = gdecay + ut * gkb
+                du[b, d, t] = dt_t * gkb
             for k in range(n):
                 dA[b, d, k] = gA[k]
 
