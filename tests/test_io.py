@@ -118,3 +118,24 @@ def test_colour_output_round_trips_through_ome_zarr_and_ome_tiff(tmp_path):
     back = open_image(tiff)
     assert back.axes == "ZYXS" and back.pixel_size == pytest.approx((3.0, 0.4, 0.4))
     assert np.array_equal(back.data.compute(), rgb)
+
+
+def test_pyramid_levels_are_2x2_means_with_doubled_scale(tmp_path):
+    from napari_fusionmamba.io import add_pyramid
+
+    data = np.random.default_rng(4).integers(0, 60000, (2, 1100, 700), dtype=np.uint16)
+    layout = OutputLayout(data.shape, "ZYX", "<u2", 256, pixel_size=(2.0, 0.5, 0.5), unit="micrometer")
+    store = str(tmp_path / "big.ome.zarr")
+    create_ome_zarr(store, layout)
+    for z in range(2):
+        for y in range(0, 1100, 256):
+            for x in range(0, 700, 256):
+                write_block(store, layout, (z,), y, x, data[z, y : y + 256, x : x + 256])
+    assert add_pyramid(store, layout, smallest=256) == 3
+    image = open_image(store)
+    assert [level.shape for level in image.levels] == [(2, 1100, 700), (2, 550, 350), (2, 275, 175), (2, 138, 88)]
+    expected = np.round(data[1].reshape(550, 2, 350, 2).mean(axis=(1, 3))).astype(np.uint16)
+    assert np.array_equal(image.levels[1][1].compute(), expected)
+    last = open_image(store + "/3")
+    assert last.pixel_size == (2.0, 4.0, 4.0)
+    assert np.isclose(last.data[0, -1, -1].compute(), image.levels[2][0, -1, -1].compute(), atol=1)  # edge kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -350,3 +351,39 @@ def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer
     widget = FuseWidget(make_napari_viewer())
     qtbot.addWidget(widget.native)
     assert widget.device.value == "auto" and widget.tile.value == 128
+
+
+def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_viewer, qtbot, tmp_path, monkeypatch, notes):
+    from napari_fusionmamba import baselines
+
+    slow = {"on": True}
+
+    def slow_average(a, b):  # a slow method: each tile takes a while while ``slow["on"]``
+        slow.setdefault("calls", []).append(time.perf_counter())
+        if slow["on"]:
+            time.sleep(0.1)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    rng = np.random.default_rng(6)
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="A")
+    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:slow", output=fuse_widget.TO_ZARR)
+    out = tmp_path / "fused.zarr"
+    widget.out_path.value = out
+    seen = []
+    widget.progress.changed.connect(seen.append)
+    widget.run_button.clicked.emit()
+    qtbot.wait(2000); print("DBG", len(slow.get("calls", [])), seen, [l.name for l in viewer.layers], widget.runner.running, widget.progress.max)
+    widget.run_button.clicked.emit()  # cancel
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == ["A", "B"]  # the filling layer is gone
+    assert not out.exists()
+    assert any("cancelled" in message for _, message in notes)
+
+    slow["on"] = False
+    _run(widget, qtbot)  # the same run again resumes from the finished chunks
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
+    assert viewer.layers["fused(A, B)"].data.shape == (6, 128, 128)

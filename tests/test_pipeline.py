@@ -172,15 +172,21 @@ def test_output_does_not_depend_on_the_scheduler(files, reference, tmp_path, sch
 
 @pytest.mark.slow
 def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(files, reference, tmp_path):
+    from napari_fusionmamba.cli import main
+
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        out = str(tmp_path / "out.zarr")
-        report = fuse_files(*files, out, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_client = str(tmp_path / "client.zarr")
+        report = fuse_files(*files, by_client, tile=64, overlap=16, chunk=64, scheduler=client)
+        by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
+        assert main(["fuse", *files, "-o", by_address, "--tile", "64", "--overlap", "16", "--chunk", "100",
+                     "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         loads = client.run(eval, "__import__('napari_fusionmamba.pipeline').pipeline.MODEL_LOADS")
     assert report.chunks_computed == 25
-    assert sorted(loads.values()) == [1, 1]  # two workers shared 25 chunks, one load each
-    assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
+    assert sorted(loads.values()) == [1, 1]  # two workers, two runs, 34 chunks: one load each
+    for out in (by_client, by_address):
+        assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
 
 @pytest.mark.slow
@@ -280,6 +286,19 @@ def test_png_colour_to_ome_tiff(tmp_path, pair):
     fuse_files(str(tmp_path / "gfp.png"), str(tmp_path / "pc.png"), out, method="average", dtype="source")
     image = open_image(out)
     assert image.axes == "YXS" and image.data.shape == a.shape + (3,) and image.data.dtype == np.uint8
+
+
+def test_large_zarr_output_gets_a_pyramid_for_viewers(tmp_path):
+    a, b = real_looking_pair(600, 530, seed=4)
+    green = np.zeros(a.shape + (3,), np.uint16)
+    green[..., 1] = a
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(green, b, out, method="average")
+    image = open_image(out)
+    assert [level.shape for level in image.levels] == [(3, 600, 530), (3, 300, 265)]
+    full = image.levels[0].compute().astype(np.float64)
+    assert np.allclose(image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6)
+    assert np.allclose(np.moveaxis(full, 0, -1), fuse(green, b, method="average"), atol=1e-6)
 
 
 # --- bad input: a clear error naming the input, nothing at the output path --------------------

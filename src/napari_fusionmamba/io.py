@@ -350,6 +350,49 @@ def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, 
     return group
 
 
+#: Downsampled levels are added to an OME-Zarr output until its largest side is at most this.
+PYRAMID_MIN = 512
+
+
+def add_pyramid(path: str, layout: OutputLayout, smallest: int = PYRAMID_MIN) -> int:
+    """Add 2x-downsampled levels ("1", "2", ...) to a store made by ``create_ome_zarr`` so that
+    viewers can show a large output zoomed out without reading it all. Each level is the 2x2
+    mean of the one above, computed block by block (memory: four output chunks). Returns the
+    number of levels added."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    meta = group.attrs["multiscales"]
+    datasets = meta[0]["datasets"][:1]
+    previous = group["0"]
+    level = 0
+    while max(previous.shape[-2:]) > smallest:
+        level += 1
+        shape = previous.shape[:-2] + tuple(-(-n // 2) for n in previous.shape[-2:])
+        chunks = previous.chunks[:-2] + tuple(min(c, n) for c, n in zip(previous.chunks[-2:], shape[-2:]))
+        current = group.create_array(str(level), shape=shape, chunks=chunks, dtype=previous.dtype,
+                                     fill_value=0, overwrite=True)
+        cy, cx = chunks[-2:]
+        for lead in np.ndindex(*shape[:-2]):
+            for y in range(0, shape[-2], cy):
+                for x in range(0, shape[-1], cx):
+                    block = np.asarray(previous[lead + (slice(2 * y, 2 * (y + cy)), slice(2 * x, 2 * (x + cx)))],
+                                       dtype=np.float64)
+                    h, w = -(-block.shape[0] // 2), -(-block.shape[1] // 2)
+                    block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1])), mode="edge")
+                    mean = block.reshape(h, 2, w, 2).mean(axis=(1, 3))
+                    if previous.dtype.kind in "iu":
+                        mean = np.round(mean)
+                    current[lead + (slice(y, y + h), slice(x, x + w))] = mean.astype(previous.dtype)
+        scale = list(datasets[0]["coordinateTransformations"][0]["scale"])
+        scale[-2:] = [value * 2**level for value in scale[-2:]]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        previous = current
+    meta[0]["datasets"] = datasets
+    group.attrs["multiscales"] = meta
+    return level
+
+
 def write_block(path: str, layout: OutputLayout, plane: tuple[int, ...], y0: int, x0: int, block: np.ndarray) -> None:
     """Write one (Y, X[, 3]) block of one plane into the store made by ``create_ome_zarr``."""
     import zarr

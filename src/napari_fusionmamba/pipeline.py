@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
-from .io import OpenedImage, OutputLayout, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
+from .io import OpenedImage, OutputLayout, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
 
 __all__ = ["fuse", "fuse_files", "FuseReport", "FusionInputError", "FusionCancelled"]
@@ -702,9 +702,12 @@ def fuse_files(
 
 
 def _finalise(out: str, kind: str, store: str, layout: OutputLayout, partial: str, run_hash: str) -> None:
-    """Mark the store complete and move it into place (replacing an old output only now)."""
+    """Add the zarr pyramid (or write the TIFF), mark the store complete and move it into place
+    (replacing an old output only now)."""
     import zarr
 
+    if kind == "zarr":
+        add_pyramid(store, layout)
     group = zarr.open_group(store, mode="r+")
     group.attrs["fusionmamba"] = {"run": run_hash, "complete": True}
     if kind == "tiff":
