@@ -359,31 +359,50 @@ def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_
     slow = {"on": True}
 
     def slow_average(a, b):  # a slow method: each tile takes a while while ``slow["on"]``
-        slow.setdefault("calls", []).append(time.perf_counter())
         if slow["on"]:
-            time.sleep(0.1)
+            time.sleep(0.3)
         return baselines.average(a, b)
 
     monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
     rng = np.random.default_rng(6)
     viewer = make_napari_viewer()
-    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="A")
-    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="B")
+    # 24 planes of one tile each: many more chunks than worker threads, so Cancel lands mid-run
+    viewer.add_image(rng.random((24, 64, 64), dtype=np.float32), name="A")
+    viewer.add_image(rng.random((24, 64, 64), dtype=np.float32), name="B")
     widget = _widget(viewer, qtbot, "A", "B", model="method:slow", output=fuse_widget.TO_ZARR)
     out = tmp_path / "fused.zarr"
     widget.out_path.value = out
     seen = []
     widget.progress.changed.connect(seen.append)
     widget.run_button.clicked.emit()
-    qtbot.wait(2000); print("DBG", len(slow.get("calls", [])), seen, [l.name for l in viewer.layers], widget.runner.running, widget.progress.max)
+    qtbot.waitUntil(lambda: any(value >= 1 for value in seen) and len(viewer.layers) == 3, timeout=60_000)
     widget.run_button.clicked.emit()  # cancel
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["A", "B"]  # the filling layer is gone
-    assert not out.exists()
+    assert not out.exists() and Path(f"{out}.fusionmamba-partial").is_dir()
+    assert max(seen) < 24
     assert any("cancelled" in message for _, message in notes)
 
     slow["on"] = False
     _run(widget, qtbot)  # the same run again resumes from the finished chunks
     assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
     assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
-    assert viewer.layers["fused(A, B)"].data.shape == (6, 128, 128)
+    assert viewer.layers["fused(A, B)"].data.shape == (24, 64, 64)
+
+
+def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
+    """napari turns on dask's process-wide cache while it slices dask layers; a fusion running in
+    a worker at that moment must neither feed it its tasks nor take it over (dask.cache then
+    fails with a KeyError on the worker's tasks, intermittently)."""
+    from dask.callbacks import Callback
+
+    from napari_fusionmamba.pipeline import fuse, fuse_files
+
+    seen = []
+    rng = np.random.default_rng(7)
+    a = da.from_array(rng.random((2, 96, 96), dtype=np.float32), chunks=(1, 48, 48))
+    b = da.from_array(rng.random((2, 96, 96), dtype=np.float32), chunks=(1, 48, 48))
+    with Callback(pretask=lambda key, dsk, state: seen.append(key)):  # stands in for the viewer's cache
+        fuse(a, b, method="average", **SETTINGS)
+        fuse_files(a, b, str(tmp_path / "out.zarr"), method="average", **SETTINGS)
+    assert seen == []

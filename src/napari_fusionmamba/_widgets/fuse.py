@@ -287,7 +287,8 @@ class FuseWidget(Container):
         if self._live is None:
             store = _partial_store(request.out)
             if (store / ".zattrs").exists():
-                self._live = self._viewer.add_image(_open_lazy(store, request.rgb), **_layer_options(request))
+                data = _open_lazy(store, request.rgb)
+                self._live = self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.refresh()
 
@@ -296,8 +297,10 @@ class FuseWidget(Container):
             self._viewer.add_image(result, **_layer_options(request))
             return
         data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
-        if self._live is None:
-            self._viewer.add_image(data, **_layer_options(request))
+        if self._live is None or isinstance(data, list) != self._live.multiscale:
+            if self._live is not None:
+                self._viewer.layers.remove(self._live)
+            self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.data = data
         self._live = None
@@ -341,8 +344,9 @@ def _as_image(data, name: str, scale, rgb: bool):
     return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name)
 
 
-def _layer_options(request: FuseRequest) -> dict:
+def _layer_options(request: FuseRequest, data=None) -> dict:
     return dict(
+        multiscale=isinstance(data, list),
         name=request.name, scale=request.scale, translate=request.translate, rgb=request.rgb,
         metadata=request.metadata, contrast_limits=(0, 1), colormap="gray",
     )
@@ -355,15 +359,17 @@ def _partial_store(out: Path) -> Path:
 
 
 def _open_lazy(path: Path, rgb: bool):
-    """The fused store as a dask array in napari's axis order (colour last)."""
+    """The fused store as dask arrays in napari's axis order (colour last): a list of levels
+    (full resolution first) when the store has a pyramid."""
     import dask.array as da
 
     from ..io import open_image
 
     image = open_image(path)
+    levels = image.levels or [image.data]
     if rgb and "C" in image.axes:
-        return da.moveaxis(image.data, image.axes.index("C"), -1)
-    return image.data
+        levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
+    return levels if len(levels) > 1 else levels[0]
 
 
 def _shape(shape) -> str:
