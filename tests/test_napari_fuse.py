@@ -82,7 +82,8 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
     viewer.layers["GFP"].scale = viewer.layers["phase"].scale = (0.5, 0.5)
     viewer.layers["GFP"].translate = viewer.layers["phase"].translate = (3, 4)
-    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu")
+    network = dict(tile=192, overlap=64, batch=2)  # 2 x 2 tiles: few, as the network is slow on a CPU
+    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu", **network)
     assert "lab (your model)" in [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
     _run(widget, qtbot)
 
@@ -90,7 +91,7 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     result = viewer.layers["fused(GFP, phase)"]
     expected = fuse(
         viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
-        **SETTINGS,
+        **network,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
     assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
