@@ -66,3 +66,10 @@ def test_average_and_max_by_definition_and_shape_errors():
     for method in METHODS:
         with pytest.raises(ValueError, match="same shape"):
             BASELINES[method](a, b[:-1])
+
+
+@pytest.mark.parametrize("method", ["average", "laplacian", "dwt", "gff"])
+def test_two_flat_images_fuse_to_their_mean_with_no_rim_at_the_borders(method):
+    a = np.full((37, 53), 0.2, np.float32)
+    b = np.full((37, 53), 0.6, np.float32)
+    np.testing.assert_allclose(BASELINES[method](a, b), 0.4, atol=1e-5)

@@ -10,24 +10,46 @@ cached on disk after the first compile.
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-_SOFTPLUS_LINEAR = 20.0  # above this softplus(x) == x in float32, as torch's threshold
+# numba's OpenMP layer brings a second OpenMP runtime next to torch's; their spinning workers
+# slowed torch's own ops (and the whole network) several-fold in measurements here. The
+# workqueue layer does not, but must never run two kernels at once: hence the lock.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_LOCK = threading.Lock()
 
 
-@njit(inline="always")
-def _dt(raw, softplus):
-    if softplus and raw <= _SOFTPLUS_LINEAR:
-        return np.float32(math.log1p(math.exp(raw)))
-    return raw
+@njit(inline="always", fastmath=True)
+def _exp(x):
+    """float32 exp, ~1 ulp, in plain arithmetic so that loops over the N states vectorise.
+
+    (math.exp is a libm call per element, about 20x slower here.) Cody-Waite reduction
+    x = n ln2 + r, a degree-7 polynomial for exp(r), and 2^n built in the exponent bits; x is
+    clamped to the float32 range, so exp(-1000) gives 1.6e-38 instead of 0.
+    """
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.float32(math.floor(x * np.float32(1.4426950408889634) + np.float32(0.5)))
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * np.int32((np.int32(n) + 127) << 23).view(np.float32)
 
 
-@njit(parallel=True, cache=True)
-def _forward(u, delta, A, B, C, D, bias, softplus, y):
+@njit(parallel=True, cache=True, fastmath=True)
+def _forward(u, dt, A, B, C, y):
+    """B, C come time-major, (batch, groups, L, N), so each step reads N contiguous values."""
     batch, channels, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     per = channels // groups
@@ -37,23 +59,22 @@ def _forward(u, delta, A, B, C, D, bias, softplus, y):
         a = A[d].copy()
         h = np.zeros(n, np.float32)
         for t in range(length):
-            dt = _dt(delta[b, d, t] + bias[d], softplus)
-            x = dt * u[b, d, t]
+            dt_t = dt[b, d, t]
+            x = dt_t * u[b, d, t]
             acc = np.float32(0.0)
             for k in range(n):
-                h[k] = math.exp(dt * a[k]) * h[k] + x * B[b, g, k, t]
-                acc += h[k] * C[b, g, k, t]
-            y[b, d, t] = acc + D[d] * u[b, d, t]
+                h[k] = _exp(dt_t * a[k]) * h[k] + x * B[b, g, t, k]
+                acc += h[k] * C[b, g, t, k]
+            y[b, d, t] = acc
 
 
-@njit(parallel=True, cache=True)
-def _backward(u, delta, A, B, C, D, bias, softplus, dy, blocks,
-              du, ddelta, dA, dD, dbias, dB, dC):
+@njit(parallel=True, cache=True, fastmath=True)
+def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
     """Gradients; dB, dC get one partial sum per (block of channels) to avoid write races.
 
     Work items are (batch, group, block); each walks its channels one after another, so the
-    partial sums of B and C over the channels of a group never collide. dA, dD, dbias come back
-    per batch element and are summed by the caller.
+    partial sums of B and C over the channels of a group never collide. dA comes back per batch
+    element and is summed by the caller. B, C, dB, dC are time-major as in _forward.
     """
     batch, channels, length = u.shape
     groups, n = B.shape[1], A.shape[1]
@@ -63,54 +84,44 @@ def _backward(u, delta, A, B, C, D, bias, softplus, dy, blocks,
         b = item // (groups * blocks)
         g = (item // blocks) % groups
         blk = item % blocks
-        hs = np.empty((length, n), np.float32)
+        hs = np.empty((length + 1, n), np.float32)  # hs[t + 1] = h_t, hs[0] = 0
         gh = np.empty(n, np.float32)
         gA = np.empty(n, np.float32)
         for d in range(g * per + blk * per_block, min(g * per + (blk + 1) * per_block, (g + 1) * per)):
             a = A[d].copy()
             # recompute the states of this sequence
             for k in range(n):
-                gh[k] = 0.0
+                hs[0, k] = 0.0
             for t in range(length):
-                dt = _dt(delta[b, d, t] + bias[d], softplus)
-                x = dt * u[b, d, t]
+                dt_t = dt[b, d, t]
+                x = dt_t * u[b, d, t]
                 for k in range(n):
-                    gh[k] = math.exp(dt * a[k]) * gh[k] + x * B[b, g, k, t]
-                    hs[t, k] = gh[k]
+                    hs[t + 1, k] = _exp(dt_t * a[k]) * hs[t, k] + x * B[b, g, t, k]
             # walk back: gh is dL/dh_t, accumulated from the future and from y_t
             for k in range(n):
                 gh[k] = 0.0
                 gA[k] = 0.0
-            gD = np.float32(0.0)
-            gbias = np.float32(0.0)
             for t in range(length - 1, -1, -1):
-                raw = delta[b, d, t] + bias[d]
-                dt = _dt(raw, softplus)
+                dt_t = dt[b, d, t]
                 ut = u[b, d, t]
                 g_y = dy[b, d, t]
-                gD += g_y * ut
-                gu = g_y * D[d]
+                gu = np.float32(0.0)
                 gdt = np.float32(0.0)
                 for k in range(n):
-                    bk = B[b, g, k, t]
-                    dC[blk, b, g, k, t] += g_y * hs[t, k]
-                    gk = gh[k] + g_y * C[b, g, k, t]
-                    prev = hs[t - 1, k] if t > 0 else np.float32(0.0)
-                    decay = math.exp(dt * a[k])
+                    bk = B[b, g, t, k]
+                    dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
+                    gk = gh[k] + g_y * C[b, g, t, k]
+                    prev = hs[t, k]
+                    decay = _exp(dt_t * a[k])
                     gdt += gk * (a[k] * decay * prev + ut * bk)
-                    gu += gk * dt * bk
-                    dB[blk, b, g, k, t] += gk * dt * ut
-                    gA[k] += gk * prev * decay * dt
+                    gu += gk * dt_t * bk
+                    dB[blk, b, g, t, k] += gk * dt_t * ut
+                    gA[k] += gk * prev * decay * dt_t
                     gh[k] = gk * decay
-                if softplus and raw <= _SOFTPLUS_LINEAR:
-                    gdt = np.float32(gdt / (1.0 + math.exp(-raw)))  # softplus' = sigmoid
-                ddelta[b, d, t] = gdt
+                ddt[b, d, t] = gdt
                 du[b, d, t] = gu
-                gbias += gdt
             for k in range(n):
                 dA[b, d, k] = gA[k]
-            dD[b, d] = gD
-            dbias[b, d] = gbias
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -123,43 +134,37 @@ def _set_threads() -> None:
 
 
 class _NumbaScan(torch.autograd.Function):
+    """The core recurrence on float32 CPU tensors: (u, dt, A, B, C) -> sum_n C h."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
-        channels = u.shape[1]
-        arrays = [_np(t) for t in (u, delta, A, B, C)]
-        arrays.append(_np(D) if D is not None else np.zeros(channels, np.float32))
-        arrays.append(_np(delta_bias) if delta_bias is not None else np.zeros(channels, np.float32))
+    def forward(ctx, u, dt, A, B, C):
+        arrays = [_np(t) for t in (u, dt, A, B.transpose(2, 3), C.transpose(2, 3))]
         y = np.empty(u.shape, np.float32)
-        _set_threads()
-        _forward(*arrays, softplus, y)
-        ctx.arrays, ctx.softplus = arrays, softplus
-        ctx.has = (D is not None, delta_bias is not None)
-        ctx.dtypes = [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
-        return torch.from_numpy(y).to(u.dtype)
+        with _LOCK:
+            _set_threads()
+            _forward(*arrays, y)
+        ctx.arrays = arrays
+        return torch.from_numpy(y)
 
     @staticmethod
     def backward(ctx, grad):
-        u, delta, A, B, C, D, bias = ctx.arrays
+        u, dt, A, B, C = ctx.arrays
         batch, channels, length = u.shape
         groups, n = B.shape[1], A.shape[1]
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         # enough (batch, group, block) items to keep every thread busy
         blocks = max(1, min(channels // groups, -(-2 * threads // (batch * groups))))
-        du, ddelta = np.empty_like(u), np.empty_like(u)
+        du, ddt = np.empty_like(u), np.empty_like(u)
         dA = np.empty((batch, channels, n), np.float32)
-        dD = np.empty((batch, channels), np.float32)
-        dbias = np.empty((batch, channels), np.float32)
         dB = np.zeros((blocks,) + B.shape, np.float32)
         dC = np.zeros((blocks,) + C.shape, np.float32)
-        _set_threads()
-        _backward(u, delta, A, B, C, D, bias, ctx.softplus, _np(grad), blocks,
-                  du, ddelta, dA, dD, dbias, dB, dC)
-        grads = [du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0),
-                 dD.sum(0) if ctx.has[0] else None, dbias.sum(0) if ctx.has[1] else None]
-        out = [None if g is None else torch.from_numpy(g).to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
-        return (*out, None)
+        with _LOCK:
+            _set_threads()
+            _backward(u, dt, A, B, C, _np(grad), blocks, du, ddt, dA, dB, dC)
+        return tuple(torch.from_numpy(g) for g in (
+            du, ddt, dA.sum(0), dB.sum(0).transpose(0, 1, 3, 2), dC.sum(0).transpose(0, 1, 3, 2)))
 
 
-def numba_selective_scan(u, delta, A, B, C, D, delta_bias, softplus):
-    """The scan on CPU tensors (any float dtype, computed in float32; result in ``u``'s dtype)."""
-    return _NumbaScan.apply(u, delta, A, B, C, D, delta_bias, softplus)
+def numba_scan(u, dt, A, B, C):
+    """sum_n C_t h_t for float32 CPU tensors; delta_bias, softplus and D are the caller's."""
+    return _NumbaScan.apply(u, dt, A, B, C)

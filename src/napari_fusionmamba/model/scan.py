@@ -166,9 +166,10 @@ def _scan_reference(u, delta, A, B, C, D, delta_bias, softplus):
     B, C = _by_channel(B, channels), _by_channel(C, channels)
     h = u.new_zeros(u.shape[0], channels, A.shape[1])
     ys = []
-    for t in range(u.shape[2]):
-        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[..., t]
-        ys.append((h * C[..., t]).sum(-1))
+    # unbind, not indexing: the backward of x[..., t] would build a full-size gradient every step
+    for dt_t, x_t, B_t, C_t in zip(dt.unbind(-1), (dt * u).unbind(-1), B.unbind(-1), C.unbind(-1)):
+        h = torch.exp(dt_t[..., None] * A) * h + x_t[..., None] * B_t
+        ys.append((h * C_t).sum(-1))
     return _finish(torch.stack(ys, dim=-1), u, D, dtype)
 
 
@@ -205,11 +206,12 @@ def _scan_torch(u, delta, A, B, C, D, delta_bias, softplus, chunk=None):
     B = B.view(batch, groups, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3)
     C = C.view(batch, groups, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3)
     a = A.view(groups, per, 1, n)
+    decay = torch.exp(dt.sum(0) * a)  # over a whole chunk: (batch, groups, per, nc, N)
+    dt, x, B, C = (t.unbind(0) for t in (dt, x, B, C))  # (unbind: see _scan_reference)
 
     h = x[0] * B[0]
     for t in range(1, T):
         h = torch.exp(dt[t] * a) * h + x[t] * B[t]
-    decay = torch.exp(dt.sum(0) * a)  # (batch, groups, per, nc, N)
     starts = [torch.zeros_like(h[..., 0, :])]
     for c in range(nc - 1):
         starts.append(decay[..., c, :] * starts[-1] + h[..., c, :])
@@ -224,9 +226,13 @@ def _scan_torch(u, delta, A, B, C, D, delta_bias, softplus, chunk=None):
 
 
 def _scan_numba(u, delta, A, B, C, D, delta_bias, softplus):
-    from ._scan_numba import numba_selective_scan
+    """The fused kernel runs the recurrence; torch does the cheap (B, D, L) parts around it."""
+    from ._scan_numba import numba_scan
 
-    return numba_selective_scan(u, delta, A, B, C, D, delta_bias, softplus)
+    dtype = u.dtype
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    y = numba_scan(u, _dt(delta, delta_bias, softplus), A, B, C)
+    return _finish(y, u, D, dtype)
 
 
 def _scan_cuda(u, delta, A, B, C, D, delta_bias, softplus):
