@@ -38,14 +38,12 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 def scan_backend(device: str) -> str:
-    """The selective-scan backend the network would use on ``device``, in words."""
-    try:
-        from ..devices import resolve_device
-        from ..model.scan import resolve_backend
+    """The selective-scan backend the network would use on ``device`` (FUSIONMAMBA_SCAN_BACKEND included)."""
+    from ..devices import resolve_device
+    from ..model.scan import resolve_backend
 
+    try:
         return resolve_backend("auto", resolve_device(device))
-    except (ImportError, AttributeError):
-        return "reference"
     except (RuntimeError, ValueError) as error:
         return f"unavailable ({error})"
 
@@ -236,10 +234,6 @@ class FuseWidget(Container):
             request.checkpoint = Path(self.checkpoint.value)
         else:
             request.model = choice.split(":", 1)[1]
-        if request.tile % 32:
-            raise ValueError(f"Fuse: tile {request.tile} is not a multiple of 32.")
-        if request.overlap >= request.tile:
-            raise ValueError(f"Fuse: overlap {request.overlap} must be smaller than the tile {request.tile}.")
         if self.output.value == TO_ZARR:
             if not self.out_path.value:
                 raise ValueError("Fuse: choose a zarr path for the output, or output to a new layer.")
