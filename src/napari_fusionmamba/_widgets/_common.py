@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,13 +179,9 @@ class Runner:
         self._on_progress = on_progress
         cancel = self._cancel
         emit = self._progress.changed.emit
-        outcome: dict[str, Any] = {}
 
         def work():
-            started = time.perf_counter()
-            result = job(lambda done, total: emit(int(done), int(total)), cancel.is_set)
-            outcome["seconds"] = time.perf_counter() - started
-            return result
+            return job(lambda done, total: emit(int(done), int(total)), cancel.is_set)
 
         def returned(result):
             if cancel.is_set():
