@@ -122,6 +122,22 @@ def test_model_picker_lists_shipped_and_user_models_without_building_networks(
     assert not _shown(widget.checkpoint, widget)
 
 
+def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from qtpy.QtCore import Qt
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import register_model, save_checkpoint
+
+    widget = FuseWidget(make_napari_viewer())
+    qtbot.addWidget(widget.native)
+    assert "model:later" not in widget.model.choices
+    register_model(save_checkpoint(tmp_path / "later.safetensors", build_model("tiny")), "later")
+    qtbot.keyClick(widget.model.native, Qt.Key_Down)  # the user opens / steps through the list
+    assert "model:later" in widget.model.choices
+
+
 def test_devices_present_are_the_only_ones_enabled_and_backend_is_shown(make_napari_viewer, qtbot):
     from napari_fusionmamba.devices import available_devices
     from napari_fusionmamba.model.scan import resolve_backend

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ._common import Runner, layer_picker, persist
+from ._common import Runner, layer_picker, persist, refresh_on_open
 
 FROM_FILE = "file:"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -85,11 +85,11 @@ class FuseWidget(Container):
         self.b = layer_picker(
             viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
-        self.model = ComboBox(
+        self.model = refresh_on_open(ComboBox(
             label="Model",
             choices=lambda _widget=None: model_choices(),
             tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
-        )
+        ))
         self.checkpoint = FileEdit(
             label="Checkpoint",
             mode="r",
