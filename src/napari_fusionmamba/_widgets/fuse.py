@@ -298,7 +298,7 @@ class FuseWidget(Container):
         else:
             self._live.data = data
         self._live = None
-        show_info(f"{request.name} written to {request.out}")
+        show_info(f"{request.name}: {result.summary()}")  # where, how big, how long, chunks resumed
 
     def _on_stop(self, request: FuseRequest) -> None:
         """A cancelled or failed zarr run leaves no half layer behind (its partial store stays
