@@ -37,3 +37,27 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 def _isolated_user_data(tmp_path_factory, monkeypatch):
     """User models live in a temporary folder, never in the developer's home."""
     monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path_factory.mktemp("fusionmamba-home")))
+
+
+@pytest.fixture(scope="session")
+def network(tmp_path_factory):
+    """A tiny network whose output depends on context, and its checkpoint path.
+
+    The untrained default returns exactly its residual max(a, b) (its head starts at zero), a
+    pointwise map that would make every tiling test pass trivially; this one has a small random
+    head (seeded), so tiles, chunks and borders show in its output."""
+    import torch
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model = build_model("tiny")
+        model.head.reset_parameters()
+        with torch.no_grad():
+            model.head.weight.mul_(0.1)
+            model.head.bias.zero_()
+    model.eval()
+    path = save_checkpoint(tmp_path_factory.mktemp("network") / "textured.safetensors", model)
+    return model, str(path)

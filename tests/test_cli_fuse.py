@@ -46,12 +46,8 @@ def test_method_dtype_and_overwrite(files, tmp_path):
     assert tifffile.imread(out).dtype == np.float32
 
 
-def test_model_checkpoint_path(files, tmp_path):
-    from napari_fusionmamba.model import build_model
-    from napari_fusionmamba.weights import save_checkpoint
-
-    model = build_model("tiny")
-    checkpoint = save_checkpoint(tmp_path / "mine.safetensors", model)
+def test_model_checkpoint_path(files, tmp_path, network):
+    model, checkpoint = network
     out = str(tmp_path / "fused.zarr")
     assert main(["fuse", *files, "-o", out, "--model", str(checkpoint), "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
     expected = fuse(*files, model=model, tile=64, overlap=16)

@@ -44,6 +44,13 @@ def test_rgb_tiff_and_png_are_colour(tmp_path):
         assert np.array_equal(np.asarray(image.data), rgb)
 
 
+def test_planar_rgb_tiff_has_its_samples_last(tmp_path):
+    rgb = np.random.default_rng(5).integers(0, 255, (3, 40, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    image = open_image(tmp_path / "planar.tif")
+    assert image.axes == "YXS" and np.array_equal(image.data.compute(), np.moveaxis(rgb, 0, -1))
+
+
 def test_tiff_pyramid_exposes_its_levels(tmp_path):
     base = np.random.default_rng(1).integers(0, 1000, (128, 96), dtype=np.uint16)
     path = tmp_path / "pyramid.ome.tif"

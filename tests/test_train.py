@@ -81,6 +81,7 @@ def test_thirty_steps_lower_the_loss_and_write_the_run(tmp_path):
     val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
     assert best_meta["step"] == min(val, key=val.get)
     assert result.best_val_loss == pytest.approx(min(val.values()))
+    assert val[30] < val[20] < val[10]
     # Validation steps hand a preview of the fused validation crop to the caller.
     previews = [info for info in seen if info.preview is not None]
     assert [info.step for info in previews] == [10, 20, 30]

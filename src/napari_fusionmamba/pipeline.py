@@ -93,11 +93,21 @@ class Source:
         index = tuple(plane) + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
         window = self.data()[index]
         if hasattr(window, "compute"):
-            window = window.compute(scheduler="synchronous")
+            window = window.compute(scheduler="synchronous", callbacks=())  # see _execute
         return np.asarray(window, dtype=np.float32)
 
 
 _OPENED: dict[tuple, OpenedImage] = {}
+#: Entries kept in the per-process caches (a napari session or a cluster worker lives long).
+CACHE_SIZE = 4
+
+
+def _remember(cache: dict, key, value):
+    """Put ``value`` in a small insertion-ordered cache, forgetting the oldest entries."""
+    cache[key] = value
+    while len(cache) > CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    return value
 
 
 def _opened(path: str) -> OpenedImage:
@@ -106,9 +116,9 @@ def _opened(path: str) -> OpenedImage:
         return open_image(path)  # raises, naming the path
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _OPENED:
-        _OPENED[key] = open_image(path)
-    return _OPENED[key]
+    if key in _OPENED:
+        return _OPENED[key]
+    return _remember(_OPENED, key, open_image(path))
 
 
 def _source(value, name: str) -> Source:
@@ -187,7 +197,7 @@ def _sample(source: Source) -> np.ndarray:
         index = index + (slice(0, 3),)
     sample = source.data()[index]
     if hasattr(sample, "compute"):
-        sample = sample.compute(scheduler="threads")  # local reads, even with a cluster client active
+        sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
     sample = np.asarray(sample, dtype=np.float64)
     if source.colour:
         sample = rgb_to_ycrcb(sample)[0]
@@ -310,8 +320,7 @@ def _predictor(engine: Engine) -> tuple[Callable, int]:
         def predict(a, b):
             return np.stack([method(x, y) for x, y in zip(a, b)])
 
-        _PREDICTORS[cache_key] = (predict, 1)
-        return _PREDICTORS[cache_key]
+        return _remember(_PREDICTORS, cache_key, (predict, 1))
 
     import torch
 
@@ -327,8 +336,7 @@ def _predictor(engine: Engine) -> tuple[Callable, int]:
             tb = torch.from_numpy(np.ascontiguousarray(b)).to(device)[:, None]
             return network(ta, tb)[:, 0].float().cpu().numpy()
 
-    _PREDICTORS[cache_key] = (predict, network.stride)
-    return _PREDICTORS[cache_key]
+    return _remember(_PREDICTORS, cache_key, (predict, network.stride))
 
 
 # --- one fusion job ----------------------------------------------------------------------
@@ -553,13 +561,30 @@ def _write_json(path: str, value: dict) -> None:
     os.replace(tmp, path)
 
 
+LOCAL_SCHEDULERS = ("synchronous", "sync", "threads", "threading", "processes")
+
+
+def _check_scheduler(scheduler) -> None:
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS or not isinstance(scheduler, str):
+        return
+    if ":" not in scheduler:
+        raise FusionInputError(
+            f"unknown scheduler {scheduler!r}: use synchronous, threads, processes or a dask.distributed "
+            f"scheduler address such as tcp://host:8786"
+        )
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise FusionInputError(
+            f"scheduler {scheduler}: dask.distributed is not installed (pip install 'napari-fusionmamba[distributed]')"
+        ) from None
+
+
 def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> None:
     """Run delayed chunk tasks on a local scheduler name or a dask.distributed client/address."""
     import dask
 
-    if scheduler is None or scheduler in ("synchronous", "sync", "threads", "threading", "processes"):
-        from dask.callbacks import Callback
-
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         def posttask(key, result, dsk, state, worker_id):
             if str(key).startswith("chunk-"):
                 progress(1)
@@ -568,8 +593,11 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
             if cancel is not None and cancel():
                 raise FusionCancelled("fusion cancelled")
 
-        with Callback(pretask=pretask, posttask=posttask):
-            dask.compute(*tasks, scheduler=scheduler or "threads")
+        # Callbacks passed explicitly, never through dask's process-wide active set: a viewer
+        # computing its own dask arrays meanwhile (napari's dask cache) must not see our tasks,
+        # nor we its (dask.cache raises KeyError on tasks it did not start).
+        # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
+        dask.compute(*tasks, scheduler=scheduler or "threads", callbacks=[(None, None, pretask, posttask, None)])
         return
 
     from distributed import Client, as_completed
@@ -625,6 +653,7 @@ def fuse_files(
     out = str(out).rstrip("/")
     if dtype not in DTYPES:
         raise FusionInputError(f"unknown output dtype {dtype!r}: choose float32 or source")
+    _check_scheduler(scheduler)
     # Open the sources before judging the output, so a missing source is named first.
     names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n
                   for x, n in zip((a, b), names or ("A", "B")))
@@ -636,6 +665,9 @@ def fuse_files(
     out_dtype = np.dtype(np.float32) if dtype == "float32" else np.result_type(job.a.dtype, job.b.dtype)
     if out_dtype.kind == "f":
         out_dtype = np.dtype(np.float32)
+    elif out_dtype.itemsize > 4:
+        raise FusionInputError(f"dtype source: {out_dtype} sources ({job.a.name}, {job.b.name}) have no "
+                               f"exact [0, 1] scaling; use dtype float32")
     if job.a.pixel_size is not None and job.b.pixel_size is not None and not np.allclose(
         job.a.pixel_size[-2:], job.b.pixel_size[-2:], rtol=1e-2
     ):
@@ -714,7 +746,9 @@ def _finalise(out: str, kind: str, store: str, layout: OutputLayout, partial: st
         tiff = os.path.join(partial, "out.tif")
         zarr_to_tiff(store, layout, tiff)
         store = tiff
-    if os.path.isdir(out):
+    if os.path.isdir(out) and not os.path.islink(out):
         shutil.rmtree(out)
+    elif os.path.lexists(out):
+        os.remove(out)
     os.replace(store, out)
     shutil.rmtree(partial)
