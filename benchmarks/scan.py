@@ -33,16 +33,19 @@ def make_inputs(batch, directions, channels, n, length, seed=0):
     )
 
 
-def best_time(fn, repeat):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def best_time(fn, repeat, clock):
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
-def timings(run, inputs, repeat):
+def timings(run, inputs, repeat, clock=time.perf_counter):
     """(forward, forward + backward) seconds of ``run(**inputs)``."""
     def forward():
         with torch.no_grad():
@@ -56,7 +59,7 @@ def timings(run, inputs, repeat):
 
     forward()  # warm-up: numba compiles (or loads its cache) on the first call
     both()
-    return best_time(forward, repeat), best_time(both, repeat)
+    return best_time(forward, repeat, clock), best_time(both, repeat, clock)
 
 
 def main() -> None:
@@ -71,6 +74,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="*", default=[],
                         help="also time the torch backend with these chunk lengths (default: automatic)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: this process's CPU time, steadier on a busy machine but only "
+                             "comparable at --threads 1 (it adds up all threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -91,8 +97,8 @@ def main() -> None:
 
     print(f"selective scan, batch={args.batch} channels={args.directions}x{args.channels} "
           f"N={args.state} L={args.length}, {args.threads} thread(s), best of {args.repeat}, "
-          f"torch {torch.__version__}, device {device}")
-    results = {name: timings(run, inputs, args.repeat) for name, run in runs.items()}
+          f"{args.clock} clock, torch {torch.__version__}, device {device}")
+    results = {name: timings(run, inputs, args.repeat, CLOCKS[args.clock]) for name, run in runs.items()}
     ref_fwd, ref_both = results["reference"]
     print(f"{'backend':<14}{'forward s':>11}{'vs ref':>9}{'fwd+bwd s':>12}{'vs ref':>9}")
     for name, (fwd, both) in results.items():

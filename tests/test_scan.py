@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from napari_fusionmamba.model import build_model
+from napari_fusionmamba.model import ModelConfig, build_model
 from napari_fusionmamba.model import scan
 from napari_fusionmamba.model.scan import resolve_backend, selective_scan
 
@@ -135,7 +135,7 @@ def test_cpu_path_never_imports_mamba_ssm(tmp_path):
     code = textwrap.dedent("""
         import sys, torch
         from napari_fusionmamba.model.scan import selective_scan, describe_backends
-        from napari_fusionmamba.model import build_model
+        from napari_fusionmamba.model import ModelConfig, build_model
         x = torch.rand(1, 1, 16, 16)
         build_model("tiny")(x, x).sum().backward()
         print("\\n".join(describe_backends()))
@@ -153,7 +153,10 @@ def test_cpu_path_never_imports_mamba_ssm(tmp_path):
 @pytest.mark.parametrize("backend", FAST)
 def test_network_gives_the_same_fusion_and_gradients_with_each_backend(backend, monkeypatch):
     torch.manual_seed(0)
-    model = build_model("tiny").eval()
+    model = build_model(ModelConfig(name="tiny", residual="none")).eval()
+    with torch.no_grad():  # the head starts at zero; give it weights so that gradients flow
+        torch.nn.init.normal_(model.head.weight, std=0.02)
+        model.head.bias.fill_(0.5)
     a, b = torch.rand(1, 1, 35, 42), torch.rand(1, 1, 35, 42)
     results = {}
     for name in ("reference", backend):
@@ -164,6 +167,7 @@ def test_network_gives_the_same_fusion_and_gradients_with_each_backend(backend, 
         results[name] = out.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if "A_log" in k}
     (out, grads), (ref_out, ref_grads) = results[backend], results["reference"]
     assert out.shape == a.shape
+    assert out.std() > 0.01 and ((out > 0) & (out < 1)).float().mean() > 0.9  # not clamped flat
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     assert grads and grads.keys() == ref_grads.keys()
     # the deepest level sees 2 x 2 maps, sequences of one step, where A cannot matter

