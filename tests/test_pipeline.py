@@ -225,6 +225,44 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
     assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
 
 
+def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monkeypatch):
+    """A viewer computes its own dask layers while a run fills a store in a worker thread:
+    the run's progress and cancel hooks must stay with the run."""
+    import threading
+
+    import dask.array as da
+
+    from napari_fusionmamba import baselines
+
+    def slow_average(a, b):
+        time.sleep(0.2)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    rng = np.random.default_rng(6)
+    a, b = rng.random((2, 16, 64, 64), dtype=np.float32)
+    stop, seen, outcome = threading.Event(), [], []
+
+    def run():
+        try:
+            fuse_files(a, b, str(tmp_path / "out.zarr"), method="slow", scheduler="threads",
+                       progress=lambda d, t: seen.append(d), cancel=stop.is_set)
+        except FusionCancelled:
+            outcome.append("cancelled")
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    other = da.ones((256, 256), chunks=32)
+    sums = []
+    while worker.is_alive():
+        sums.append(float(other.sum().compute(scheduler="threads")))
+        if len(seen) >= 3:
+            stop.set()
+    worker.join()
+    assert outcome == ["cancelled"] and len(sums) > 0 and set(sums) == {256.0 * 256}
+    assert seen == sorted(seen) and max(seen) < 16
+
+
 def test_an_unfinished_run_with_other_arguments_is_not_resumed(files, tmp_path):
     out = str(tmp_path / "out.zarr")
     with pytest.raises(FusionCancelled):

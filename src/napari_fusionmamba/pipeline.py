@@ -585,7 +585,6 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
     import dask
 
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
-        from dask.callbacks import Callback
 
         def posttask(key, result, dsk, state, worker_id):
             if str(key).startswith("chunk-"):
@@ -595,8 +594,9 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
             if cancel is not None and cancel():
                 raise FusionCancelled("fusion cancelled")
 
-        with Callback(pretask=pretask, posttask=posttask):
-            dask.compute(*tasks, scheduler=scheduler or "threads")
+        # Callbacks passed to this compute only: dask's global ``Callback`` registry is shared
+        # by every thread (napari computes its layers meanwhile) and is not thread-safe.
+        dask.compute(*tasks, scheduler=scheduler or "threads", callbacks=[(None, None, pretask, posttask, None)])
         return
 
     from distributed import Client, as_completed
