@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    report = run(args.data, args.methods, args.model, args.limit)
+    try:
+        report = run(args.data, args.methods, args.model, args.limit)
+    except (OSError, ValueError) as error:  # unreadable image, mismatched pair, unknown model
+        print(f"quality: error: {error}", file=sys.stderr)
+        return 2
     print(format_table(report))
     if args.json:
         write_json(args.json, report)

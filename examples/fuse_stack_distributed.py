@@ -20,6 +20,7 @@ parser.add_argument("out", help="output .ome.zarr / .zarr / .tif")
 parser.add_argument("--workers", type=int, default=2)
 parser.add_argument("--scheduler", help="address of a running scheduler (default: start a LocalCluster)")
 parser.add_argument("--tile", type=int, default=256)
+parser.add_argument("--overlap", type=int, default=64)
 parser.add_argument("--overwrite", action="store_true")
 args = parser.parse_args()
 
@@ -29,5 +30,5 @@ if __name__ == "__main__":  # worker processes import this file: start the clust
     else:
         client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
     with client:
-        report = fuse_files(args.a, args.b, args.out, tile=args.tile, scheduler=client, overwrite=args.overwrite)
+        report = fuse_files(args.a, args.b, args.out, tile=args.tile, overlap=args.overlap, scheduler=client, overwrite=args.overwrite)
     print(report.summary())

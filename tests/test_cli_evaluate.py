@@ -42,6 +42,14 @@ def test_json_output_is_every_metric_of_the_files(files, capsys):
         assert scores[key] == pytest.approx(value, rel=1e-9), key
 
 
+def test_an_image_scored_against_itself_gives_strict_json(files, capsys):
+    paths, _ = files
+    assert main(["evaluate", paths["b"], paths["b"], paths["b"], "--json", "--metrics", "SSIM", "PSNR"]) == 0
+    text = capsys.readouterr().out
+    assert json.loads(text) == {"SSIM": pytest.approx(1.0), "PSNR": None}  # infinite PSNR -> null
+    assert "Infinity" not in text
+
+
 def test_table_output_and_a_metric_subset(files, capsys):
     paths, _ = files
     assert main(["evaluate", paths["fused"], paths["a"], paths["b"], "--metrics", "SSIM", "Qabf"]) == 0
@@ -73,3 +81,25 @@ def test_the_command_line_entry_point(files):
     )
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) == {"EN", "PSNR"}
+
+
+def test_fuse_then_evaluate_matches_the_methods_comparison(tmp_path, capsys):
+    """`fusionmamba fuse --method max` then `fusionmamba evaluate` scores what compare_methods does."""
+    from napari_fusionmamba.metrics import compare_methods
+
+    rng = np.random.default_rng(3)
+    sources = []
+    for name in ("ct.png", "mri.png"):
+        x = ndimage.gaussian_filter(rng.random((48, 40)), 1.2)
+        x8 = np.rint((x - x.min()) / np.ptp(x) * 255).astype(np.uint8)
+        iio.imwrite(tmp_path / name, x8)
+        sources.append(x8)
+    out = str(tmp_path / "fused.tif")
+    a, b = str(tmp_path / "ct.png"), str(tmp_path / "mri.png")
+    assert main(["fuse", a, b, "-o", out, "--method", "max", "--normalise", "range", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", out, a, b, "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    expected = compare_methods(*sources, ["max"])["max"]
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value, rel=1e-6), key

@@ -91,3 +91,9 @@ def test_stacks_are_scored_on_the_plane_the_viewer_shows(qtbot, make_napari_view
     widget.fused.value, widget.a.value, widget.b.value = (viewer.layers[n] for n in ("fused", "gfp", "phase"))
     click_and_wait(qtbot, widget, widget.run_button)
     assert widget.results["fused"] == pytest.approx(evaluate(fused[2], gfp[2], phase[2]))
+
+
+def test_the_widget_opens_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Evaluate fusion")
+    assert isinstance(widget, EvaluateWidget)

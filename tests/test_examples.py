@@ -59,7 +59,7 @@ def test_fuse_stack_from_the_command_line(tmp_path, tiff_stacks):
 @pytest.mark.slow
 def test_fuse_stack_on_a_local_cluster(tmp_path, tiff_stacks):
     out = run(str(EXAMPLES / "fuse_stack_distributed.py"), *map(str, tiff_stacks), "fused.ome.zarr",
-              "--workers", "2", "--tile", "64", cwd=tmp_path)
+              "--workers", "2", "--tile", "64", "--overlap", "16", cwd=tmp_path)
     assert "fused.ome.zarr" in out
     assert zarr.open_group(str(tmp_path / "fused.ome.zarr"), mode="r")["0"].shape == (2, 64, 72)
 

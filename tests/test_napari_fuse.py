@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
     viewer.layers["GFP"].scale = viewer.layers["phase"].scale = (0.5, 0.5)
     viewer.layers["GFP"].translate = viewer.layers["phase"].translate = (3, 4)
-    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu")
+    network = dict(tile=192, overlap=64, batch=2)  # 2 x 2 tiles: few, as the network is slow on a CPU
+    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu", **network)
     assert "lab (your model)" in [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
     _run(widget, qtbot)
 
@@ -90,7 +92,7 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     result = viewer.layers["fused(GFP, phase)"]
     expected = fuse(
         viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
-        **SETTINGS,
+        **network,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
     assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
@@ -119,6 +121,22 @@ def test_model_picker_lists_shipped_and_user_models_without_building_networks(
     assert _shown(widget.checkpoint, widget)
     widget.model.value = "model:tiny"
     assert not _shown(widget.checkpoint, widget)
+
+
+def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from qtpy.QtCore import Qt
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.weights import register_model, save_checkpoint
+
+    widget = FuseWidget(make_napari_viewer())
+    qtbot.addWidget(widget.native)
+    assert "model:later" not in widget.model.choices
+    register_model(save_checkpoint(tmp_path / "later.safetensors", build_model("tiny")), "later")
+    qtbot.keyClick(widget.model.native, Qt.Key_Down)  # the user opens / steps through the list
+    assert "model:later" in widget.model.choices
 
 
 def test_devices_present_are_the_only_ones_enabled_and_backend_is_shown(make_napari_viewer, qtbot):
@@ -359,31 +377,53 @@ def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_
     slow = {"on": True}
 
     def slow_average(a, b):  # a slow method: each tile takes a while while ``slow["on"]``
-        slow.setdefault("calls", []).append(time.perf_counter())
         if slow["on"]:
-            time.sleep(0.1)
+            time.sleep(0.3)
         return baselines.average(a, b)
 
     monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
     rng = np.random.default_rng(6)
     viewer = make_napari_viewer()
-    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="A")
-    viewer.add_image(rng.random((6, 128, 128), dtype=np.float32), name="B")
+    # 24 planes of one tile each: many more chunks than worker threads, so Cancel lands mid-run
+    viewer.add_image(rng.random((24, 64, 64), dtype=np.float32), name="A")
+    viewer.add_image(rng.random((24, 64, 64), dtype=np.float32), name="B")
     widget = _widget(viewer, qtbot, "A", "B", model="method:slow", output=fuse_widget.TO_ZARR)
     out = tmp_path / "fused.zarr"
     widget.out_path.value = out
     seen = []
     widget.progress.changed.connect(seen.append)
     widget.run_button.clicked.emit()
-    qtbot.wait(2000); print("DBG", len(slow.get("calls", [])), seen, [l.name for l in viewer.layers], widget.runner.running, widget.progress.max)
+    qtbot.waitUntil(lambda: any(value >= 1 for value in seen) and len(viewer.layers) == 3, timeout=60_000)
     widget.run_button.clicked.emit()  # cancel
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     assert [layer.name for layer in viewer.layers] == ["A", "B"]  # the filling layer is gone
-    assert not out.exists()
+    assert not out.exists() and Path(f"{out}.fusionmamba-partial").is_dir()
+    done_before = max(seen)
+    assert done_before < 24
     assert any("cancelled" in message for _, message in notes)
 
     slow["on"] = False
     _run(widget, qtbot)  # the same run again resumes from the finished chunks
     assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
     assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
-    assert viewer.layers["fused(A, B)"].data.shape == (6, 128, 128)
+    assert viewer.layers["fused(A, B)"].data.shape == (24, 64, 64)
+    [resumed] = [int(m.group(1)) for _, message in notes if (m := re.search(r"(\d+) already done", message))]
+    assert done_before <= resumed < 24  # the chunks finished before the cancel (and those in flight) were kept
+
+
+def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
+    """napari turns on dask's process-wide cache while it slices dask layers; a fusion running in
+    a worker at that moment must neither feed it its tasks nor take it over (dask.cache then
+    fails with a KeyError on the worker's tasks, intermittently)."""
+    from dask.callbacks import Callback
+
+    from napari_fusionmamba.pipeline import fuse, fuse_files
+
+    seen = []
+    rng = np.random.default_rng(7)
+    a = da.from_array(rng.random((2, 96, 96), dtype=np.float32), chunks=(1, 48, 48))
+    b = da.from_array(rng.random((2, 96, 96), dtype=np.float32), chunks=(1, 48, 48))
+    with Callback(pretask=lambda key, dsk, state: seen.append(key)):  # stands in for the viewer's cache
+        fuse(a, b, method="average", **SETTINGS)
+        fuse_files(a, b, str(tmp_path / "out.zarr"), method="average", **SETTINGS)
+    assert seen == []

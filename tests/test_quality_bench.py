@@ -74,10 +74,15 @@ def test_limit_and_every_baseline_by_default(folder, tmp_path):
     assert set(report["results"]) == {"average", "max", "laplacian", "dwt", "gff"}
 
 
-def test_a_folder_without_pairs_is_a_clear_error(tmp_path):
+def test_bad_folders_are_clear_errors(folder, tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--model", "none"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "expected DIR/A and DIR/B" in result.stderr
+    iio.imwrite(folder / "A" / "p3.png", gray(6, (30, 30)))
+    iio.imwrite(folder / "B" / "p3.png", gray(7))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(folder), "--model", "none",
+                             "--methods", "max"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "B/p3.png has shape (40, 48) but A/p3.png has (30, 30)" in result.stderr
 
 
 @pytest.mark.slow

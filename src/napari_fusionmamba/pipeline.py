@@ -93,7 +93,7 @@ class Source:
         index = tuple(plane) + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
         window = self.data()[index]
         if hasattr(window, "compute"):
-            window = window.compute(scheduler="synchronous")
+            window = window.compute(scheduler="synchronous", callbacks=())  # see _execute
         return np.asarray(window, dtype=np.float32)
 
 
@@ -197,7 +197,7 @@ def _sample(source: Source) -> np.ndarray:
         index = index + (slice(0, 3),)
     sample = source.data()[index]
     if hasattr(sample, "compute"):
-        sample = sample.compute(scheduler="threads")  # local reads, even with a cluster client active
+        sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
     sample = np.asarray(sample, dtype=np.float64)
     if source.colour:
         sample = rgb_to_ycrcb(sample)[0]
@@ -585,7 +585,6 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
     import dask
 
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
-
         def posttask(key, result, dsk, state, worker_id):
             if str(key).startswith("chunk-"):
                 progress(1)
@@ -594,8 +593,10 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
             if cancel is not None and cancel():
                 raise FusionCancelled("fusion cancelled")
 
-        # Callbacks passed to this compute only: dask's global ``Callback`` registry is shared
-        # by every thread (napari computes its layers meanwhile) and is not thread-safe.
+        # Callbacks passed explicitly, never through dask's process-wide active set: a viewer
+        # computing its own dask arrays meanwhile (napari's dask cache) must not see our tasks,
+        # nor we its (dask.cache raises KeyError on tasks it did not start).
+        # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
         dask.compute(*tasks, scheduler=scheduler or "threads", callbacks=[(None, None, pretask, posttask, None)])
         return
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 
 SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
 
@@ -63,6 +62,26 @@ def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
         emitter.connect(refresh)
     picker.native.destroyed.connect(disconnect)
     return picker
+
+
+class _RefreshOnOpen(QObject):
+    """Event filter: recompute a combo box's choices just before its list opens."""
+
+    def __init__(self, combo: ComboBox):
+        super().__init__(combo.native)  # lives and dies with the Qt widget
+        self._combo = combo
+
+    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+        if event.type() in (QEvent.MouseButtonPress, QEvent.KeyPress):
+            self._combo.reset_choices()
+        return False
+
+
+def refresh_on_open(combo: ComboBox) -> ComboBox:
+    """Recompute ``combo``'s choices each time the user opens it (e.g. models registered since
+    the widget opened, by the Fine-tune widget or the command line)."""
+    combo.native.installEventFilter(_RefreshOnOpen(combo))
+    return combo
 
 
 # --- saved parameters -----------------------------------------------------------------------
@@ -180,13 +199,9 @@ class Runner:
         self._on_progress = on_progress
         cancel = self._cancel
         emit = self._progress.changed.emit
-        outcome: dict[str, Any] = {}
 
         def work():
-            started = time.perf_counter()
-            result = job(lambda done, total: emit(int(done), int(total)), cancel.is_set)
-            outcome["seconds"] = time.perf_counter() - started
-            return result
+            return job(lambda done, total: emit(int(done), int(total)), cancel.is_set)
 
         def returned(result):
             if cancel.is_set():

@@ -23,7 +23,7 @@ from ._common import Runner, layer_picker
 class EvaluateWidget(Container):
     """Score a fused layer against its two sources, and compare it with the classical methods."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821 (napari injects the viewer)
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
         super().__init__()
         self._viewer = viewer
         self.fused = layer_picker(viewer, "Fused", "The fused image to score.")
@@ -39,6 +39,7 @@ class EvaluateWidget(Container):
         self.progress = ProgressBar(label="Progress")
         self.note = Label(value="8-bit gray (Y of colour), higher is better for every metric")
         self.table = Table(label="Metrics")
+        self.table.min_height = 500  # all 14 metric rows without scrolling
         self.csv_path = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
         self.export_button = PushButton(text="Export CSV", enabled=False)
         self.extend([
@@ -108,6 +109,7 @@ class EvaluateWidget(Container):
             "index": keys,
             "columns": columns,
         }
+        self.table.native.resizeColumnsToContents()
         self.export_button.enabled = True
 
     def _on_export(self, _value=None) -> None:

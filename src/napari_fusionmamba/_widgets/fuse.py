@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ._common import Runner, layer_picker, persist
+from ._common import Runner, layer_picker, persist, refresh_on_open
 
 FROM_FILE = "file:"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -38,14 +38,12 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 def scan_backend(device: str) -> str:
-    """The selective-scan backend the network would use on ``device``, in words."""
-    try:
-        from ..devices import resolve_device
-        from ..model.scan import resolve_backend
+    """The selective-scan backend the network would use on ``device`` (FUSIONMAMBA_SCAN_BACKEND included)."""
+    from ..devices import resolve_device
+    from ..model.scan import resolve_backend
 
+    try:
         return resolve_backend("auto", resolve_device(device))
-    except (ImportError, AttributeError):
-        return "reference"
     except (RuntimeError, ValueError) as error:
         return f"unavailable ({error})"
 
@@ -87,11 +85,11 @@ class FuseWidget(Container):
         self.b = layer_picker(
             viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
-        self.model = ComboBox(
+        self.model = refresh_on_open(ComboBox(
             label="Model",
             choices=lambda _widget=None: model_choices(),
             tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
-        )
+        ))
         self.checkpoint = FileEdit(
             label="Checkpoint",
             mode="r",
@@ -236,10 +234,6 @@ class FuseWidget(Container):
             request.checkpoint = Path(self.checkpoint.value)
         else:
             request.model = choice.split(":", 1)[1]
-        if request.tile % 32:
-            raise ValueError(f"Fuse: tile {request.tile} is not a multiple of 32.")
-        if request.overlap >= request.tile:
-            raise ValueError(f"Fuse: overlap {request.overlap} must be smaller than the tile {request.tile}.")
         if self.output.value == TO_ZARR:
             if not self.out_path.value:
                 raise ValueError("Fuse: choose a zarr path for the output, or output to a new layer.")
@@ -287,7 +281,8 @@ class FuseWidget(Container):
         if self._live is None:
             store = _partial_store(request.out)
             if (store / ".zattrs").exists():
-                self._live = self._viewer.add_image(_open_lazy(store, request.rgb), **_layer_options(request))
+                data = _open_lazy(store, request.rgb)
+                self._live = self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.refresh()
 
@@ -296,12 +291,14 @@ class FuseWidget(Container):
             self._viewer.add_image(result, **_layer_options(request))
             return
         data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
-        if self._live is None:
-            self._viewer.add_image(data, **_layer_options(request))
+        if self._live is None or isinstance(data, list) != self._live.multiscale:
+            if self._live is not None:
+                self._viewer.layers.remove(self._live)
+            self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.data = data
         self._live = None
-        show_info(f"{request.name} written to {request.out}")
+        show_info(f"{request.name}: {result.summary()}")  # where, how big, how long, chunks resumed
 
     def _on_stop(self, request: FuseRequest) -> None:
         """A cancelled or failed zarr run leaves no half layer behind (its partial store stays
@@ -341,8 +338,9 @@ def _as_image(data, name: str, scale, rgb: bool):
     return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name)
 
 
-def _layer_options(request: FuseRequest) -> dict:
+def _layer_options(request: FuseRequest, data=None) -> dict:
     return dict(
+        multiscale=isinstance(data, list),
         name=request.name, scale=request.scale, translate=request.translate, rgb=request.rgb,
         metadata=request.metadata, contrast_limits=(0, 1), colormap="gray",
     )
@@ -355,15 +353,17 @@ def _partial_store(out: Path) -> Path:
 
 
 def _open_lazy(path: Path, rgb: bool):
-    """The fused store as a dask array in napari's axis order (colour last)."""
+    """The fused store as dask arrays in napari's axis order (colour last): a list of levels
+    (full resolution first) when the store has a pyramid."""
     import dask.array as da
 
     from ..io import open_image
 
     image = open_image(path)
+    levels = image.levels or [image.data]
     if rgb and "C" in image.axes:
-        return da.moveaxis(image.data, image.axes.index("C"), -1)
-    return image.data
+        levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
+    return levels if len(levels) > 1 else levels[0]
 
 
 def _shape(shape) -> str:

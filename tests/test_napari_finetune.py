@@ -1,0 +1,100 @@
+"""The Fine-tune widget in a real (headless) viewer: it trains, plots, previews, stops, and the
+model it registers shows up in the Fuse widget's list and fuses."""
+
+import numpy as np
+import pytest
+
+from conftest import real_looking_pair
+from napari_fusionmamba._widgets.finetune import PREVIEW, FinetuneWidget, _mask_array
+from napari_fusionmamba._widgets.fuse import FuseWidget
+
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
+
+
+def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    a, b = real_looking_pair(96, 96)
+    layer_a = viewer.add_image(a, name="gfp", scale=(0.5, 0.5), translate=(10, 20))
+    layer_b = viewer.add_image(b, name="phase", scale=(0.5, 0.5), translate=(10, 20))
+    roi = np.zeros((96, 96), np.uint8)
+    roi[:, :80] = 1
+    roi[10:40, 10:40] = 2
+    labels = viewer.add_labels(roi, name="roi", scale=(0.5, 0.5), translate=(10, 20))
+    fuse = FuseWidget(viewer)
+    viewer.window.add_dock_widget(fuse)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+
+    row = widget.rows[0]
+    row.a.value, row.b.value, row.mask.value = layer_a, layer_b, labels
+    widget.base.value = "tiny"
+    widget.steps.value, widget.crop.value, widget.batch.value, widget.val_every.value = 400, 32, 2, 2
+    widget.model_name.value = "lab-test"
+    widget.run_dir.value = tmp_path / "run"
+    assert "model:lab-test" not in fuse.model.choices
+
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: len(widget.history) >= 4, timeout=120_000)
+    assert widget.train_button.text == "Stop"
+    # The live plot holds every step so far, and validation points.
+    assert len(widget._plot.train["loss"].get_xdata()) >= 4
+    assert len(widget._plot.val["loss"].get_xdata()) >= 2
+    # The preview sits over its validation crop, in the sources' world coordinates.
+    preview = viewer.layers[PREVIEW]
+    assert preview.data.shape == (32, 32) and np.allclose(preview.scale, (0.5, 0.5))
+    assert 10 <= preview.translate[0] <= 10 + 64 * 0.5 and 20 <= preview.translate[1] <= 20 + 48 * 0.5
+
+    widget.train_button.native.click()  # Stop
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.result is not None, timeout=120_000)
+    assert widget.result.cancelled and 4 <= widget.result.step < 400
+    assert widget.train_button.text == "Train"
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+    # Fuse lists the new model and fuses with it.
+    assert "model:lab-test" in fuse.model.choices
+    fuse.a.value, fuse.b.value = layer_a, layer_b
+    fuse.model.value = "model:lab-test"
+    fuse.run_button.native.click()
+    qtbot.waitUntil(lambda: "fused(gfp, phase)" in viewer.layers, timeout=120_000)
+    fused = np.asarray(viewer.layers["fused(gfp, phase)"].data)
+    assert fused.shape == (96, 96) and np.isfinite(fused).all() and 0 <= fused.min() and fused.max() <= 1
+    assert fused.std() > 0.01
+
+
+def test_widget_refuses_bad_requests_before_training(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    with pytest.raises(ValueError, match="choose two image layers"):
+        widget._request()
+    a, b = real_looking_pair(64, 64)
+    widget.rows[0].a.value = viewer.add_image(a, name="a")
+    widget.rows[0].b.value = viewer.add_image(b[:48], name="b")
+    viewer.add_labels(np.ones((48, 64), np.uint8), name="small")
+    widget.rows[0].mask.value = viewer.layers["small"]
+    with pytest.raises(ValueError, match="mask layer 'small' has shape"):
+        widget._request()
+    widget.rows[0].mask.value = None
+    widget.lr.value = "fast"
+    with pytest.raises(ValueError, match="learning rate 'fast'"):
+        widget._request()
+    widget.lr.value = "1e-3"
+    widget.model_name.value = "tiny"
+    with pytest.raises(ValueError, match="taken by a shipped model"):
+        widget._request()
+    # Rows are added and removed; the last one stays.
+    widget.add_pair.native.click()
+    assert len(widget.rows) == 2
+    widget.rows[1].remove.native.click()
+    widget.rows[0].remove.native.click()
+    assert len(widget.rows) == 1
+
+
+def test_shapes_become_a_mask(make_napari_viewer):
+    viewer = make_napari_viewer()
+    shapes = viewer.add_shapes([np.array([[4, 4], [4, 20], [30, 20], [30, 4]])], shape_type="rectangle")
+    mask = _mask_array(shapes, (40, 40))
+    assert mask.shape == (40, 40) and mask[10, 10] == 1 and mask[35, 35] == 0
+    assert 26 * 16 <= mask.sum() <= 27 * 17  # the 26 x 16 rectangle, edges included
