@@ -26,11 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_fusionmamba.baselines import BASELINES
-from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, compare_methods
-
-WIN_METRICS = ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
-"""The metrics on which the network is scored against the best baseline."""
-
+from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, SCORED_METRICS, compare_methods, wins
 
 def find_pairs(data: Path) -> list[str]:
     """Names present in both DIR/A and DIR/B, sorted; names on one side only are reported."""
@@ -121,21 +117,6 @@ def _number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def wins(report: dict) -> tuple[int, list[str]]:
-    """Metrics of WIN_METRICS on which the network beats every baseline's mean."""
-    label = report["model"]
-    won = []
-    for key in WIN_METRICS:
-        sign = 1.0 if HIGHER_IS_BETTER[key] else -1.0
-        ours = report["results"][label][key]
-        best = max(
-            sign * r[key] for m, r in report["results"].items() if m != label and r[key] is not None
-        )
-        if ours is not None and sign * ours > best:
-            won.append(key)
-    return len(won), won
-
-
 def format_table(report: dict) -> str:
     methods = list(report["results"])
     lines = [
@@ -161,8 +142,8 @@ def format_table(report: dict) -> str:
         "| seconds / pair | " + " | ".join(f"{report['seconds'][m]:.3f}" for m in methods) + " |"
     )
     if report["model"]:
-        count, won = wins(report)
-        lines += ["", f"{report['model']} wins {count}/{len(WIN_METRICS)} against the best "
+        won = wins(report["results"], report["model"])
+        lines += ["", f"{report['model']} wins {len(won)}/{len(SCORED_METRICS)} against the best "
                   f"baseline: {', '.join(won) or 'none'}"]
     return "\n".join(lines)
 

@@ -15,21 +15,10 @@ import numpy as np
 import tifffile
 
 from napari_fusionmamba._sample_data import load_sample_pair
-from napari_fusionmamba.metrics import HIGHER_IS_BETTER, compare_methods, fusion_input
+from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.metrics import SCORED_METRICS, compare_methods, fusion_input, wins
 from napari_fusionmamba.pipeline import fuse
 from napari_fusionmamba.weights import DEFAULT_MODEL, load_model
-
-SCORED = ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
-
-
-def wins(results: dict, method: str, against: list[str]) -> int:
-    """On how many of SCORED ``method`` beats every method in ``against``."""
-    sign = lambda key: 1 if HIGHER_IS_BETTER[key] else -1  # noqa: E731
-    return sum(
-        all(sign(key) * results[method][key] > sign(key) * results[other][key] for other in against)
-        for key in SCORED
-    )
-
 
 def side_by_side(path: Path, panels: dict) -> None:
     import matplotlib
@@ -56,26 +45,25 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     gfp, phase = load_sample_pair()
-    fused = fuse(gfp, phase, model=args.model)
+    network = load_model(args.model)
+    fused = fuse(gfp, phase, model=network)
     tifffile.imwrite(out / "fused.tif", fused)
 
-    network = load_model(args.model)
     label = f"FusionMamba ({args.model})"
     run_network = lambda a, b: fuse(a, b, model=network, normalise=None)  # noqa: E731
     a, b = fusion_input(gfp, "GFP"), fusion_input(phase, "phase")
     results = compare_methods(a, b, {label: run_network})
     results.update(compare_methods(a, b))
-    baselines = [name for name in results if name != label]
-    best = max(baselines, key=lambda name: wins(results, name, [o for o in baselines if o != name]))
+    classical = {name: scores for name, scores in results.items() if name != label}
+    best = max(classical, key=lambda name: len(wins(classical, name)))
 
     keys = list(results[label])
     print(f"{'metric':8}" + "".join(f"{name:>24}" for name in results))
     for key in keys:
         print(f"{key:8}" + "".join(f"{results[name][key]:>24.4f}" for name in results))
-    print(f"\n{label} beats the best classical method on {wins(results, label, baselines)} of {len(SCORED)} "
-          f"({', '.join(SCORED)}); best classical method overall: {best}")
-
-    from napari_fusionmamba.baselines import BASELINES
+    won = wins(results, label)
+    print(f"\n{label} beats the best classical method on {len(won)} of {len(SCORED_METRICS)} "
+          f"({', '.join(won) or 'none'}); best classical method overall: {best}")
 
     side_by_side(out / "side_by_side.png", {
         "A: GFP": gfp, "B: phase contrast": phase, label: fused, f"best classical: {best}": BASELINES[best](a, b),

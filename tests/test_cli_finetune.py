@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.train import Pair, TrainSettings, finetune
@@ -34,6 +35,7 @@ def _write_pair(folder, name="p.png", size=80, seed=0, colour=False):
     return folder / "A" / name, folder / "B" / name
 
 
+@pytest.mark.slow
 def test_finetune_files_with_mask_and_register_by_name(tmp_path, capsys):
     a, b = _images()
     tifffile.imwrite(tmp_path / "a.tif", a)
@@ -56,7 +58,7 @@ def test_finetune_files_with_mask_and_register_by_name(tmp_path, capsys):
     assert config["settings"]["loss_weights"] == [10.0, 2.0, 10.0] and config["settings"]["lr"] == 5e-4
     assert config["pairs"][0]["mask"].endswith("mask.tif")
     assert "my-lab" in [e.name for e in list_models()]
-    fused = load_model("my-lab")(*(__import__("torch").rand(2, 1, 1, 40, 40)))
+    fused = load_model("my-lab")(*torch.rand(2, 1, 1, 40, 40))
     assert fused.shape == (1, 1, 40, 40)
 
 

@@ -231,3 +231,16 @@ def test_compare_methods_scores_each_method_on_the_same_planes(triple):
         compare_methods(a8, b8, ["nope"])
     with pytest.raises(FusionCancelled):
         compare_methods(a8, b8, cancel=lambda: True)
+
+
+def test_wins_counts_strict_wins_over_every_other_method():
+    from napari_fusionmamba.metrics import SCORED_METRICS, wins
+
+    base = {key: 1.0 for key in SCORED_METRICS}
+    results = {
+        "net": {**base, "EN": 2.0, "SD": 1.5, "MI": None},
+        "max": {**base, "SD": 1.6},
+        "average": {**base, "EN": 1.9},
+    }
+    assert wins(results, "net") == ["EN"]  # SD lost to max, MI missing, the rest tied
+    assert wins(results, "max") == ["SD"]

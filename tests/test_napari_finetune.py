@@ -14,6 +14,7 @@ def settings_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
 
 
+@pytest.mark.slow
 def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     a, b = real_looking_pair(96, 96)

@@ -55,6 +55,7 @@ def _textured_pair(size=96):
     return a.astype(np.float32), b.astype(np.float32)
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_loss_and_write_the_run(tmp_path):
     run = tmp_path / "run"
     seen = []
@@ -121,6 +122,14 @@ def test_many_pairs_hold_out_whole_pairs_for_validation():
     assert all(d.train_positions.size and not d.val_positions for d in data if d is not held_out[0])
 
 
+def test_whole_pair_split_holds_out_a_share_of_each_kind():
+    pairs = [Pair(*_pair(64, i), name=f"big/{i}") for i in range(10)]
+    pairs += [Pair(*_pair(64, 20 + i), name=f"rare/{i}") for i in range(3)]
+    data = prepare_pairs(pairs, _settings(val_fraction=0.15))
+    held = [d.name for d in data if d.val_positions]
+    assert len(held) == 2 and all(name.startswith("big/") for name in held)  # 3 x 0.15 rounds to 0
+
+
 def test_region_weight_applies_to_label_two():
     a, b = _pair(64)
     mask = np.ones((64, 64), np.uint8)
@@ -130,6 +139,7 @@ def test_region_weight_applies_to_label_two():
     assert (data.weight[:, 32:] == 3.0).all()
 
 
+@pytest.mark.slow
 def test_stop_then_resume_continues_step_and_schedule(tmp_path):
     settings = _settings(steps=12, val_every=4)
     straight = finetune([Pair(*_pair())], settings, tmp_path / "straight")

@@ -500,6 +500,22 @@ METRICS: dict[str, Metric] = {
 HIGHER_IS_BETTER: dict[str, bool] = {key: True for key in METRICS}
 """Direction of each metric: all of these reward the better fusion with a larger value."""
 
+SCORED_METRICS = ("EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM")
+"""The metrics on which a method is scored against the best of the others (the project's goal)."""
+
+
+def wins(results: Mapping[str, Mapping[str, float | None]], method: str) -> list[str]:
+    """The :data:`SCORED_METRICS` on which ``method`` beats every other method of ``results``
+    (``{method: {metric: value}}``) strictly; a tie is not a win."""
+    won = []
+    for key in SCORED_METRICS:
+        sign = 1.0 if HIGHER_IS_BETTER[key] else -1.0
+        ours = results[method][key]
+        others = [sign * r[key] for m, r in results.items() if m != method and r[key] is not None]
+        if ours is not None and others and sign * ours > max(others):
+            won.append(key)
+    return won
+
 
 def evaluate(
     fused: np.ndarray,

@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,10 +210,7 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
     split = settings.val_split
     if split == "auto":
         split = "pairs" if len(pairs) >= PAIR_SPLIT_FROM else "band"
-    val_pairs = set()
-    if split == "pairs":
-        count = max(1, round(len(pairs) * settings.val_fraction))
-        val_pairs = set(np.random.default_rng(settings.seed).choice(len(pairs), count, replace=False).tolist())
+    val_pairs = _held_out_pairs(pairs, settings) if split == "pairs" else set()
 
     prepared = []
     for index, pair in enumerate(pairs):
@@ -283,6 +279,23 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
             "mark a larger region, use a smaller --crop or a larger validation fraction"
         )
     return prepared
+
+
+def _held_out_pairs(pairs: list[Pair], settings: TrainSettings) -> set[int]:
+    """Indices of whole pairs held out for validation: ``val_fraction`` of each kind (pairs
+    named KIND/NAME, as folders give them), rounded, so a kind with few pairs keeps them all for
+    training; at least one pair overall."""
+    rng = np.random.default_rng(settings.seed)
+    kinds: dict[str, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        kinds.setdefault(pair.name.rpartition("/")[0], []).append(index)
+    held = set()
+    for members in kinds.values():
+        count = int(len(members) * settings.val_fraction + 0.5)
+        held.update(rng.choice(members, count, replace=False).tolist())
+    if not held:
+        held.add(int(rng.choice(max(kinds.values(), key=len))))
+    return held
 
 
 def _normalised_sources(a, b, settings, where):

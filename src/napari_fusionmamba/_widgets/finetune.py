@@ -270,7 +270,7 @@ class FinetuneWidget(Container):
         except ValueError as error:
             show_error(f"Fine-tune: the run is in {result.run_dir}, but registering it failed: {error}")
             return
-        for widget in self._viewer.window.dock_widgets.values():
+        for widget in getattr(self._viewer.window, "dock_widgets", {}).values():  # napari >= 0.5
             if hasattr(widget, "reset_choices"):
                 widget.reset_choices()
         self.base.reset_choices()
