@@ -91,6 +91,20 @@ def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
     assert np.abs(out - np.maximum(normalised(a), normalised(b))).max() < 1e-5
 
 
+def test_time_and_z_stack_keeps_its_axes_through_files(tmp_path):
+    a = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[0] for z in range(2)]) for t in range(3)])
+    b = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[1] for z in range(2)]) for t in range(3)])
+    meta = {"axes": "TZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 1.2}
+    tifffile.imwrite(tmp_path / "a.ome.tif", a, metadata=meta)
+    tifffile.imwrite(tmp_path / "b.ome.tif", b, metadata=meta)
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(str(tmp_path / "a.ome.tif"), str(tmp_path / "b.ome.tif"), out, method="max")
+    image = open_image(out)
+    assert image.axes == "TZYX" and image.data.shape == (3, 2, 48, 48)
+    assert image.pixel_size == pytest.approx((1.0, 1.2, 0.3, 0.3))
+    assert np.abs(image.data.compute() - np.maximum(normalised(a), normalised(b))).max() < 1e-5
+
+
 def test_colour_source_is_fused_on_luminance_and_keeps_its_colour(pair):
     a, b = pair
     green = np.zeros(a.shape + (3,), np.uint16)
