@@ -505,9 +505,11 @@ def _identity(source: Source) -> Any:
     if not isinstance(source.ref, str):
         return {"name": source.name, "shape": list(source.shape), "dtype": str(source.dtype)}
     path = os.path.abspath(source.ref)
+    metadata = (".zarray", ".zattrs", ".zgroup", "zarr.json")
+    # A store's metadata (its own and its arrays', one level down), never its many chunk files.
     files = [path] if os.path.isfile(path) else [
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-        if name in (".zarray", ".zattrs", ".zgroup", "zarr.json")
+        os.path.join(folder, name) for folder in [path] + [e.path for e in os.scandir(path) if e.is_dir()]
+        for name in metadata if os.path.isfile(os.path.join(folder, name))
     ]
     return {"path": path, "files": sorted((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files)}
 
