@@ -81,6 +81,7 @@ def test_missing_source_is_named(files, tmp_path, capsys):
     assert "gone.tif: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_shows_a_progress_bar(files, tmp_path):
     out = str(tmp_path / "fused.zarr")
     result = subprocess.run(

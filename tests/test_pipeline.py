@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -92,6 +91,20 @@ def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
     assert np.abs(out - np.maximum(normalised(a), normalised(b))).max() < 1e-5
 
 
+def test_time_and_z_stack_keeps_its_axes_through_files(tmp_path):
+    a = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[0] for z in range(2)]) for t in range(3)])
+    b = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[1] for z in range(2)]) for t in range(3)])
+    meta = {"axes": "TZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 1.2}
+    tifffile.imwrite(tmp_path / "a.ome.tif", a, metadata=meta)
+    tifffile.imwrite(tmp_path / "b.ome.tif", b, metadata=meta)
+    out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(str(tmp_path / "a.ome.tif"), str(tmp_path / "b.ome.tif"), out, method="max")
+    image = open_image(out)
+    assert image.axes == "TZYX" and image.data.shape == (3, 2, 48, 48)
+    assert image.pixel_size == pytest.approx((1.0, 1.2, 0.3, 0.3))
+    assert np.abs(image.data.compute() - np.maximum(normalised(a), normalised(b))).max() < 1e-5
+
+
 def test_colour_source_is_fused_on_luminance_and_keeps_its_colour(pair):
     a, b = pair
     green = np.zeros(a.shape + (3,), np.uint16)
@@ -143,7 +156,7 @@ def files(tmp_path_factory):
 def reference(files, network, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref") / "whole.zarr")
     report = fuse_files(*files, out, model=network[1], tile=64, overlap=16, chunk=1000, scheduler="synchronous")
-    assert report.chunks_total == 1
+    assert report.chunks_total == 1 and report.tiles_computed == 6 * 6  # each tile of the 6 x 6 grid once
     return open_image(out).data.compute()
 
 
@@ -153,6 +166,11 @@ def test_output_does_not_depend_on_chunk_size(files, network, reference, tmp_pat
     out = str(tmp_path / "out.ome.zarr")
     report = fuse_files(*files, out, model=network[1], tile=64, overlap=16, chunk=chunk, scheduler="threads")
     assert report.chunks_computed == report.chunks_total == -(-300 // chunk) * -(-260 // chunk)
+    # Tiles on chunk borders run once per chunk they touch: the price of independent chunks.
+    if report.chunks_total == 1:
+        assert report.tiles_computed == 36
+    else:
+        assert 36 < report.tiles_computed <= 5 * 36, report.tiles_computed
     assert zarr.open_array(out + "/0").chunks == (min(chunk, 300), min(chunk, 260))
     assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
@@ -224,6 +242,44 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
     assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
     expected = fuse(*files, method="average")
     assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
+
+
+def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monkeypatch):
+    """A viewer computes its own dask layers while a run fills a store in a worker thread:
+    the run's progress and cancel hooks must stay with the run."""
+    import threading
+
+    import dask.array as da
+
+    from napari_fusionmamba import baselines
+
+    def slow_average(a, b):
+        time.sleep(0.2)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    rng = np.random.default_rng(6)
+    a, b = rng.random((2, 16, 64, 64), dtype=np.float32)
+    stop, seen, outcome = threading.Event(), [], []
+
+    def run():
+        try:
+            fuse_files(a, b, str(tmp_path / "out.zarr"), method="slow", scheduler="threads",
+                       progress=lambda d, t: seen.append(d), cancel=stop.is_set)
+        except FusionCancelled:
+            outcome.append("cancelled")
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    other = da.ones((256, 256), chunks=32)
+    sums = []
+    while worker.is_alive():
+        sums.append(float(other.sum().compute(scheduler="threads")))
+        if len(seen) >= 3:
+            stop.set()
+    worker.join()
+    assert outcome == ["cancelled"] and len(sums) > 0 and set(sums) == {256.0 * 256}
+    assert seen == sorted(seen) and max(seen) < 16
 
 
 def test_an_unfinished_run_with_other_arguments_is_not_resumed(files, tmp_path):

@@ -357,8 +357,8 @@ PYRAMID_MIN = 512
 def add_pyramid(path: str, layout: OutputLayout, smallest: int = PYRAMID_MIN) -> int:
     """Add 2x-downsampled levels ("1", "2", ...) to a store made by ``create_ome_zarr`` so that
     viewers can show a large output zoomed out without reading it all. Each level is the 2x2
-    mean of the one above, computed block by block (memory: four output chunks). Returns the
-    number of levels added."""
+    mean of the one above, computed block by block (memory: a few float32 blocks of four output
+    chunks). Returns the number of levels added."""
     import zarr
 
     group = zarr.open_group(path, mode="r+")
@@ -377,7 +377,7 @@ def add_pyramid(path: str, layout: OutputLayout, smallest: int = PYRAMID_MIN) ->
             for y in range(0, shape[-2], cy):
                 for x in range(0, shape[-1], cx):
                     block = np.asarray(previous[lead + (slice(2 * y, 2 * (y + cy)), slice(2 * x, 2 * (x + cx)))],
-                                       dtype=np.float64)
+                                       dtype=np.float32)  # exact for means of 8/16-bit values
                     h, w = -(-block.shape[0] // 2), -(-block.shape[1] // 2)
                     block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1])), mode="edge")
                     mean = block.reshape(h, 2, w, 2).mean(axis=(1, 3))

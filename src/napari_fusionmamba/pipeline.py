@@ -484,13 +484,14 @@ class FuseReport:
     chunks_total: int
     chunks_computed: int
     chunks_skipped: int
+    tiles_computed: int  # tiles on chunk borders run once per chunk they touch
     seconds: float
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         resumed = f", {self.chunks_skipped} already done" if self.chunks_skipped else ""
         return (f"{self.out}: {'x'.join(map(str, self.shape))} {self.dtype} in {self.seconds:.1f} s "
-                f"({self.chunks_computed} chunks computed{resumed})")
+                f"({self.chunks_computed} chunks, {self.tiles_computed} tiles computed{resumed})")
 
 
 def default_chunk(tile: int, overlap: int) -> int:
@@ -504,9 +505,11 @@ def _identity(source: Source) -> Any:
     if not isinstance(source.ref, str):
         return {"name": source.name, "shape": list(source.shape), "dtype": str(source.dtype)}
     path = os.path.abspath(source.ref)
+    metadata = (".zarray", ".zattrs", ".zgroup", "zarr.json")
+    # A store's metadata (its own and its arrays', one level down), never its many chunk files.
     files = [path] if os.path.isfile(path) else [
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-        if name in (".zarray", ".zattrs", ".zgroup", "zarr.json")
+        os.path.join(folder, name) for folder in [path] + [e.path for e in os.scandir(path) if e.is_dir()]
+        for name in metadata if os.path.isfile(os.path.join(folder, name))
     ]
     return {"path": path, "files": sorted((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files)}
 
@@ -540,14 +543,15 @@ _RUNNERS: dict[tuple[int, int], BatchRunner] = {}
 
 def _run_chunk(job: FusionJob, layout: OutputLayout, store: str, done: str,
                plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> int:
-    """Fuse one output chunk, write it, then mark it done (a killed run redoes unmarked ones)."""
+    """Fuse one output chunk, write it, then mark it done (a killed run redoes unmarked ones).
+    Returns how many tiles it ran."""
     predict = _predictor(job.engine)[0]
     runner = _RUNNERS.setdefault((id(predict), job.batch), BatchRunner(predict, job.batch))
     block = job.region(runner, plane, y0, y1, x0, x1)
     write_block(store, layout, plane, y0, x0, _to_dtype(block, np.dtype(layout.dtype)))
     with open(os.path.join(done, _chunk_name(plane, y0, x0)), "w"):
         pass
-    return 1
+    return len(job.grid().touching(y0, y1, x0, x1))
 
 
 def _chunk_name(plane: tuple[int, ...], y0: int, x0: int) -> str:
@@ -580,8 +584,9 @@ def _check_scheduler(scheduler) -> None:
         ) from None
 
 
-def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> None:
-    """Run delayed chunk tasks on a local scheduler name or a dask.distributed client/address."""
+def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Callable[[], bool] | None) -> int:
+    """Run delayed chunk tasks on a local scheduler name or a dask.distributed client/address;
+    returns the number of tiles they ran."""
     import dask
 
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
@@ -597,16 +602,17 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
         # computing its own dask arrays meanwhile (napari's dask cache) must not see our tasks,
         # nor we its (dask.cache raises KeyError on tasks it did not start).
         # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
-        dask.compute(*tasks, scheduler=scheduler or "threads", callbacks=[(None, None, pretask, posttask, None)])
-        return
+        return sum(dask.compute(*tasks, scheduler=scheduler or "threads",
+                                callbacks=[(None, None, pretask, posttask, None)]))
 
     from distributed import Client, as_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    tiles = 0
     try:
         futures = client.compute(tasks)
         for future in as_completed(futures):
-            future.result()
+            tiles += future.result()
             progress(1)
             if cancel is not None and cancel():
                 client.cancel(futures)
@@ -614,6 +620,7 @@ def _execute(tasks: list, scheduler, progress: Callable[[int], None], cancel: Ca
     finally:
         if client is not scheduler:
             client.close()
+    return tiles
 
 
 def fuse_files(
@@ -725,11 +732,11 @@ def fuse_files(
     tasks = [dask.delayed(_run_chunk, pure=True)(
         job_node, layout, store, done, p, y0, y1, x0, x1,
         dask_key_name=f"chunk-{run_hash[:8]}-{_chunk_name(p, y0, x0)}") for p, y0, y1, x0, x1 in todo]
-    _execute(tasks, scheduler, advance, cancel)
+    tiles = _execute(tasks, scheduler, advance, cancel)
 
     _finalise(out, kind, store, layout, partial, run_hash)
     return FuseReport(out, layout.shape, str(np.dtype(layout.dtype)), layout.axes, layout.pixel_size, chunk,
-                      len(blocks), len(todo), len(blocks) - len(todo), time.perf_counter() - start,
+                      len(blocks), len(todo), len(blocks) - len(todo), tiles, time.perf_counter() - start,
                       {"tile": job.tile, "overlap": job.overlap, "batch": job.batch, "engine": job.engine.key})
 
 
