@@ -163,12 +163,24 @@ def test_registry_lists_configs_and_registered_models(tmp_path, tiny, home):
 
 
 def test_config_models_load_untrained_and_count_without_building(monkeypatch):
-    model = load_model("default")
-    assert model.config == MODEL_CONFIGS[DEFAULT_MODEL] and not model.training
+    model = load_model("tiny")
+    assert model.config == MODEL_CONFIGS["tiny"] and not model.training
     torch.rand(3)  # the global random state does not change what an untrained config is
-    assert torch.equal(next(load_model(DEFAULT_MODEL).parameters()), next(model.parameters()))
+    assert torch.equal(next(load_model("tiny").parameters()), next(model.parameters()))
     entry = weights.find_model("tiny")
     assert entry.parameter_count() == count_parameters(model)
+
+
+def test_the_default_model_is_the_shipped_trained_one():
+    entry = list_models()[0]
+    assert (entry.name, entry.source) == (DEFAULT_MODEL, "bundled")
+    model = load_model("default")
+    assert model.config.name == "tiny" and not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # stored as float16
+    assert model.head.weight.abs().sum() > 0  # trained: not the zero head of a fresh network
+    a, b = _inputs()
+    with torch.no_grad():
+        assert not torch.allclose(model(a, b), torch.maximum(a, b), atol=1e-3)
 
 
 def test_bundled_weights_are_listed_by_file_name(tmp_path, tiny, monkeypatch):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
-# The model the widgets and the CLI use when none is named: an untrained config until trained
-# weights ship in bundled_weights/.
-DEFAULT_MODEL = "tiny"
+# The model the widgets and the CLI use when none is named: the shipped weights (see
+# docs/models/gfp-pc.md).
+DEFAULT_MODEL = "gfp-pc"
 BUNDLED_DIR = Path(__file__).parent / "bundled_weights"
 HOME_ENV = "FUSIONMAMBA_HOME"
 
