@@ -25,8 +25,14 @@ test: $(VENV)/.installed system-deps
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out demo
 
+# Side-by-side timings and the quality table; the quality and fine-tuning benchmarks need the
+# development pairs in ../shared/data.
+DATA ?= ../shared/data
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan.py
+	$(PY) benchmarks/fuse_scaling.py
+	$(PY) benchmarks/metrics_speed.py
+	test ! -d $(DATA)/gfp_pc || $(PY) benchmarks/quality.py --data $(DATA)/gfp_pc
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache demo
