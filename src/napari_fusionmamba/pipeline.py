@@ -121,7 +121,7 @@ def _opened(path: str) -> OpenedImage:
     return _remember(_OPENED, key, open_image(path))
 
 
-def _source(value, name: str) -> Source:
+def as_source(value, name: str) -> Source:
     """Wrap a path, an ``OpenedImage`` or an array, refusing data that cannot be fused."""
     if isinstance(value, (str, os.PathLike)):
         path = str(value)
@@ -204,7 +204,9 @@ def _sample(source: Source) -> np.ndarray:
     return sample
 
 
-def _normalisation(source: Source, mode: str | None, percentiles=PERCENTILES) -> Normalisation:
+def normalisation_of(source: Source, mode: str | None, percentiles=PERCENTILES) -> Normalisation:
+    """One mapping to [0, 1] for a whole source (image or stack), so tiles and planes agree;
+    training uses the same one."""
     if mode not in NORMALISE:
         raise FusionInputError(f"unknown normalisation {mode!r}: choose percentile, range or None")
     if mode is None:
@@ -412,14 +414,14 @@ class FusionJob:
 
 def _prepare(a, b, model, method, tile, overlap, batch, device, normalise, names) -> FusionJob:
     names = names or ("A", "B")
-    sa, sb = _source(a, names[0]), _source(b, names[1])
+    sa, sb = as_source(a, names[0]), as_source(b, names[1])
     _check_pair(sa, sb)
     engine = _engine(model, method, device)
     multiple = _predictor(engine)[1]
     check_tiling(tile, overlap, multiple)
     if int(batch) != batch or batch < 1:
         raise FusionInputError(f"batch must be a positive integer, got {batch}")
-    return FusionJob(sa, sb, _normalisation(sa, normalise), _normalisation(sb, normalise),
+    return FusionJob(sa, sb, normalisation_of(sa, normalise), normalisation_of(sb, normalise),
                      engine, int(tile), int(overlap), int(batch))
 
 

@@ -26,8 +26,7 @@ import numpy as np
 from .colour import rgb_to_ycrcb
 from .io import ImageReadError, open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES
-from .pipeline import PERCENTILES, _normalisation
-from .pipeline import _source as _pipeline_source
+from .pipeline import PERCENTILES, as_source, normalisation_of
 
 LOG_COLUMNS = (
     "step", "lr", "loss", "intensity", "texture", "structure",
@@ -307,7 +306,7 @@ def _normalised_sources(a, b, settings, where):
             raise PreflightError(f"{where}: image {which} has NaN or infinite pixels")
         if image.max() <= image.min():
             raise PreflightError(f"{where}: image {which} is flat (constant intensity {image.min():g}); nothing to learn from")
-        ranges.append(_normalisation(_pipeline_source(image, which), "percentile", settings.percentiles))
+        ranges.append(normalisation_of(as_source(image, which), "percentile", settings.percentiles))
     if settings.normalise:
         return [np.clip(n(image), 0, 1) for n, image in zip(ranges, (a, b))]
     for n, which in zip(ranges, "ab"):
