@@ -81,6 +81,21 @@ def test_truncated_file_is_refused(tmp_path, tiny):
         load_checkpoint(path)
 
 
+def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path, tiny):
+    # A safetensors file starts with its header length, little-endian: when its low byte is 0x80
+    # (pickle's first byte) the file is still a checkpoint. A real run hit this.
+    for padding in range(256):
+        path = save_checkpoint(tmp_path / "odd.safetensors", tiny, provenance={"note": "x" * padding})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    model, _ = load_checkpoint(path)
+    a, b = _inputs()
+    with torch.no_grad():
+        assert torch.equal(model(a, b), tiny(a, b))
+
+
 def _rewrite_metadata(path, change):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])

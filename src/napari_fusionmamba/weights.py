@@ -62,17 +62,20 @@ def _read_header(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path}: this is a PyTorch pickle (.pt / .pth) file; napari-fusionmamba loads only "
-                "safetensors checkpoints and never unpickles (pickles can run code)"
-            )
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (too short: {size} bytes)")
-        (header_len,) = struct.unpack("<Q", head)
+        head = f.read(9)  # the header length (8 bytes), then the JSON header's "{"
+        if head[8:9] != b"{":
+            if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+                raise CheckpointError(
+                    f"{path}: this is a PyTorch pickle (.pt / .pth) file; napari-fusionmamba loads only "
+                    "safetensors checkpoints and never unpickles (pickles can run code)"
+                )
+            if len(head) < 9:
+                raise CheckpointError(f"{path}: not a safetensors file (too short: {size} bytes)")
+            raise CheckpointError(f"{path}: not a safetensors file (no JSON header)")
+        (header_len,) = struct.unpack("<Q", head[:8])
         if header_len > size - 8:
             raise CheckpointError(f"{path}: truncated safetensors file (header says {header_len} bytes, file has {size})")
+        f.seek(8)
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
