@@ -159,10 +159,11 @@ class Runner:
     failures become an error notification; a cancelled job calls neither.
     """
 
-    def __init__(self, button: PushButton, bar: ProgressBar, name: str = "Run"):
+    def __init__(self, button: PushButton, bar: ProgressBar, name: str = "Run", stopping: str = "Cancelling..."):
         self.button = button
         self.bar = bar
         self.name = name
+        self.stopping = stopping
         self.worker = None
         self._cancel = threading.Event()
         self._progress = _Progress()
@@ -179,8 +180,21 @@ class Runner:
         """Ask the job to stop; it does so at its next check (one batch at most)."""
         if self.running:
             self._cancel.set()
-            self.button.text = "Cancelling..."
+            self.button.text = self.stopping
             self.button.enabled = False
+
+    def toggle(self, prepare: Callable[[], Any], start: Callable[[Any], None]) -> None:
+        """The button's handler: cancel the running job, or check the inputs on the UI thread
+        (``prepare`` raises ValueError, shown as an error notification) and ``start`` them."""
+        if self.running:
+            self.cancel()
+            return
+        try:
+            request = prepare()
+        except ValueError as error:
+            show_error(str(error))
+            return
+        start(request)
 
     def start(
         self,

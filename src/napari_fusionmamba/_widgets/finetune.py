@@ -133,7 +133,7 @@ class FinetuneWidget(Container):
         self._plot = LossPlot()
         self.native.layout().addWidget(self._plot.canvas)
 
-        self.runner = Runner(self.train_button, self.progress, name="Train")
+        self.runner = Runner(self.train_button, self.progress, name="Train", stopping="Stopping...")
         self.history: list = []  # StepInfo of the current run
         self.result = None  # the last run's TrainResult
         self._steps = _Steps()
@@ -158,16 +158,7 @@ class FinetuneWidget(Container):
     # --- running --------------------------------------------------------------------------
 
     def _on_train(self, _value=None) -> None:
-        if self.runner.running:
-            self.runner.cancel()
-            self.train_button.text = "Stopping..."
-            return
-        try:
-            request = self._request()
-        except ValueError as error:
-            show_error(str(error))
-            return
-        self._start(request)
+        self.runner.toggle(self._request, self._start)
 
     def _request(self) -> FinetuneRequest:
         """Layers to arrays and settings, checked on the UI thread; a ValueError says what is wrong."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
 from ._common import Runner, layer_picker, persist, refresh_on_open
 
@@ -181,15 +181,7 @@ class FuseWidget(Container):
     # --- running --------------------------------------------------------------------------
 
     def _on_run(self, _value=None) -> None:
-        if self.runner.running:
-            self.runner.cancel()
-            return
-        try:
-            request = self._request()
-        except ValueError as error:
-            show_error(str(error))
-            return
-        self._start(request)
+        self.runner.toggle(self._request, self._start)
 
     def _request(self) -> FuseRequest:
         """Check the layers and settings on the UI thread; a ValueError names what is wrong."""
