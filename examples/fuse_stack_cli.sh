@@ -11,4 +11,3 @@ a=${1:?first stack (e.g. GFP.tif)}
 b=${2:?second stack (e.g. phase.tif)}
 out=${3:-fused.ome.zarr}
 fusionmamba fuse "$a" "$b" -o "$out" --tile 256 --overlap 64 --batch 4
-fusionmamba info
