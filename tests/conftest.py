@@ -34,9 +34,10 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_user_data(tmp_path_factory, monkeypatch):
-    """User models live in a temporary folder, never in the developer's home."""
-    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path_factory.mktemp("fusionmamba-home")))
+def home(tmp_path, monkeypatch):
+    """User models and runs live in a temporary folder, never in the developer's home."""
+    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
 
 
 @pytest.fixture(scope="session")

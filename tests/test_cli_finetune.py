@@ -13,11 +13,6 @@ from napari_fusionmamba.train import Pair, TrainSettings, finetune
 from napari_fusionmamba.weights import list_models, load_checkpoint, load_model
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
-
-
 def _images(size=80, seed=0):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:size, :size]

@@ -19,9 +19,8 @@ SETTINGS = dict(tile=64, overlap=16, batch=2)
 
 @pytest.fixture(autouse=True)
 def private_dirs(tmp_path, monkeypatch):
-    """Saved widget settings and user models go to a temporary folder, never the user's."""
+    """Saved widget settings go to a temporary folder, never the user's (models: conftest's home)."""
     monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture

@@ -20,11 +20,6 @@ from napari_fusionmamba.pipeline import PERCENTILES
 from napari_fusionmamba.weights import load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
-
-
 def _pair(size=96, seed=0):
     """Two sources that differ: stripes in a (upper part only), rings in b."""
     rng = np.random.default_rng(seed)
@@ -237,11 +232,11 @@ def test_run_folder_rules(tmp_path):
         finetune([], _settings(), tmp_path / "other")
 
 
-def test_colour_source_is_trained_on_its_luminance_and_runs_default_to_the_data_dir(tmp_path):
+def test_colour_source_is_trained_on_its_luminance_and_runs_default_to_the_data_dir(home):
     a, b = _pair(64)
     rgb = np.stack([a * 0.2, a, a * 0.1], axis=-1)
     result = finetune([Pair(rgb, b)], _settings(steps=2), None)
-    assert result.run_dir.parent == tmp_path / "home" / "runs"
+    assert result.run_dir.parent == home / "runs"
     assert result.last.exists()
 
 

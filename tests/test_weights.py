@@ -22,12 +22,6 @@ from napari_fusionmamba.weights import (
 )
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
