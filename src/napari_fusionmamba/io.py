@@ -265,8 +265,28 @@ def ome_translation(path: str | os.PathLike) -> tuple[float, ...] | None:
     return None
 
 
+class Planes:
+    """Axis helpers of an image walked plane by plane: leading axes, then (Y, X), then an optional
+    colour axis ``S``. Mixed into the dataclasses that carry ``shape`` and ``axes``."""
+
+    shape: tuple[int, ...]
+    axes: str
+
+    @property
+    def colour(self) -> bool:
+        return self.axes.endswith("S")
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        return self.shape[: len(self.shape) - 2 - self.colour]
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self.shape[len(self.shape) - 2 - self.colour : len(self.shape) - self.colour]
+
+
 @dataclass(frozen=True)
-class OutputLayout:
+class OutputLayout(Planes):
     """Shape and metadata of a fused output: planes (``lead`` shape) of (Y, X), plus a colour
     axis of 3 last when a source was colour. OME-Zarr 0.4 has no sample axis, so the store
     keeps colour as a channel axis ``c`` before the space axes; this class maps between the two."""
@@ -277,14 +297,6 @@ class OutputLayout:
     chunk: int
     pixel_size: tuple[float, ...] | None = None
     unit: str | None = None
-
-    @property
-    def colour(self) -> bool:
-        return self.axes.endswith("S")
-
-    @property
-    def lead(self) -> tuple[int, ...]:
-        return self.shape[: len(self.shape) - 2 - self.colour]
 
     def _store_order(self) -> list[int]:
         """Memory axis indices in store order (colour moved in front of Z, after T)."""

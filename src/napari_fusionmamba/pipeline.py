@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
-from .io import OpenedImage, OutputLayout, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
+from .io import OpenedImage, OutputLayout, Planes, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
 
 __all__ = ["fuse", "fuse_files", "FuseReport", "FusionInputError", "FusionCancelled"]
@@ -58,7 +58,7 @@ class FusionInputError(ValueError):
 
 
 @dataclass
-class Source:
+class Source(Planes):
     """One input image: its name for messages, and a path (reopened in every process) or an
     array (numpy, dask or zarr)."""
 
@@ -69,18 +69,6 @@ class Source:
     dtype: np.dtype
     pixel_size: tuple[float, ...] | None = None
     unit: str | None = None
-
-    @property
-    def colour(self) -> bool:
-        return self.axes.endswith("S")
-
-    @property
-    def plane_shape(self) -> tuple[int, int]:
-        return self.shape[len(self.shape) - 2 - self.colour : len(self.shape) - self.colour]
-
-    @property
-    def lead(self) -> tuple[int, ...]:
-        return self.shape[: len(self.shape) - 2 - self.colour]
 
     def data(self):
         """The lazy array (opened once per process for paths)."""
