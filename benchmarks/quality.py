@@ -6,9 +6,11 @@ fusion literature, a colour source is reduced to its luminance Y, both sources g
 gray scaled to [0, 1], and every method fuses exactly those two planes; the metrics
 (docs/metrics.md) compare the fused plane with them. Prints a Markdown table of mean ± SD per
 metric and method (best per row in bold) and, for the network, how many of the ten
-paper-style metrics it wins against the best baseline.
+paper-style metrics it wins against the best baseline. With ``--loss`` it also prints the
+training objective (the paper's loss, lower is better) of every method's output, which shows
+what the loss itself prefers next to what the metrics prefer.
 
-    python benchmarks/quality.py --data ../shared/data/gfp_pc --json gfp_pc.json
+    python benchmarks/quality.py --data ../shared/data/gfp_pc --json gfp_pc.json --loss
     python benchmarks/quality.py --data ../shared/data/ct_mri --limit 40 --model my-model
 """
 
@@ -78,13 +80,39 @@ def network_method(model):
     return lambda a, b: fuse(a, b, model=model, device="cpu", normalise=None)
 
 
-def run(data: Path, methods: list[str], model_name: str | None, limit: int | None) -> dict:
+def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The training objective (the paper's loss and weights) of one fused plane, and its terms."""
+    import torch
+
+    from napari_fusionmamba.loss import FusionLoss
+
+    planes = [torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None] for x in (np.clip(fused, 0, 1), a, b)]
+    with torch.no_grad():
+        total, terms = FusionLoss()(*planes)
+    return {"loss": float(total), **{key: float(value) for key, value in terms.items()}}
+
+
+def _capturing(method, store: dict, name: str):
+    """``method`` that also keeps its last inputs and output, so the loss is scored outside the
+    timed fusion."""
+    def fuse(a, b):
+        store[name] = (fused := method(a, b)), a, b
+        return fused
+
+    return fuse
+
+
+def run(data: Path, methods: list[str], model_name: str | None, limit: int | None, loss: bool = False) -> dict:
     names = find_pairs(data)[:limit]
     label, model = resolve_model(model_name)
     fusers = {method: BASELINES[method] for method in methods}
     if label:
         fusers[label] = network_method(model)
+    last: dict[str, tuple] = {}
+    if loss:
+        fusers = {method: _capturing(fuse, last, method) for method, fuse in fusers.items()}
     rows: dict[str, list[dict[str, float]]] = {method: [] for method in fusers}
+    losses: dict[str, list[dict[str, float]]] = {method: [] for method in fusers}
     seconds: dict[str, float] = {}
     for index, name in enumerate(names, 1):
         started = time.perf_counter()
@@ -92,6 +120,8 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         scores = compare_methods(a, b, fusers, names=(f"A/{name}", f"B/{name}"), seconds=seconds)
         for method, values in scores.items():
             rows[method].append(values)
+            if loss:
+                losses[method].append(paper_loss(*last[method]))
         print(f"pair {index}/{len(names)} {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     keys = list(METRICS)
@@ -102,7 +132,7 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         sds = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(keys))
         results[method] = {key: _number(v) for key, v in zip(keys, means)}
         spread[method] = {key: _number(v) for key, v in zip(keys, sds)}
-    return {
+    report = {
         "model": label,
         "metrics": keys,
         "results": results,
@@ -111,6 +141,10 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         "data": str(data),
         "seconds": {method: seconds[method] / len(names) for method in fusers},
     }
+    if loss:
+        report["loss"] = {method: {key: float(np.mean([row[key] for row in table])) for key in table[0]}
+                          for method, table in losses.items()}
+    return report
 
 
 def _number(value: float) -> float | None:
@@ -138,6 +172,10 @@ def format_table(report: dict) -> str:
             cell = f"{mean:.4g} ± {sd:.2g}" if sd is not None else f"{mean:.4g}"
             cells.append(f"**{cell}**" if mean == best else cell)
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    for key, values in _loss_rows(report):
+        best = min(values)
+        cells = [f"**{v:.4g}**" if v == best else f"{v:.4g}" for v in values]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append(
         "| seconds / pair | " + " | ".join(f"{report['seconds'][m]:.3f}" for m in methods) + " |"
     )
@@ -146,6 +184,16 @@ def format_table(report: dict) -> str:
         lines += ["", f"{report['model']} wins {len(won)}/{len(SCORED_METRICS)} against the best "
                   f"baseline: {', '.join(won) or 'none'}"]
     return "\n".join(lines)
+
+
+def _loss_rows(report: dict):
+    """(label, value per method) for the training-objective rows, when they were computed."""
+    if "loss" not in report:
+        return
+    losses = report["loss"]
+    for key in next(iter(losses.values())):
+        label = "paper loss (lower is better)" if key == "loss" else f"loss: {key} term"
+        yield label, [losses[method][key] for method in report["results"]]
 
 
 def write_json(path: Path, report: dict) -> None:
@@ -166,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the shipped default model when trained weights ship)")
     parser.add_argument("--limit", type=int, help="use only the first N pairs (sorted by name)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--loss", action="store_true",
+                        help="also score every output with the training objective (the paper's loss)")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     try:
-        report = run(args.data, args.methods, args.model, args.limit)
+        report = run(args.data, args.methods, args.model, args.limit, args.loss)
     except (OSError, ValueError) as error:  # unreadable image, mismatched pair, unknown model
         print(f"quality: error: {error}", file=sys.stderr)
         return 2

@@ -105,3 +105,24 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
            if report["results"]["tinynet"][key]
            > max(report["results"][m][key] for m in ("average", "max"))]
     assert f"tinynet wins {len(won)}/10 against the best baseline" in result.stdout
+
+
+def test_loss_rows_score_each_output_with_the_training_objective(folder, tmp_path):
+    import torch
+
+    from napari_fusionmamba.loss import FusionLoss
+
+    out = tmp_path / "q.json"
+    result = run("--data", str(folder), "--methods", "average", "max", "--model", "none",
+                 "--loss", "--json", str(out))
+    report = json.loads(out.read_text())
+    a1 = np.rint(iio.imread(folder / "A" / "p1.png")[..., 1] * 0.587) / 255
+    pairs = [(a1, gray(2) / 255), (gray(3) / 255, gray(4) / 255)]
+    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))[None, None]
+    for method in ("average", "max"):
+        direct = [float(FusionLoss()(*(as_tensor(x) for x in (BASELINES[method](a, b), a, b)))[0])
+                  for a, b in pairs]
+        assert report["loss"][method]["loss"] == pytest.approx(np.mean(direct), rel=1e-5)
+    assert report["loss"]["max"]["intensity"] == 0  # max(a, b) is the intensity target itself
+    assert "| paper loss (lower is better) |" in result.stdout
+    assert "| loss: texture term |" in result.stdout
