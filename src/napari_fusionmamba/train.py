@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._json_records import from_json
 from .colour import rgb_to_ycrcb
 from .io import ImageReadError, open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES
@@ -94,12 +95,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PreflightError(f"unknown training settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values)
+        return from_json(cls, values, "training settings", PreflightError)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._json_records import from_json
 from .blocks import DVSSBlock, PatchEmbed, PatchExpand, PatchMerge, to_channels_first
 from .fusion import DFFM
 
@@ -38,15 +39,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        values = dict(values)
-        for key in ("encoder_depths", "decoder_depths"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return from_json(cls, values, "model config keys")
 
     @property
     def stride(self) -> int:
