@@ -126,3 +126,35 @@ def test_loss_rows_score_each_output_with_the_training_objective(folder, tmp_pat
     assert report["loss"]["max"]["intensity"] == 0  # max(a, b) is the intensity target itself
     assert "| paper loss (lower is better) |" in result.stdout
     assert "| loss: texture term |" in result.stdout
+
+
+LOSS_OPTIMUM = SCRIPT.with_name("loss_optimum.py")
+
+
+def test_loss_optimum_is_max_for_intensity_alone_and_beats_max_on_the_paper_loss(folder, tmp_path):
+    import torch
+
+    from napari_fusionmamba.loss import FusionLoss
+
+    out = tmp_path / "optimum.json"
+    result = subprocess.run(
+        [sys.executable, str(LOSS_OPTIMUM), "--data", str(folder), "--weights", "1,0,0",
+         "--weights", "10,1,10", "--steps", "40", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    intensity_only, paper = "optimum 1,0,0,0.5,0.5", "optimum 10,1,10,0.5,0.5"
+    # max(a, b) is the intensity term's own minimum: the optimiser must find exactly it
+    assert report["minimum_loss"][intensity_only] == 0
+    assert report["results"][intensity_only] == report["results"]["max"]
+    # under the paper's loss, the optimiser improves on both of its starting points
+    a1 = np.rint(iio.imread(folder / "A" / "p1.png")[..., 1] * 0.587) / 255
+    pairs = [(a1, gray(2) / 255), (gray(3) / 255, gray(4) / 255)]
+    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))[None, None]
+    for start in ("max", "average"):
+        start_loss = np.mean([float(FusionLoss(ssim="ssim")(*(as_tensor(x) for x in (BASELINES[start](a, b), a, b)))[0])
+                              for a, b in pairs])
+        assert report["minimum_loss"][paper] < start_loss - 1e-3
+    assert set(report["wins"]) == {intensity_only, paper}
+    assert f"{paper} (loss " in result.stdout and "| MS-SSIM |" in result.stdout

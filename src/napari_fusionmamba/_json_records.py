@@ -1,0 +1,15 @@
+"""Dataclasses read back from the JSON they were saved as (checkpoint configs, run settings)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def from_json(cls, values: dict, what: str, error: type[Exception] = ValueError):
+    """``cls(**values)``, where unknown keys are an ``error`` that names them and the lists
+    JSON produced become the tuples the dataclass holds."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise error(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
