@@ -35,16 +35,22 @@ def test_ome_zarr_round_trip_keeps_data_scale_translate(make_napari_viewer, tmp_
     assert opened.name == "cells"
 
 
-def test_ome_tiff_round_trip_keeps_data_and_pixel_size(make_napari_viewer, tmp_path, stack):
+def test_ome_tiff_round_trip_keeps_data_scale_translate(make_napari_viewer, tmp_path, stack):
+    import tifffile
+
     viewer = make_napari_viewer()
-    layer = viewer.add_image(stack, name="cells", scale=(2.0, 0.5, 0.25))
+    layer = viewer.add_image(stack, name="cells", scale=(2.0, 0.5, 0.25), translate=(4, 10, 20))
     path = tmp_path / "cells.ome.tif"
     napari.save_layers(str(path), [layer], plugin=PLUGIN)
+    with tifffile.TiffFile(path) as tif:  # each plane at its own depth, as OME readers expect
+        planes = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Plane"]
+    assert [plane["PositionZ"] for plane in planes] == [4.0, 6.0, 8.0]
 
     [opened] = viewer.open(str(path), plugin=PLUGIN)
     assert isinstance(opened.data, da.Array)
     np.testing.assert_array_equal(np.asarray(opened.data), stack)
     np.testing.assert_allclose(opened.scale, (2.0, 0.5, 0.25))
+    np.testing.assert_allclose(opened.translate, (4, 10, 20))
 
 
 def test_plain_tiff_opens_with_unit_scale(make_napari_viewer, tmp_path):

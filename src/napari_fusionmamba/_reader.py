@@ -2,7 +2,7 @@
 
 A thin shell over ``io.open_image`` (the same reading the command line and the engine use):
 nothing is read into memory when a file opens, napari pulls the chunks it displays. Pixel sizes
-become the layer's scale, an OME-Zarr translation its translate.
+become the layer's scale, an OME translation (OME-TIFF: plane position) its translate.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def read(path) -> list[tuple]:
     levels = image.levels or [image.data]
     axes = image.axes
     scale = list(image.pixel_size) if image.pixel_size is not None else None
-    translate = ome_translation(path)
+    translate = ome_translation(path, axes)
     rgb = axes.endswith("S")
     if axes == "CYX" and levels[0].shape[0] in (3, 4):  # colour stored OME-style, channels first
         levels = [da.moveaxis(level, 0, -1) for level in levels]

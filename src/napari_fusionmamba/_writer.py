@@ -1,8 +1,9 @@
 """Writers for image layers: OME-Zarr (NGFF 0.4, any size, chunk by chunk) and OME-TIFF (plane by plane).
 
 Both write next to the target first and move into place at the end, so a failed or interrupted
-save never leaves a half-written file under the chosen name. Scale (and, for OME-Zarr,
-translate) travel with the data, so the reader puts the layer back where it was.
+save never leaves a half-written file under the chosen name. Scale and translate travel with the
+data (OME-TIFF: physical sizes and plane positions), so the reader puts the layer back where it
+was.
 """
 
 from __future__ import annotations
@@ -98,16 +99,21 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     spatial = level.shape[:-1] if rgb else level.shape
     axes = axes_for(len(spatial)).upper() + ("S" if rgb else "")
     scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial):]
+    translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial):]
     sizes = {"PhysicalSizeX": scale[-1], "PhysicalSizeY": scale[-2]}
+    indices = list(np.ndindex(*spatial[:-2]))
+    positions = {"PositionX": [translate[-1]] * len(indices), "PositionY": [translate[-2]] * len(indices)}
     if "Z" in axes:
-        sizes["PhysicalSizeZ"] = scale[axes.index("Z")]
-    planes = (np.asarray(level[index]) for index in np.ndindex(*spatial[:-2]))
+        z = axes.index("Z")
+        sizes["PhysicalSizeZ"] = scale[z]
+        positions["PositionZ"] = [translate[z] + index[z] * scale[z] for index in indices]
+    planes = (np.asarray(level[index]) for index in indices)
     nbytes = int(np.prod(level.shape, dtype=np.int64)) * np.dtype(level.dtype).itemsize
     try:
         tifffile.imwrite(
             temporary, data=planes, shape=level.shape, dtype=level.dtype, ome=True,
             photometric="rgb" if rgb else "minisblack", bigtiff=nbytes > 2**31 - 2**25,
-            metadata={"axes": axes, "Name": meta.get("name", target.stem), **sizes},
+            metadata={"axes": axes, "Name": meta.get("name", target.stem), **sizes, "Plane": positions},
         )
         _replace(temporary, target)
     except BaseException:

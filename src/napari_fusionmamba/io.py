@@ -248,12 +248,17 @@ def _open_picture(path: str) -> OpenedImage:
 # --- writing --------------------------------------------------------------------------------
 
 
-def ome_translation(path: str | os.PathLike) -> tuple[float, ...] | None:
-    """Where an OME-Zarr image's full-resolution level starts (its ``translation``), one value
-    per stored axis, or None when the store gives none; viewers use it to place the image."""
+def ome_translation(path: str | os.PathLike, axes: str) -> tuple[float, ...] | None:
+    """Where an OME image starts, one value per axis of ``axes`` (the image's axes as
+    :func:`open_image` gives them; a colour axis S gets none), or None when the file says nothing;
+    viewers use it to place the image. OME-Zarr: the full-resolution level's ``translation``;
+    OME-TIFF: the first plane's PositionX / Y / Z."""
     import zarr
 
-    if kind_of(path) != "zarr":
+    kind = kind_of(path)
+    if kind == "tiff":
+        return _tiff_position(path, axes)
+    if kind != "zarr":
         return None
     node = zarr.open(str(path), mode="r")
     meta = _multiscales(node) if isinstance(node, zarr.Group) else None
@@ -263,6 +268,20 @@ def ome_translation(path: str | os.PathLike) -> tuple[float, ...] | None:
         if transform.get("type") == "translation":
             return tuple(float(t) for t in transform["translation"])
     return None
+
+
+def _tiff_position(path, axes: str) -> tuple[float, ...] | None:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not (tif.is_ome and tif.ome_metadata):
+            return None
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    planes = (image[0] if isinstance(image, list) else image)["Pixels"].get("Plane")
+    first = (planes[0] if isinstance(planes, list) else planes) or {}
+    if not any(f"Position{ax}" in first for ax in "XYZ"):
+        return None
+    return tuple(float(first.get(f"Position{ax}", 0.0)) if ax in "XYZ" else 0.0 for ax in axes if ax != "S")
 
 
 class Planes:
