@@ -73,6 +73,9 @@ def test_widget_refuses_bad_requests_before_training(make_napari_viewer):
     a, b = real_looking_pair(64, 64)
     widget.rows[0].a.value = viewer.add_image(a, name="a")
     widget.rows[0].b.value = viewer.add_image(b[:48], name="b")
+    with pytest.raises(ValueError, match=r"'a' \(64, 64\) and 'b' \(48, 64\) differ in shape"):
+        widget._request()
+    widget.rows[0].b.value = viewer.add_image(b, name="b full")
     viewer.add_labels(np.ones((48, 64), np.uint8), name="small")
     widget.rows[0].mask.value = viewer.layers["small"]
     with pytest.raises(ValueError, match="mask layer 'small' has shape"):
@@ -99,3 +102,37 @@ def test_shapes_become_a_mask(make_napari_viewer):
     mask = _mask_array(shapes, (40, 40))
     assert mask.shape == (40, 40) and mask[10, 10] == 1 and mask[35, 35] == 0
     assert 26 * 16 <= mask.sum() <= 27 * 17  # the 26 x 16 rectangle, edges included
+
+
+def test_stack_rows_train_on_the_plane_the_viewer_shows(make_napari_viewer):
+    viewer = make_napari_viewer()
+    planes = [real_looking_pair(64, 64, seed=seed) for seed in range(3)]
+    stack_a = np.stack([a for a, _ in planes])
+    stack_b = np.stack([b for _, b in planes])
+    masks = np.zeros((3, 64, 64), np.uint8)
+    masks[1, :, :48] = 1
+    widget = FinetuneWidget(viewer)
+    row = widget.rows[0]
+    row.a.value = viewer.add_image(stack_a, name="gfp", scale=(2.0, 0.5, 0.5))
+    row.b.value = viewer.add_image(stack_b, name="phase", scale=(2.0, 0.5, 0.5))
+    row.mask.value = viewer.add_labels(masks, name="roi", scale=(2.0, 0.5, 0.5))
+    widget.crop.value = 32
+    viewer.dims.set_point(0, 2.0)  # world z = 2.0 is plane 1
+
+    [pair] = widget._request().pairs
+    np.testing.assert_array_equal(pair.a, stack_a[1])
+    np.testing.assert_array_equal(pair.b, stack_b[1])
+    np.testing.assert_array_equal(pair.mask, masks[1])
+    assert pair.name == "gfp + phase at (1,)"
+
+    # a 2-D Shapes mask serves whichever plane is shown
+    viewer.dims.set_point(0, 4.0)
+    row.mask.value = viewer.add_shapes([np.array([[2, 2], [2, 20], [20, 20], [20, 2]])], shape_type="rectangle")
+    [pair] = widget._request().pairs
+    np.testing.assert_array_equal(pair.a, stack_a[2])
+    assert pair.mask.shape == (64, 64) and pair.mask[10, 10] == 1 and pair.mask[40, 40] == 0
+
+    # a stack B of another depth is refused, naming both layers
+    row.b.value = viewer.add_image(stack_b[:2], name="short")
+    with pytest.raises(ValueError, match="'gfp' .* and 'short' .* differ in shape"):
+        widget._request()

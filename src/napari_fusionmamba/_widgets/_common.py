@@ -27,6 +27,14 @@ class Cancelled(Exception):
 # --- layer pickers --------------------------------------------------------------------------
 
 
+def current_plane(viewer, layer) -> tuple[int, ...]:
+    """Data indices, on ``layer``'s leading (non-spatial) axes, of the plane the viewer shows."""
+    shape = (layer.data[0] if layer.multiscale else layer.data).shape
+    leading = len(shape) - 2 - bool(getattr(layer, "rgb", False))
+    point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
+
+
 def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
     """A combo box of the viewer's layers (of ``layer_type``, images by default).
 

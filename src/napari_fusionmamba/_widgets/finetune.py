@@ -30,7 +30,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ._common import Runner, layer_picker, persist
+from ._common import Runner, current_plane, layer_picker, persist
 
 NO_MASK = "(whole image)"
 SCRATCH = "scratch"
@@ -172,11 +172,18 @@ class FinetuneWidget(Container):
                 raise ValueError(f"Fine-tune: pair {index + 1}: choose two image layers.")
             if b.rgb:
                 raise ValueError(f"Fine-tune: the structure layer '{b.name}' is RGB; choose a gray image for B.")
-            plane = a.data.shape[:-1] if a.rgb else a.data.shape
-            if len(plane) != 2 or b.data.ndim != 2:
-                raise ValueError(f"Fine-tune: layers '{a.name}' and '{b.name}' must be single 2-D images.")
-            mask = _mask_array(row.mask.value, plane)
-            request.pairs.append(Pair(np.asarray(a.data), np.asarray(b.data), mask, name=f"{a.name} + {b.name}"))
+            data_a, data_b = (layer.data[0] if layer.multiscale else layer.data for layer in (a, b))
+            shape = data_a.shape[:-1] if a.rgb else data_a.shape
+            if shape != data_b.shape:
+                raise ValueError(
+                    f"Fine-tune: layers '{a.name}' {shape} and '{b.name}' {data_b.shape} differ in shape; "
+                    "they must be registered images of the same size."
+                )
+            # a T / Z stack trains on the plane the viewer shows
+            plane = current_plane(self._viewer, a)
+            name = f"{a.name} + {b.name}" + (f" at {plane}" if plane else "")
+            mask = _mask_array(row.mask.value, shape, plane)
+            request.pairs.append(Pair(np.asarray(data_a[plane]), np.asarray(data_b[plane]), mask, name=name))
             request.places.append((tuple(a.scale), tuple(a.translate)))
         try:
             lr = float(self.lr.value)
@@ -270,8 +277,10 @@ class FinetuneWidget(Container):
         show_info(f"Fine-tuning {how}: model '{entry.name}' (run folder {result.run_dir})")
 
 
-def _mask_array(layer, shape) -> np.ndarray | None:
-    """A Labels layer's data, or a Shapes layer rasterised (every shape = 1), as a mask of ``shape``."""
+def _mask_array(layer, shape, plane: tuple[int, ...] = ()) -> np.ndarray | None:
+    """The mask of the images' ``plane`` (their leading indices; ``shape`` is the images' whole
+    shape): a Labels layer's data, or a Shapes layer rasterised (every shape = 1). A 2-D mask
+    serves every plane of a stack."""
     if layer is None:
         return None
     from napari.layers import Shapes
@@ -279,11 +288,12 @@ def _mask_array(layer, shape) -> np.ndarray | None:
     if isinstance(layer, Shapes):
         if not len(layer.data):
             raise ValueError(f"Fine-tune: the Shapes layer '{layer.name}' has no shapes.")
-        return np.any(layer.to_masks(mask_shape=shape), axis=0).astype(np.uint8)
-    data = np.asarray(layer.data)
-    if data.shape != tuple(shape):
+        data = np.any(layer.to_masks(mask_shape=shape[-layer.ndim:]), axis=0).astype(np.uint8)
+    else:
+        data = layer.data[0] if layer.multiscale else layer.data
+    if data.shape not in (tuple(shape), tuple(shape[-2:])):
         raise ValueError(f"Fine-tune: mask layer '{layer.name}' has shape {data.shape}, the images {tuple(shape)}.")
-    return data
+    return np.asarray(data[plane] if data.ndim > 2 else data)
 
 
 class LossPlot:

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
-from ._common import Runner, layer_picker, persist, refresh_on_open
+from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open
 
 FROM_FILE = "file:"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -206,7 +206,7 @@ class FuseWidget(Container):
             )
         scale, translate = tuple(a.scale), list(a.translate)
         if self.stack.value == PLANE and len(shape_a) > 2:
-            plane = self._current_plane(a, len(shape_a) - 2)
+            plane = current_plane(self._viewer, a)
             # one plane, kept where it was: its leading axes become length 1, its translate moves
             data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane):])
             data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane):])
@@ -245,12 +245,6 @@ class FuseWidget(Container):
             "tile": request.tile, "overlap": request.overlap, "batch": request.batch,
         }
         return request
-
-    def _current_plane(self, layer, leading: int) -> tuple[int, ...]:
-        """Data indices of the plane the viewer shows for the ``leading`` non-spatial axes."""
-        point = layer.world_to_data(self._viewer.dims.point[-layer.ndim:])
-        shape = (layer.data[0] if layer.multiscale else layer.data).shape
-        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:leading], shape[:leading]))
 
     def _start(self, request: FuseRequest) -> None:
         self._live = None
