@@ -49,8 +49,8 @@ def loss_minimiser(a: np.ndarray, b: np.ndarray, loss: FusionLoss, steps: int) -
         for step in range(steps + 1):
             optimiser.zero_grad()
             value = loss(fused, ta, tb)[0]
-            if float(value) < best_value:  # Adam does not descend at every step: keep the best
-                best_value, best = float(value), fused.detach()[0, 0].numpy().copy()
+            if value.item() < best_value:  # Adam does not descend at every step: keep the best
+                best_value, best = value.item(), fused.detach()[0, 0].numpy().copy()
             if step == steps:
                 break
             value.backward()
