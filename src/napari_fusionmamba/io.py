@@ -249,17 +249,17 @@ def _open_picture(path: str) -> OpenedImage:
 
 
 def ome_translation(path: str | os.PathLike, axes: str) -> tuple[float, ...] | None:
-    """Where an OME image starts, one value per axis of ``axes`` (the image's axes as
-    :func:`open_image` gives them; a colour axis S gets none), or None when the file says nothing;
-    viewers use it to place the image. OME-Zarr: the full-resolution level's ``translation``;
-    OME-TIFF: the first plane's PositionX / Y / Z."""
-    import zarr
-
+    """Where an OME image starts, or None when the file says nothing; viewers use it to place
+    the image. OME-Zarr: the full-resolution level's ``translation``, one value per stored axis;
+    OME-TIFF: the first plane's PositionX / Y / Z, one value per axis of ``axes`` (the image's
+    axes as :func:`open_image` gives them) except the colour axis S."""
     kind = kind_of(path)
     if kind == "tiff":
         return _tiff_position(path, axes)
     if kind != "zarr":
         return None
+    import zarr
+
     node = zarr.open(str(path), mode="r")
     meta = _multiscales(node) if isinstance(node, zarr.Group) else None
     if not meta:
@@ -271,6 +271,7 @@ def ome_translation(path: str | os.PathLike, axes: str) -> tuple[float, ...] | N
 
 
 def _tiff_position(path, axes: str) -> tuple[float, ...] | None:
+    """OME-TIFF plane positions are per plane; the first plane's is where the image starts."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
