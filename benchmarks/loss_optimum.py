@@ -1,9 +1,9 @@
 """What the training objective can reach at best: the fused image that minimises the paper's loss,
 found by optimising its pixels directly (no network), scored like every classical method.
 
-A network trained with a loss can at most reach that loss's minimum. So if the minimiser itself
-does not beat the classical methods on a metric, no length of training, data mix or network size
-will with that loss. Use it to judge loss weights in seconds before training for hours.
+Training drives a network towards that minimum, so the minimiser shows where more training, data
+or width lead with that loss: if it does not beat the classical methods, fitting the loss better
+will not either. Use it to judge loss weights in minutes before training for hours.
 
     python benchmarks/loss_optimum.py --data ../shared/data/gfp_pc --weights 10,1,10 --weights 10,1,10,0.8,0.2
 
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--steps and --limit must be at least 1")
     try:
-        report = run(args.data, args.weights or [parse_weights(",".join(map(str, DEFAULT_WEIGHTS)))],
-                     args.ssim, args.steps, args.limit)
+        report = run(args.data, args.weights or [(*DEFAULT_WEIGHTS, 0.5, 0.5)], args.ssim, args.steps, args.limit)
     except (OSError, ValueError) as error:
         print(f"loss_optimum: error: {error}", file=sys.stderr)
         return 2
