@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from napari_fusionmamba.train import (
     Pair,
     PreflightError,
     TrainSettings,
+    check_settings,
     finetune,
     learning_rate,
     prepare_pairs,
@@ -245,3 +247,12 @@ def test_training_from_scratch_uses_the_named_config(tmp_path):
     result = finetune([Pair(*_pair(64))], _settings(steps=2, base="scratch", config="tiny", seed=5), tmp_path / "r")
     model, meta = load_checkpoint(result.last)
     assert meta["provenance"]["base"] == "scratch (tiny)" and model.config.name == "tiny"
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").rglob("*.json")), ids=lambda p: p.stem)
+def test_shipped_recipes_hold_valid_settings(recipe):
+    """The recipes behind the shipped weights and the model card's runs: a typo in a setting's
+    name or value would only show when someone reruns them with the data beside the repo."""
+    values = json.loads(recipe.read_text())
+    check_settings(TrainSettings.from_dict(values["settings"]))
+    assert all(set(item) <= {"folder", "weight"} for item in values["pairs"])
