@@ -136,3 +136,39 @@ def test_stack_rows_train_on_the_plane_the_viewer_shows(make_napari_viewer):
     row.b.value = viewer.add_image(stack_b[:2], name="short")
     with pytest.raises(ValueError, match="'gfp' .* and 'short' .* differ in shape"):
         widget._request()
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napari_viewer, qtbot, tmp_path):
+    from napari_fusionmamba.weights import find_model
+
+    viewer = make_napari_viewer()
+    a, b = real_looking_pair(64, 64)
+    widget = FinetuneWidget(viewer)
+    row = widget.rows[0]
+    row.a.value, row.b.value = viewer.add_image(a, name="gfp"), viewer.add_image(b, name="phase")
+    widget.base.value = "tiny"
+    widget.steps.value, widget.crop.value, widget.batch.value, widget.val_every.value = 400, 32, 1, 3
+    widget.model_name.value = "resumed"
+    widget.run_dir.value = tmp_path / "run"
+    resume_offered = lambda: not widget.resume_button.native.isHidden()  # the viewer is not shown
+    assert not resume_offered()
+
+    widget.train_button.native.click()
+    qtbot.waitUntil(lambda: len(widget.history) >= 4, timeout=120_000)
+    widget.train_button.native.click()  # Stop
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.result is not None, timeout=120_000)
+    stopped = widget.result.step
+    assert widget.result.cancelled and resume_offered()
+    widget.steps.value = 5  # what the widget shows now does not change the run being resumed
+
+    widget.resume_button.native.click()
+    assert not resume_offered() and widget.train_button.text == "Stop"
+    qtbot.waitUntil(lambda: len(widget.history) >= stopped + 4, timeout=120_000)
+    widget.train_button.native.click()  # Stop again
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.result is not None, timeout=120_000)
+    steps = [info.step for info in widget.history]
+    assert steps == list(range(1, len(steps) + 1))  # the resumed run picks up at the next step
+    assert widget.result.cancelled and widget.result.step > stopped
+    # the name registered at the first stop now holds the resumed run's best
+    assert widget.status.value.endswith("saved as model 'resumed'")
+    assert find_model("resumed").path.read_bytes() == widget.result.best.read_bytes()

@@ -4,8 +4,9 @@ The widget turns layers into arrays on the UI thread (Labels as they are, Shapes
 mask), hands them with the settings to a thread worker, and shows what the worker reports: a
 progress bar, a live plot of the loss terms (training and validation) and, on validation steps,
 a preview layer of the current fusion placed over the validation crop. Train becomes Stop; a
-stopped run keeps its last state. When the run ends (or is stopped) its best model is registered
-under the chosen name, and every docked widget's choices are refreshed so Fuse lists it.
+stopped run keeps its last state, and Resume continues it from there. When the run ends (or is
+stopped) its best model is registered under the chosen name, and every docked widget's choices
+are refreshed so Fuse lists it.
 """
 
 from __future__ import annotations
@@ -124,11 +125,16 @@ class FinetuneWidget(Container):
             self.val_fraction, self.val_every, self.device,
         ], visible=False)  # fmt: skip
         self.train_button = PushButton(text="Train", tooltip="Start training; press again to stop (the run is saved).")
+        self.resume_button = PushButton(
+            text="Resume", visible=False,
+            tooltip="Continue the stopped run from its last save, with the pairs and settings it started with.",
+        )
         self.progress = ProgressBar(label="Progress")
         self.status = Label(value="")
         self.extend([
             self.rows, self.add_pair, self.base, self.steps, self.crop, self.batch, self.lr,
-            self.run_dir, self.model_name, self.expert, self.expert_box, self.train_button, self.progress, self.status,
+            self.run_dir, self.model_name, self.expert, self.expert_box, self.train_button, self.resume_button,
+            self.progress, self.status,
         ])  # fmt: skip
         self._plot = LossPlot()
         self.native.layout().addWidget(self._plot.canvas)
@@ -141,6 +147,7 @@ class FinetuneWidget(Container):
         self.add_pair.changed.connect(lambda _v=None: self._add_row())
         self.expert.changed.connect(lambda value: setattr(self.expert_box, "visible", bool(value)))
         self.train_button.changed.connect(self._on_train)
+        self.resume_button.changed.connect(self._on_resume)
         persist(self, "finetune", ["base", "steps", "crop", "batch", "lr", "device", "val_every"])
         self._add_row()
 
@@ -205,14 +212,24 @@ class FinetuneWidget(Container):
         request.out = Path(self.run_dir.value) if self.run_dir.value else None
         return request
 
-    def _start(self, request: FinetuneRequest) -> None:
+    def _on_resume(self, _value=None) -> None:
+        if not self.runner.running and self.result is not None and self.result.cancelled:
+            self._start(self._request_now, resume=True)
+
+    def _start(self, request: FinetuneRequest, resume: bool = False) -> None:
+        """Train on ``request``, or with ``resume`` continue the stopped run of that request
+        (the plot keeps its history)."""
         from ..train import default_run_dir, finetune
 
-        self.history = []
+        if resume:
+            out = self.result.run_dir
+        else:
+            self.history = []
+            self._request_now = request
+            self._plot.reset(request.settings.loss_weights)
+            out = request.out or default_run_dir()
         self.result = None
-        self._request_now = request
-        self._plot.reset(request.settings.loss_weights)
-        out = request.out or default_run_dir()
+        self.resume_button.visible = False
         emit = self._steps.step.emit
         outcome = {}
 
@@ -221,12 +238,14 @@ class FinetuneWidget(Container):
                 progress(info.step, info.steps)
                 emit(info)
 
-            outcome["result"] = finetune(request.pairs, request.settings, out, on_step=on_step, cancel=cancelled)
+            outcome["result"] = finetune(
+                request.pairs, request.settings, out, resume=resume, on_step=on_step, cancel=cancelled
+            )
             return outcome["result"]
 
         self.runner.start(
-            job, on_result=lambda _result: None, on_stop=lambda: self._finish(request, outcome.get("result")),
-            what="Fine-tuning",
+            job, on_result=lambda _result: None,
+            on_stop=lambda: self._finish(request, outcome.get("result"), replace=resume), what="Fine-tuning",
         )
         self.train_button.text = "Stop"
         self.status.value = f"training into {out}"
@@ -255,16 +274,18 @@ class FinetuneWidget(Container):
                 info.preview, name=PREVIEW, scale=scale[-2:], translate=place, colormap="gray", contrast_limits=(0, 1)
             )
 
-    def _finish(self, request: FinetuneRequest, result) -> None:
-        """Register the best model (also of a stopped run) and refresh every docked widget's lists."""
+    def _finish(self, request: FinetuneRequest, result, replace: bool = False) -> None:
+        """Register the best model (also of a stopped run; ``replace`` its earlier registration
+        when a resumed run ends) and refresh every docked widget's lists."""
         from ..weights import register_model
 
         self.train_button.text = "Train"
         if result is None:
             return
         self.result = result
+        self.resume_button.visible = result.cancelled
         try:
-            entry = register_model(result.best, request.name)
+            entry = register_model(result.best, request.name, overwrite=replace)
         except ValueError as error:
             show_error(f"Fine-tune: the run is in {result.run_dir}, but registering it failed: {error}")
             return
