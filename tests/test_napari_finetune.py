@@ -138,7 +138,7 @@ def test_stack_rows_train_on_the_plane_the_viewer_shows(make_napari_viewer):
         widget._request()
 
 
-def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napari_viewer, qtbot, tmp_path):
+def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_fusionmamba.weights import find_model
 
     viewer = make_napari_viewer()
@@ -160,6 +160,16 @@ def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napa
     stopped = widget.result.step
     assert widget.result.cancelled and resume_offered()
     widget.steps.value = 5  # what the widget shows now does not change the run being resumed
+
+    # a resume that fails (here: the device goes away) leaves the stopped run resumable
+    import napari_fusionmamba.train as train
+
+    real_finetune = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("device lost")))
+    widget.resume_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+    assert resume_offered() and widget.result.step == stopped
+    monkeypatch.setattr(train, "finetune", real_finetune)
 
     widget.resume_button.native.click()
     assert not resume_offered() and widget.train_button.text == "Stop"

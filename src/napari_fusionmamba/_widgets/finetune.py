@@ -225,10 +225,10 @@ class FinetuneWidget(Container):
             out = self.result.run_dir
         else:
             self.history = []
+            self.result = None
             self._request_now = request
             self._plot.reset(request.settings.loss_weights)
             out = request.out or default_run_dir()
-        self.result = None
         self.resume_button.visible = False
         emit = self._steps.step.emit
         outcome = {}
@@ -280,10 +280,12 @@ class FinetuneWidget(Container):
         from ..weights import register_model
 
         self.train_button.text = "Train"
+        if result is not None:
+            self.result = result
+        # a failed resume leaves the stopped run as it was: it can still be resumed
+        self.resume_button.visible = self.result is not None and self.result.cancelled
         if result is None:
             return
-        self.result = result
-        self.resume_button.visible = result.cancelled
         try:
             entry = register_model(result.best, request.name, overwrite=replace)
         except ValueError as error:
