@@ -28,7 +28,7 @@ def read(path) -> list[tuple]:
     """The image at ``path`` as one napari image layer (a list of one layer-data tuple)."""
     import dask.array as da
 
-    from .io import ome_translation, open_image
+    from .io import open_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -36,7 +36,7 @@ def read(path) -> list[tuple]:
     levels = image.levels or [image.data]
     axes = image.axes
     scale = list(image.pixel_size) if image.pixel_size is not None else None
-    translate = ome_translation(path, axes)
+    translate = list(image.origin) if image.origin is not None else None
     rgb = axes.endswith("S")
     if axes == "CYX" and levels[0].shape[0] in (3, 4):  # colour stored OME-style, channels first
         levels = [da.moveaxis(level, 0, -1) for level in levels]

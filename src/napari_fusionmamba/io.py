@@ -35,7 +35,9 @@ class OpenedImage:
 
     ``pixel_size`` has one value per axis of ``axes`` other than the colour axis ``S`` (in
     ``unit``; 1.0 for axes without a known spacing, such as T), so it can be a napari layer's
-    ``scale``; it is None when the file gives no spatial calibration.
+    ``scale``; it is None when the file gives no spatial calibration. ``origin``, where the image
+    starts (OME-Zarr translation, OME-TIFF plane position), is laid out the same way and can be
+    the layer's ``translate``; None when the file says nothing.
     """
 
     data: "object"  # dask.array.Array
@@ -44,6 +46,7 @@ class OpenedImage:
     path: str
     levels: list = field(default_factory=list)
     unit: str | None = None
+    origin: tuple[float, ...] | None = None
 
     @property
     def colour(self) -> bool:
@@ -107,16 +110,18 @@ def _squeeze(image: OpenedImage) -> OpenedImage:
         return image
     index = tuple(slice(None) if i in keep else 0 for i in range(image.data.ndim))
     spatial = [i for i, ax in enumerate(image.axes) if ax != "S"]
-    pixel = None
-    if image.pixel_size is not None:
-        pixel = tuple(p for i, p in zip(spatial, image.pixel_size) if i in keep)
+
+    def kept(values):  # pixel sizes and origins: one value per non-colour axis
+        return None if values is None else tuple(v for i, v in zip(spatial, values) if i in keep)
+
     return OpenedImage(
         data=image.data[index],
-        pixel_size=pixel,
+        pixel_size=kept(image.pixel_size),
         axes="".join(image.axes[i] for i in keep),
         path=image.path,
         levels=[level[index] for level in image.levels] if image.levels else [],
         unit=image.unit,
+        origin=kept(image.origin),
     )
 
 
@@ -138,6 +143,7 @@ def _open_tiff(path: str) -> OpenedImage:
         axes = series.axes.upper()
         n_levels = len(series.levels)
         sizes, unit = _tiff_calibration(tif)
+        positions = _tiff_positions(tif)
     store = tifffile.imread(path, aszarr=True, series=0)
     node = zarr.open(store, mode="r")
     arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
@@ -147,7 +153,21 @@ def _open_tiff(path: str) -> OpenedImage:
     if "S" in axes[:-1]:  # planar colour: samples last, as everywhere else
         levels = [da.moveaxis(level, axes.index("S"), -1) for level in levels]
         axes = axes.replace("S", "") + "S"
-    return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None)
+    origin = tuple(positions.get(ax, 0.0) for ax in axes if ax != "S") if positions else None
+    return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
+
+
+def _tiff_positions(tif) -> dict[str, float]:
+    """The first plane's OME PositionX / Y / Z (each plane has its own; the first is where the
+    image starts), or nothing."""
+    import tifffile
+
+    if not (tif.is_ome and tif.ome_metadata):
+        return {}
+    image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    planes = (image[0] if isinstance(image, list) else image)["Pixels"].get("Plane")
+    first = (planes[0] if isinstance(planes, list) else planes) or {}
+    return {ax: float(first[f"Position{ax}"]) for ax in "XYZ" if f"Position{ax}" in first}
 
 
 def _tiff_calibration(tif) -> tuple[dict[str, float], str | None]:
@@ -194,13 +214,15 @@ def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) 
     axes_meta = meta.get("axes") or []
     names_axes = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
     axes = "".join(n.upper()[0] for n in names_axes) if len(names_axes) == levels[0].ndim else guess_axes(levels[0].shape)
-    scale = None
-    for transform in datasets[first].get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = transform["scale"]
+    transforms = {t.get("type"): t for t in datasets[first].get("coordinateTransformations", [])}
+
+    def per_axis(values):
+        return tuple(float(v) for v in values) if values is not None and len(values) == len(axes) else None
+
+    pixel = per_axis(transforms.get("scale", {}).get("scale"))
+    origin = per_axis(transforms.get("translation", {}).get("translation"))
     unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None)
-    pixel = tuple(float(s) for s in scale) if scale is not None and len(scale) == len(axes) else None
-    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None)
+    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None, origin)
 
 
 def _open_zarr(path: str) -> OpenedImage:
@@ -246,43 +268,6 @@ def _open_picture(path: str) -> OpenedImage:
 
 
 # --- writing --------------------------------------------------------------------------------
-
-
-def ome_translation(path: str | os.PathLike, axes: str) -> tuple[float, ...] | None:
-    """Where an OME image starts, or None when the file says nothing; viewers use it to place
-    the image. OME-Zarr: the full-resolution level's ``translation``, one value per stored axis;
-    OME-TIFF: the first plane's PositionX / Y / Z, one value per axis of ``axes`` (the image's
-    axes as :func:`open_image` gives them) except the colour axis S."""
-    kind = kind_of(path)
-    if kind == "tiff":
-        return _tiff_position(path, axes)
-    if kind != "zarr":
-        return None
-    import zarr
-
-    node = zarr.open(str(path), mode="r")
-    meta = _multiscales(node) if isinstance(node, zarr.Group) else None
-    if not meta:
-        return None
-    for transform in meta["datasets"][0].get("coordinateTransformations", []):
-        if transform.get("type") == "translation":
-            return tuple(float(t) for t in transform["translation"])
-    return None
-
-
-def _tiff_position(path, axes: str) -> tuple[float, ...] | None:
-    """OME-TIFF plane positions are per plane; the first plane's is where the image starts."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if not (tif.is_ome and tif.ome_metadata):
-            return None
-        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-    planes = (image[0] if isinstance(image, list) else image)["Pixels"].get("Plane")
-    first = (planes[0] if isinstance(planes, list) else planes) or {}
-    if not any(f"Position{ax}" in first for ax in "XYZ"):
-        return None
-    return tuple(float(first.get(f"Position{ax}", 0.0)) if ax in "XYZ" else 0.0 for ax in axes if ax != "S")
 
 
 class Planes:
