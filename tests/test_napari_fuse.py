@@ -254,8 +254,8 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
         array[:] = rng.integers(0, 60000, size=array.shape, dtype=np.uint16)
         sources.append(da.from_zarr(str(tmp_path / f"{name}.zarr")))
     viewer = make_napari_viewer()
-    viewer.add_image(sources[0], name="big A", scale=(3, 0.5, 0.5))
-    viewer.add_image(sources[1], name="big B", scale=(3, 0.5, 0.5))
+    viewer.add_image(sources[0], name="big A", scale=(3, 0.5, 0.5), translate=(6, 10, -2))
+    viewer.add_image(sources[1], name="big B", scale=(3, 0.5, 0.5), translate=(6, 10, -2))
     widget = _widget(viewer, qtbot, "big A", "big B", model="method:average")
     widget.in_memory_limit = 100_000  # bytes: far below this pair's fused size
 
@@ -278,7 +278,8 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
 
     [reopened] = viewer.open(str(tmp_path / "fused.zarr"), plugin="napari-fusionmamba")
     np.testing.assert_array_equal(np.asarray(reopened.data), np.asarray(result.data))
-    np.testing.assert_allclose(reopened.scale, (3, 0.5, 0.5))  # the pixel size travels with the file
+    np.testing.assert_allclose(reopened.scale, (3, 0.5, 0.5))  # pixel size and place travel with the file
+    np.testing.assert_allclose(reopened.translate, (6, 10, -2))
 
 
 def test_stack_whole_or_current_plane(make_napari_viewer, qtbot):

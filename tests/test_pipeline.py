@@ -330,6 +330,32 @@ def test_zarr_in_tiff_out_keeps_shape_dtype_choice_and_pixel_size(tmp_path):
     assert image.pixel_size == pytest.approx((0.5, 0.5))
 
 
+def test_outputs_lie_where_the_source_lies(tmp_path):
+    """A's OME-TIFF plane position becomes the OME-Zarr translation (every pyramid level), and
+    that becomes the OME-TIFF positions of the next output: a fused file opens over its sources."""
+    a = np.stack([real_looking_pair(600, 520, seed=z)[0] for z in range(2)])
+    b = np.stack([real_looking_pair(600, 520, seed=z)[1] for z in range(2)])
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
+            "Plane": {"PositionX": [30.0, 30.0], "PositionY": [-4.0, -4.0], "PositionZ": [7.0, 9.0]}}
+    tifffile.imwrite(tmp_path / "a.ome.tif", a, metadata=meta)
+    tifffile.imwrite(tmp_path / "b.ome.tif", b, metadata={**meta, "Plane": {}})  # B says nothing
+    assert open_image(tmp_path / "a.ome.tif").origin == (7.0, -4.0, 30.0)
+
+    zarr_out = str(tmp_path / "fused.ome.zarr")
+    fuse_files(str(tmp_path / "a.ome.tif"), str(tmp_path / "b.ome.tif"), zarr_out, method="max")
+    assert open_image(zarr_out).origin == (7.0, -4.0, 30.0)
+    datasets = zarr.open_group(zarr_out).attrs["multiscales"][0]["datasets"]
+    assert len(datasets) > 1  # a pyramid, each level placed like the full resolution
+    assert all(d["coordinateTransformations"][1]["translation"] == [7.0, -4.0, 30.0] for d in datasets)
+
+    tiff_out = str(tmp_path / "fused.ome.tif")
+    fuse_files(zarr_out, zarr_out, tiff_out, method="max")
+    assert open_image(tiff_out).origin == (7.0, -4.0, 30.0)
+    with tifffile.TiffFile(tiff_out) as tif:
+        planes = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["Plane"]
+    assert [plane["PositionZ"] for plane in planes] == [7.0, 9.0]
+
+
 def test_png_colour_to_ome_tiff(tmp_path, pair):
     import imageio.v3 as iio
 

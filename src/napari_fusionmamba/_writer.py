@@ -92,6 +92,8 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     """Save one image layer (its full resolution) as an OME-TIFF, one plane in memory at a time."""
     import tifffile
 
+    from .io import ome_plane_positions
+
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
     level = data[0] if meta.get("multiscale") else data
@@ -101,13 +103,10 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial):]
     translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial):]
     sizes = {"PhysicalSizeX": scale[-1], "PhysicalSizeY": scale[-2]}
-    indices = list(np.ndindex(*spatial[:-2]))
-    positions = {"PositionX": [translate[-1]] * len(indices), "PositionY": [translate[-2]] * len(indices)}
     if "Z" in axes:
-        z = axes.index("Z")
-        sizes["PhysicalSizeZ"] = scale[z]
-        positions["PositionZ"] = [translate[z] + index[z] * scale[z] for index in indices]
-    planes = (np.asarray(level[index]) for index in indices)
+        sizes["PhysicalSizeZ"] = scale[axes.index("Z")]
+    positions = ome_plane_positions(axes, spatial[:-2], translate, scale)
+    planes = (np.asarray(level[index]) for index in np.ndindex(*spatial[:-2]))
     nbytes = int(np.prod(level.shape, dtype=np.int64)) * np.dtype(level.dtype).itemsize
     try:
         tifffile.imwrite(

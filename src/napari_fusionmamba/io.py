@@ -302,6 +302,7 @@ class OutputLayout(Planes):
     chunk: int
     pixel_size: tuple[float, ...] | None = None
     unit: str | None = None
+    origin: tuple[float, ...] | None = None  # laid out like pixel_size
 
     def _store_order(self) -> list[int]:
         """Memory axis indices in store order (colour moved in front of Z, after T)."""
@@ -350,17 +351,22 @@ def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, 
     group = zarr.open_group(path, mode="w", zarr_format=2)
     group.create_array("0", shape=layout.store_shape(), chunks=layout.store_chunks(),
                        dtype=layout.dtype, fill_value=0)
-    scale = [1.0] * len(layout.shape)
-    if layout.pixel_size is not None:
-        spatial = [i for i, ax in enumerate(layout.axes) if ax != "S"]
-        for i, value in zip(spatial, layout.pixel_size):
-            scale[i] = value
-    store_scale = [scale[i] for i in layout._store_order()]
+    spatial = [i for i, ax in enumerate(layout.axes) if ax != "S"]
+
+    def in_store_order(values, default: float) -> list[float]:
+        full = [default] * len(layout.shape)
+        for i, value in zip(spatial, values or ()):
+            full[i] = value
+        return [full[i] for i in layout._store_order()]
+
+    transforms = [{"type": "scale", "scale": in_store_order(layout.pixel_size, 1.0)}]
+    if layout.origin is not None:
+        transforms.append({"type": "translation", "translation": in_store_order(layout.origin, 0.0)})
     group.attrs["multiscales"] = [{
         "version": "0.4",
         "name": name or os.path.basename(path.rstrip("/")),
         "axes": layout.ome_axes(),
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": store_scale}]}],
+        "datasets": [{"path": "0", "coordinateTransformations": transforms}],
     }]
     if attrs:
         group.attrs.update(attrs)
@@ -401,9 +407,10 @@ def add_pyramid(path: str, layout: OutputLayout, smallest: int = PYRAMID_MIN) ->
                     if previous.dtype.kind in "iu":
                         mean = np.round(mean)
                     current[lead + (slice(y, y + h), slice(x, x + w))] = mean.astype(previous.dtype)
-        scale = list(datasets[0]["coordinateTransformations"][0]["scale"])
-        scale[-2:] = [value * 2**level for value in scale[-2:]]
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        scale, *others = datasets[0]["coordinateTransformations"]  # the translation, if any, is kept
+        sizes = list(scale["scale"])
+        sizes[-2:] = [value * 2**level for value in sizes[-2:]]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": sizes}, *others]})
         previous = current
     meta[0]["datasets"] = datasets
     group.attrs["multiscales"] = meta
@@ -439,6 +446,21 @@ def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y
 TIFF_TILE = 256
 
 
+def ome_plane_positions(axes: str, lead: tuple[int, ...], origin, pixel_size=None) -> dict[str, list[float]]:
+    """OME-TIFF ``Plane`` positions of every plane (in storage order) of an image that starts at
+    ``origin`` (one value per axis of ``axes`` other than S, like ``pixel_size``): each plane's
+    X and Y are the origin's, Z steps by the Z pixel size."""
+    spatial = [ax for ax in axes if ax != "S"]
+    start = dict(zip(spatial, origin))
+    indices = list(np.ndindex(*lead))
+    positions = {"PositionX": [start["X"]] * len(indices), "PositionY": [start["Y"]] * len(indices)}
+    if "Z" in spatial:
+        z = spatial.index("Z")
+        step = pixel_size[z] if pixel_size is not None else 1.0
+        positions["PositionZ"] = [start["Z"] + index[z] * step for index in indices]
+    return positions
+
+
 def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
     """Stream a store made by ``create_ome_zarr`` into a tiled OME-TIFF, one band of rows at a
     time (memory: a band of ``4 * TIFF_TILE`` rows of one plane)."""
@@ -463,6 +485,8 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
             if ax in "XYZ":
                 metadata[f"PhysicalSize{ax}"] = value
                 metadata[f"PhysicalSize{ax}Unit"] = unit
+    if layout.origin is not None:
+        metadata["Plane"] = ome_plane_positions(layout.axes, layout.lead, layout.origin, layout.pixel_size)
     tifffile.imwrite(
         tiff_path, tiles(), shape=layout.shape, dtype=layout.dtype, tile=(TIFF_TILE, TIFF_TILE),
         photometric="rgb" if layout.colour else "minisblack", ome=True, metadata=metadata,

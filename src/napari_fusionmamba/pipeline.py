@@ -69,6 +69,7 @@ class Source(Planes):
     dtype: np.dtype
     pixel_size: tuple[float, ...] | None = None
     unit: str | None = None
+    origin: tuple[float, ...] | None = None
 
     def data(self):
         """The lazy array (opened once per process for paths)."""
@@ -115,10 +116,10 @@ def as_source(value, name: str) -> Source:
         path = str(value)
         image = _opened(path)
         source = Source(path, path, image.axes, tuple(image.data.shape), np.dtype(image.data.dtype),
-                        image.pixel_size, image.unit)
+                        image.pixel_size, image.unit, image.origin)
     elif isinstance(value, OpenedImage):
         source = Source(value.path, value.data, value.axes, tuple(value.data.shape),
-                        np.dtype(value.data.dtype), value.pixel_size, value.unit)
+                        np.dtype(value.data.dtype), value.pixel_size, value.unit, value.origin)
     else:
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
             value = np.asarray(value)
@@ -673,7 +674,11 @@ def fuse_files(
     pixel = None
     if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == len(job.out_axes.rstrip("S")):
         pixel = pixel_source.pixel_size
-    layout = OutputLayout(job.out_shape, job.out_axes, out_dtype.str, chunk, pixel, pixel_source.unit if pixel else None)
+    # the output lies where A lies (or B, when only B says where it starts)
+    place = job.a if job.a.origin is not None else job.b
+    origin = place.origin if place.origin is not None and len(place.origin) == len(job.out_axes.rstrip("S")) else None
+    layout = OutputLayout(job.out_shape, job.out_axes, out_dtype.str, chunk, pixel,
+                          pixel_source.unit if pixel else None, origin)
 
     run = {
         "version": 1,

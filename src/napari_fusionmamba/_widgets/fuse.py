@@ -305,15 +305,15 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         progress=progress, cancel=cancelled, method=request.method,
         model=None if request.method else str(request.checkpoint or request.model),
     )
-    # Named, calibrated sources: errors name the layers, a zarr output keeps the pixel size.
-    a, b = (_as_image(data, name, request.scale, rgb) for data, name, rgb in
+    # Named, placed sources: errors name the layers, a zarr output keeps the scale and translate.
+    a, b = (_as_image(data, name, request.scale, request.translate, rgb) for data, name, rgb in
             zip((request.a, request.b), request.names, (request.rgb, False)))
     if request.out is not None:
         return fuse_files(a, b, str(request.out), **options)
     return fuse(a, b, **options)
 
 
-def _as_image(data, name: str, scale, rgb: bool):
+def _as_image(data, name: str, scale, translate, rgb: bool):
     """A layer's data as the library's image type, with napari's own word on colour."""
     from ..io import OpenedImage
 
@@ -321,7 +321,8 @@ def _as_image(data, name: str, scale, rgb: bool):
     if lead > 3:
         raise ValueError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
     axes = "TCZ"[3 - lead:] + "YX" + ("S" if rgb else "")
-    return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name)
+    return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name,
+                       origin=tuple(float(t) for t in translate))
 
 
 def _layer_options(request: FuseRequest, data=None) -> dict:
