@@ -142,8 +142,9 @@ def _open_tiff(path: str) -> OpenedImage:
         series = tif.series[0]
         axes = series.axes.upper()
         n_levels = len(series.levels)
-        sizes, unit = _tiff_calibration(tif)
-        positions = _tiff_positions(tif)
+        pixels = _ome_pixels(tif)
+        sizes, unit = _tiff_calibration(tif, pixels)
+        positions = _tiff_positions(pixels)
     store = tifffile.imread(path, aszarr=True, series=0)
     node = zarr.open(store, mode="r")
     arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
@@ -157,26 +158,28 @@ def _open_tiff(path: str) -> OpenedImage:
     return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
 
 
-def _tiff_positions(tif) -> dict[str, float]:
-    """The first plane's OME PositionX / Y / Z (each plane has its own; the first is where the
-    image starts), or nothing."""
+def _ome_pixels(tif) -> dict | None:
+    """The OME-XML ``Pixels`` element of the first image, parsed once (it can list thousands of
+    planes), or None for a TIFF without OME metadata."""
     import tifffile
 
     if not (tif.is_ome and tif.ome_metadata):
-        return {}
+        return None
     image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-    planes = (image[0] if isinstance(image, list) else image)["Pixels"].get("Plane")
+    return (image[0] if isinstance(image, list) else image)["Pixels"]
+
+
+def _tiff_positions(pixels: dict | None) -> dict[str, float]:
+    """The first plane's OME PositionX / Y / Z (each plane has its own; the first is where the
+    image starts), or nothing."""
+    planes = (pixels or {}).get("Plane")
     first = (planes[0] if isinstance(planes, list) else planes) or {}
     return {ax: float(first[f"Position{ax}"]) for ax in "XYZ" if f"Position{ax}" in first}
 
 
-def _tiff_calibration(tif) -> tuple[dict[str, float], str | None]:
-    """Pixel sizes from OME-XML, else from ImageJ's description and resolution tags."""
-    import tifffile
-
-    if tif.is_ome and tif.ome_metadata:
-        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+def _tiff_calibration(tif, pixels: dict | None) -> tuple[dict[str, float], str | None]:
+    """Pixel sizes from OME-XML (``pixels``), else from ImageJ's description and resolution tags."""
+    if pixels is not None:
         sizes = {ax: float(pixels[f"PhysicalSize{ax}"]) for ax in "XYZ" if f"PhysicalSize{ax}" in pixels}
         unit = str(pixels.get("PhysicalSizeXUnit", "µm"))
         return sizes, _UNITS.get(unit, unit)
