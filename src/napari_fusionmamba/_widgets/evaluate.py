@@ -17,7 +17,7 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
-from ._common import Runner, layer_picker
+from ._common import Runner, current_plane, layer_picker
 
 
 class EvaluateWidget(Container):
@@ -91,12 +91,7 @@ class EvaluateWidget(Container):
     def _shown_plane(self, layer):
         """The (Y, X[, colour]) plane of ``layer`` that the viewer shows now."""
         data = layer.data[0] if layer.multiscale else layer.data
-        leading = data.ndim - 2 - int(layer.rgb)
-        if leading <= 0:
-            return data
-        point = layer.world_to_data(self._viewer.dims.point[-layer.ndim:])
-        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:leading], data.shape))
-        return data[index]
+        return data[current_plane(self._viewer, layer)]
 
     # --- results --------------------------------------------------------------------------
 
