@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from napari_fusionmamba._files import atomic_path
 from napari_fusionmamba.baselines import BASELINES
 from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, SCORED_METRICS, compare_methods, wins
 
@@ -199,11 +198,8 @@ def _loss_rows(report: dict):
 
 def write_json(path: Path, report: dict) -> None:
     """Atomically: an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

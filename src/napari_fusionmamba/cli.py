@@ -230,7 +230,7 @@ def _fuse(args: argparse.Namespace) -> int:
             normalise=None if args.normalise == "none" else args.normalise,
         )
     except (KeyboardInterrupt, FusionCancelled):
-        print(f"fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
+        print("fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt from None
     except OSError as error:
         raise CLIError(str(error)) from error

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._files import atomic_path
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
 from .io import OpenedImage, OutputLayout, Planes, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
@@ -549,13 +550,6 @@ def _chunk_name(plane: tuple[int, ...], y0: int, x0: int) -> str:
     return "_".join(map(str, (*plane, y0, x0)))
 
 
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 LOCAL_SCHEDULERS = ("synchronous", "sync", "threads", "threading", "processes")
 
 
@@ -706,7 +700,8 @@ def fuse_files(
         os.makedirs(done)
         create_ome_zarr(store, layout, attrs={"fusionmamba": {"run": run_hash, "complete": False}},
                         name=os.path.basename(out))
-        _write_json(run_file, {"hash": run_hash, "run": run})
+        with atomic_path(run_file) as tmp:
+            tmp.write_text(json.dumps({"hash": run_hash, "run": run}, indent=1, default=str))
 
     height, width = job.plane_shape
     planes = list(np.ndindex(*job.lead)) if job.lead else [()]

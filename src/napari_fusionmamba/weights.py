@@ -19,9 +19,10 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._files import atomic_path
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -95,17 +96,10 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, objec
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     encoded = {key: json.dumps(value) for key, value in metadata.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=encoded)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -292,13 +286,6 @@ def register_model(path, name: str, overwrite: bool = False) -> ModelEntry:
     target = models_dir() / f"{name}.safetensors"
     if target.exists() and not overwrite:
         raise ValueError(f"a user model named {name!r} exists ({target}); choose another name or overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ModelEntry(name, "user", target)

@@ -17,6 +17,8 @@ from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Signal
 
+from .._files import atomic_path
+
 SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
 
 
@@ -117,11 +119,8 @@ def load_settings(name: str) -> dict:
 
 def save_settings(name: str, values: dict) -> None:
     """Write atomically, so a crash never leaves a half-written settings file."""
-    folder = settings_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.json.tmp"
-    temporary.write_text(json.dumps(values, indent=1, sort_keys=True))
-    os.replace(temporary, folder / f"{name}.json")
+    with atomic_path(settings_dir() / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(values, indent=1, sort_keys=True))
 
 
 def persist(container: Container, name: str, fields: list[str]) -> None:

@@ -9,14 +9,13 @@ column per image in a table (metrics as rows) and exports that table as CSV.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
+from .._files import atomic_path
 from ._common import Runner, current_plane, layer_picker
 
 
@@ -150,15 +149,8 @@ def export_csv(results: dict[str, dict[str, float]], path: Path) -> None:
     """One row per metric, one column per image; written atomically (no half file on error)."""
     columns = list(results)
     keys = list(next(iter(results.values()))) if results else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["metric", *columns])
-            for key in keys:
-                writer.writerow([key, *(repr(float(results[c][key])) for c in columns)])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", *columns])
+        for key in keys:
+            writer.writerow([key, *(repr(float(results[c][key])) for c in columns)])
