@@ -1,4 +1,4 @@
-"""The ``fusionmamba`` command: ``fuse | finetune | evaluate | bench | info``.
+"""The ``fusionmamba`` command: ``fuse | finetune | evaluate | info``.
 
 Each subcommand is a thin shell over the public Python function of the same job; heavy imports
 happen inside the handlers so ``fusionmamba --help`` answers at once.
