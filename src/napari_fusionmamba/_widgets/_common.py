@@ -37,8 +37,9 @@ def current_plane(viewer, layer) -> tuple[int, ...]:
     return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
 
 
-def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
-    """A combo box of the viewer's layers (of ``layer_type``, images by default).
+def layer_picker(viewer, label: str, tooltip: str, layer_type=None, none: str | None = None) -> ComboBox:
+    """A combo box of the viewer's layers (of ``layer_type``, a class or tuple of classes; images
+    by default), led by a ``none`` entry (value None) when one is named.
 
     Its choices follow the layer list (added, removed, reordered, renamed layers), whether or not
     the widget is docked in the viewer.
@@ -46,9 +47,10 @@ def layer_picker(viewer, label: str, tooltip: str, layer_type=None) -> ComboBox:
     from napari.layers import Image
 
     kind = layer_type or Image
+    first = [(none, None)] if none is not None else []
 
     def choices(_widget=None):
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+        return first + [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
 
     picker = ComboBox(label=label, choices=choices, tooltip=tooltip, nullable=False)
     emitters = [getattr(viewer.layers.events, name) for name in ("inserted", "removed", "reordered")]

@@ -71,19 +71,11 @@ class PairRow(Container):
 
         self.a = layer_picker(viewer, "A", "Functional image (GFP, CT, PET, SPECT, infrared).")
         self.b = layer_picker(viewer, "B", "Structural image registered to A (phase contrast, MRI, visible).")
-
-        def masks(_widget=None):
-            return [(NO_MASK, None)] + [
-                (layer.name, layer) for layer in viewer.layers if isinstance(layer, (Labels, Shapes))
-            ]
-
-        self.mask = ComboBox(
-            choices=masks,
-            tooltip="Region to train on: a Labels layer (label 2 = important detail, weighted more) or "
+        self.mask = layer_picker(
+            viewer, "Mask", "Region to train on: a Labels layer (label 2 = important detail, weighted more) or "
             "a Shapes layer of rectangles / polygons. Crops are taken only inside it.",
+            layer_type=(Labels, Shapes), none=NO_MASK,
         )
-        for name in ("inserted", "removed", "reordered"):
-            getattr(viewer.layers.events, name).connect(lambda _e=None: self.mask.reset_choices())
         self.remove = PushButton(text="Remove")
         self.remove.changed.connect(lambda _v=None: on_remove(self))
         self.extend([self.a, self.b, self.mask, self.remove])
