@@ -37,6 +37,23 @@ def current_plane(viewer, layer) -> tuple[int, ...]:
     return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
 
 
+def registered_pair(a, b, who: str) -> tuple[Any, Any, tuple[int, ...]]:
+    """The full-resolution data of image layers A and B and their shape without the colour axis,
+    after the checks every widget makes: one shape, and a gray B. A ValueError names the layers,
+    after ``who`` (the widget)."""
+    data_a, data_b = (layer.data[0] if layer.multiscale else layer.data for layer in (a, b))
+    shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
+    shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
+    if shape_a != shape_b:
+        raise ValueError(
+            f"{who}: layers '{a.name}' {shape_a} and '{b.name}' {shape_b} differ in shape; "
+            "they must be registered images of the same size."
+        )
+    if b.rgb:
+        raise ValueError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+    return data_a, data_b, shape_a
+
+
 def layer_picker(viewer, label: str, tooltip: str, layer_type=None, none: str | None = None) -> ComboBox:
     """A combo box of the viewer's layers (of ``layer_type``, a class or tuple of classes; images
     by default), led by a ``none`` entry (value None) when one is named.

@@ -31,7 +31,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ._common import Runner, current_plane, layer_picker, persist
+from ._common import Runner, current_plane, layer_picker, persist, registered_pair
 
 NO_MASK = "(whole image)"
 SCRATCH = "scratch"
@@ -169,15 +169,7 @@ class FinetuneWidget(Container):
             a, b = row.a.value, row.b.value
             if a is None or b is None:
                 raise ValueError(f"Fine-tune: pair {index + 1}: choose two image layers.")
-            if b.rgb:
-                raise ValueError(f"Fine-tune: the structure layer '{b.name}' is RGB; choose a gray image for B.")
-            data_a, data_b = (layer.data[0] if layer.multiscale else layer.data for layer in (a, b))
-            shape = data_a.shape[:-1] if a.rgb else data_a.shape
-            if shape != data_b.shape:
-                raise ValueError(
-                    f"Fine-tune: layers '{a.name}' {shape} and '{b.name}' {data_b.shape} differ in shape; "
-                    "they must be registered images of the same size."
-                )
+            data_a, data_b, shape = registered_pair(a, b, "Fine-tune")
             # a T / Z stack trains on the plane the viewer shows
             plane = current_plane(self._viewer, a)
             name = f"{a.name} + {b.name}" + (f" at {plane}" if plane else "")

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
-from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open
+from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
 
 FROM_FILE = "file:"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -188,17 +188,7 @@ class FuseWidget(Container):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise ValueError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a = a.data[0] if a.multiscale else a.data
-        data_b = b.data[0] if b.multiscale else b.data
-        shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
-        shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
-        if shape_a != shape_b:
-            raise ValueError(
-                f"Fuse: layers '{a.name}' {_shape(shape_a)} and '{b.name}' {_shape(shape_b)} differ in shape; "
-                "they must be registered images of the same size."
-            )
-        if b.rgb:
-            raise ValueError(f"Fuse: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+        data_a, data_b, shape_a = registered_pair(a, b, "Fuse")
         if not np.allclose(a.scale, b.scale):
             raise ValueError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
@@ -351,10 +341,6 @@ def _open_lazy(path: Path, rgb: bool):
     if rgb and "C" in image.axes:
         levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
     return levels if len(levels) > 1 else levels[0]
-
-
-def _shape(shape) -> str:
-    return "x".join(str(n) for n in shape)
 
 
 def _fmt(values) -> str:
