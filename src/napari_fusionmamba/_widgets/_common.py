@@ -29,9 +29,14 @@ class Cancelled(Exception):
 # --- layer pickers --------------------------------------------------------------------------
 
 
+def full_resolution(layer):
+    """A layer's data, or its first level when it is multiscale."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def current_plane(viewer, layer) -> tuple[int, ...]:
     """Data indices, on ``layer``'s leading (non-spatial) axes, of the plane the viewer shows."""
-    shape = (layer.data[0] if layer.multiscale else layer.data).shape
+    shape = full_resolution(layer).shape
     leading = len(shape) - 2 - bool(getattr(layer, "rgb", False))
     point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
     return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
@@ -41,7 +46,7 @@ def registered_pair(a, b, who: str) -> tuple[Any, Any, tuple[int, ...]]:
     """The full-resolution data of image layers A and B and their shape without the colour axis,
     after the checks every widget makes: one shape, and a gray B. A ValueError names the layers,
     after ``who`` (the widget)."""
-    data_a, data_b = (layer.data[0] if layer.multiscale else layer.data for layer in (a, b))
+    data_a, data_b = full_resolution(a), full_resolution(b)
     shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
     shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
     if shape_a != shape_b:

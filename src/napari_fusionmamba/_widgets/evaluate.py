@@ -16,7 +16,7 @@ from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from .._files import atomic_path
-from ._common import Runner, current_plane, layer_picker
+from ._common import Runner, current_plane, full_resolution, layer_picker
 
 
 class EvaluateWidget(Container):
@@ -89,8 +89,7 @@ class EvaluateWidget(Container):
 
     def _shown_plane(self, layer):
         """The (Y, X[, colour]) plane of ``layer`` that the viewer shows now."""
-        data = layer.data[0] if layer.multiscale else layer.data
-        return data[current_plane(self._viewer, layer)]
+        return full_resolution(layer)[current_plane(self._viewer, layer)]
 
     # --- results --------------------------------------------------------------------------
 

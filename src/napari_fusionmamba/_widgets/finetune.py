@@ -31,7 +31,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ._common import Runner, current_plane, layer_picker, persist, registered_pair
+from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
 
 NO_MASK = "(whole image)"
 SCRATCH = "scratch"
@@ -297,7 +297,7 @@ def _mask_array(layer, shape, plane: tuple[int, ...] = ()) -> np.ndarray | None:
             raise ValueError(f"Fine-tune: the Shapes layer '{layer.name}' has no shapes.")
         data = np.any(layer.to_masks(mask_shape=shape[-layer.ndim:]), axis=0).astype(np.uint8)
     else:
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = full_resolution(layer)
     if data.shape not in (tuple(shape), tuple(shape[-2:])):
         raise ValueError(f"Fine-tune: mask layer '{layer.name}' has shape {data.shape}, the images {tuple(shape)}.")
     return np.asarray(data[plane] if data.ndim > 2 else data)
