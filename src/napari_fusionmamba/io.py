@@ -346,6 +346,14 @@ class OutputLayout(Planes):
         """A memory-order block (Y, X[, 3]) of one plane as the store wants it."""
         return np.moveaxis(block, -1, 0) if self.colour else block
 
+    def store_index(self, plane: tuple[int, ...], *region: slice) -> tuple:
+        """The store index of ``region`` (slices of Y[, X]) of one plane; colour, a channel axis
+        in the store, is taken whole."""
+        if not self.colour:
+            return (*plane, *region)
+        position = self._store_order().index(len(self.axes) - 1)
+        return (*plane[:position], slice(None), *plane[position:], *region)
+
 
 def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, name: str | None = None):
     """An empty OME-Zarr 0.4 image (one full-resolution level "0") ready for block writes."""
@@ -425,13 +433,8 @@ def write_block(path: str, layout: OutputLayout, plane: tuple[int, ...], y0: int
     import zarr
 
     array = zarr.open_array(os.path.join(path, "0"), mode="r+")
-    region = (slice(y0, y0 + block.shape[0]), slice(x0, x0 + block.shape[1]))
-    if layout.colour:
-        position = layout._store_order().index(len(layout.axes) - 1)
-        index = list(plane[:position]) + [slice(None)] + list(plane[position:]) + list(region)
-    else:
-        index = list(plane) + list(region)
-    array[tuple(index)] = layout.to_store(block).astype(layout.dtype, copy=False)
+    index = layout.store_index(plane, slice(y0, y0 + block.shape[0]), slice(x0, x0 + block.shape[1]))
+    array[index] = layout.to_store(block).astype(layout.dtype, copy=False)
 
 
 def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y0: int, y1: int) -> np.ndarray:
@@ -439,11 +442,8 @@ def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y
     import zarr
 
     array = zarr.open_array(os.path.join(path, "0"), mode="r")
-    if layout.colour:
-        position = layout._store_order().index(len(layout.axes) - 1)
-        index = list(plane[:position]) + [slice(None)] + list(plane[position:]) + [slice(y0, y1)]
-        return np.moveaxis(np.asarray(array[tuple(index)]), 0, -1)
-    return np.asarray(array[tuple(list(plane) + [slice(y0, y1)])])
+    rows = np.asarray(array[layout.store_index(plane, slice(y0, y1))])
+    return np.moveaxis(rows, 0, -1) if layout.colour else rows
 
 
 TIFF_TILE = 256
@@ -473,7 +473,7 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
     band = 4 * TIFF_TILE
 
     def tiles():
-        for plane in np.ndindex(*layout.lead) if layout.lead else [()]:
+        for plane in np.ndindex(*layout.lead):  # one () for a single plane
             for top in range(0, height, band):
                 rows = read_plane_region(zarr_path, layout, plane, top, min(top + band, height))
                 for y in range(0, rows.shape[0], TIFF_TILE):

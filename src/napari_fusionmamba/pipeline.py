@@ -443,7 +443,7 @@ def fuse(
     job = _prepare(a, b, model, method, tile, overlap, batch, device, normalise, names)
     predict, multiple = _predictor(job.engine)
     out = np.empty(job.out_shape, np.float32)
-    planes = list(np.ndindex(*job.lead)) if job.lead else [()]
+    planes = list(np.ndindex(*job.lead))  # [()] for a single plane
     per_plane = len(job.grid())
     height, width = job.plane_shape
     settings = {"tile": job.tile, "overlap": job.overlap, "batch": job.batch}
@@ -704,7 +704,7 @@ def fuse_files(
             tmp.write_text(json.dumps({"hash": run_hash, "run": run}, indent=1, default=str))
 
     height, width = job.plane_shape
-    planes = list(np.ndindex(*job.lead)) if job.lead else [()]
+    planes = list(np.ndindex(*job.lead))  # [()] for a single plane
     blocks = [(p, y, min(y + chunk, height), x, min(x + chunk, width))
               for p in planes for y in range(0, height, chunk) for x in range(0, width, chunk)]
     finished = set(os.listdir(done))
