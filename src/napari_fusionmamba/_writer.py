@@ -92,7 +92,7 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     """Save one image layer (its full resolution) as an OME-TIFF, one plane in memory at a time."""
     import tifffile
 
-    from .io import ome_plane_positions
+    from .io import ome_tiff_placement
 
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
@@ -102,17 +102,14 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     axes = axes_for(len(spatial)).upper() + ("S" if rgb else "")
     scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial):]
     translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial):]
-    sizes = {"PhysicalSizeX": scale[-1], "PhysicalSizeY": scale[-2]}
-    if "Z" in axes:
-        sizes["PhysicalSizeZ"] = scale[axes.index("Z")]
-    positions = ome_plane_positions(axes, spatial[:-2], translate, scale)
+    placement = ome_tiff_placement(axes, spatial[:-2], scale, translate)
     planes = (np.asarray(level[index]) for index in np.ndindex(*spatial[:-2]))
     nbytes = int(np.prod(level.shape, dtype=np.int64)) * np.dtype(level.dtype).itemsize
     try:
         tifffile.imwrite(
             temporary, data=planes, shape=level.shape, dtype=level.dtype, ome=True,
             photometric="rgb" if rgb else "minisblack", bigtiff=nbytes > 2**31 - 2**25,
-            metadata={"axes": axes, "Name": meta.get("name", target.stem), **sizes, "Plane": positions},
+            metadata={"axes": axes, "Name": meta.get("name", target.stem), **placement},
         )
         _replace(temporary, target)
     except BaseException:

@@ -449,19 +449,28 @@ def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y
 TIFF_TILE = 256
 
 
-def ome_plane_positions(axes: str, lead: tuple[int, ...], origin, pixel_size=None) -> dict[str, list[float]]:
-    """OME-TIFF ``Plane`` positions of every plane (in storage order) of an image that starts at
-    ``origin`` (one value per axis of ``axes`` other than S, like ``pixel_size``): each plane's
-    X and Y are the origin's, Z steps by the Z pixel size."""
+def ome_tiff_placement(axes: str, lead: tuple[int, ...], pixel_size=None, origin=None, unit=None) -> dict:
+    """OME-TIFF metadata that places an image: the physical size of X, Y and Z (in ``unit``,
+    tifffile's µm when None) and every plane's position in storage order (X and Y the origin's,
+    Z stepping by the Z pixel size). ``pixel_size`` and ``origin`` have one value per axis of
+    ``axes`` other than S; either may be None."""
     spatial = [ax for ax in axes if ax != "S"]
-    start = dict(zip(spatial, origin))
-    indices = list(np.ndindex(*lead))
-    positions = {"PositionX": [start["X"]] * len(indices), "PositionY": [start["Y"]] * len(indices)}
-    if "Z" in spatial:
-        z = spatial.index("Z")
-        step = pixel_size[z] if pixel_size is not None else 1.0
-        positions["PositionZ"] = [start["Z"] + index[z] * step for index in indices]
-    return positions
+    metadata = {}
+    for ax, value in zip(spatial, pixel_size or ()):
+        if ax in "XYZ":
+            metadata[f"PhysicalSize{ax}"] = value
+            if unit:
+                metadata[f"PhysicalSize{ax}Unit"] = unit
+    if origin is not None:
+        start = dict(zip(spatial, origin))
+        indices = list(np.ndindex(*lead))
+        positions = {"PositionX": [start["X"]] * len(indices), "PositionY": [start["Y"]] * len(indices)}
+        if "Z" in spatial:
+            z = spatial.index("Z")
+            step = pixel_size[z] if pixel_size is not None else 1.0
+            positions["PositionZ"] = [start["Z"] + index[z] * step for index in indices]
+        metadata["Plane"] = positions
+    return metadata
 
 
 def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
@@ -480,16 +489,9 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
                     for x in range(0, width, TIFF_TILE):
                         yield rows[y : y + TIFF_TILE, x : x + TIFF_TILE]
 
-    metadata = {"axes": layout.axes}
-    if layout.pixel_size is not None:
-        spatial = [ax for ax in layout.axes if ax != "S"]
-        unit = _TIFF_UNITS.get(layout.unit or "micrometer", layout.unit or "µm")
-        for ax, value in zip(spatial, layout.pixel_size):
-            if ax in "XYZ":
-                metadata[f"PhysicalSize{ax}"] = value
-                metadata[f"PhysicalSize{ax}Unit"] = unit
-    if layout.origin is not None:
-        metadata["Plane"] = ome_plane_positions(layout.axes, layout.lead, layout.origin, layout.pixel_size)
+    unit = _TIFF_UNITS.get(layout.unit or "micrometer", layout.unit or "µm")
+    metadata = {"axes": layout.axes,
+                **ome_tiff_placement(layout.axes, layout.lead, layout.pixel_size, layout.origin, unit)}
     tifffile.imwrite(
         tiff_path, tiles(), shape=layout.shape, dtype=layout.dtype, tile=(TIFF_TILE, TIFF_TILE),
         photometric="rgb" if layout.colour else "minisblack", ome=True, metadata=metadata,
