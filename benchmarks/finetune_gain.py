@@ -23,19 +23,15 @@ import numpy as np
 from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, compare_methods
 from napari_fusionmamba.train import Pair, TrainSettings, finetune
 from napari_fusionmamba.weights import DEFAULT_MODEL, load_checkpoint, load_model
+from quality import network_method, read
 
 
 def held_out_scores(model, pairs: list[Pair], label: str) -> dict[str, float]:
-    """Mean of every metric over the pairs, the network fusing through ``pipeline.fuse``."""
-    from napari_fusionmamba.io import open_image
-    from napari_fusionmamba.pipeline import fuse
-
-    def network(a, b):
-        return fuse(a, b, model=model, device="cpu", normalise=None)
-
+    """Mean of every metric over the pairs, the network fusing as in benchmarks/quality.py."""
+    network = network_method(model)
     rows = []
     for pair in pairs:
-        a, b = (np.asarray(open_image(p).data) for p in (pair.a, pair.b))
+        a, b = read(pair.a), read(pair.b)
         rows.append(compare_methods(a, b, {label: network}, names=(str(pair.a), str(pair.b)))[label])
     return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
 
