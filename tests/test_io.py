@@ -108,15 +108,22 @@ def test_missing_and_unsupported_paths_are_named(tmp_path):
         open_image(tmp_path / "notes.txt")
 
 
+def write_store(store: str, layout: OutputLayout, data: np.ndarray) -> None:
+    """An OME-Zarr output written block by block, ``layout.chunk`` at a time, as the engine does."""
+    create_ome_zarr(store, layout)
+    step = layout.chunk
+    height, width = layout.plane_shape
+    for plane in np.ndindex(*layout.lead):
+        for y in range(0, height, step):
+            for x in range(0, width, step):
+                write_block(store, layout, plane, y, x, data[plane][y : y + step, x : x + step])
+
+
 def test_colour_output_round_trips_through_ome_zarr_and_ome_tiff(tmp_path):
     rgb = np.random.default_rng(3).random((2, 70, 90, 3)).astype(np.float32)
     layout = OutputLayout(rgb.shape, "ZYXS", "<f4", 32, pixel_size=(3.0, 0.4, 0.4), unit="micrometer")
     store = str(tmp_path / "out.ome.zarr")
-    create_ome_zarr(store, layout)
-    for z in range(2):
-        for y in range(0, 70, 32):
-            for x in range(0, 90, 32):
-                write_block(store, layout, (z,), y, x, rgb[z, y : y + 32, x : x + 32])
+    write_store(store, layout, rgb)
     stored = open_image(store)
     assert stored.axes == "CZYX"  # OME-Zarr 0.4 keeps colour as a channel axis before space
     assert np.array_equal(np.moveaxis(stored.data.compute(), 0, -1), rgb)
@@ -133,11 +140,7 @@ def test_pyramid_levels_are_2x2_means_with_doubled_scale(tmp_path):
     data = np.random.default_rng(4).integers(0, 60000, (2, 1100, 700), dtype=np.uint16)
     layout = OutputLayout(data.shape, "ZYX", "<u2", 256, pixel_size=(2.0, 0.5, 0.5), unit="micrometer")
     store = str(tmp_path / "big.ome.zarr")
-    create_ome_zarr(store, layout)
-    for z in range(2):
-        for y in range(0, 1100, 256):
-            for x in range(0, 700, 256):
-                write_block(store, layout, (z,), y, x, data[z, y : y + 256, x : x + 256])
+    write_store(store, layout, data)
     assert add_pyramid(store, layout, smallest=256) == 3
     image = open_image(store)
     assert [level.shape for level in image.levels] == [(2, 1100, 700), (2, 550, 350), (2, 275, 175), (2, 138, 88)]
