@@ -52,6 +52,8 @@ def write_ome_zarr(path: str, data, meta: dict) -> list[str]:
     import dask.array as da
     import zarr
 
+    from .io import ome_axis
+
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
     if temporary.exists():
@@ -78,7 +80,7 @@ def write_ome_zarr(path: str, data, meta: dict) -> list[str]:
         group.attrs["multiscales"] = [{
             "version": "0.4",
             "name": meta.get("name", target.stem),
-            "axes": [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space"} for a in axes],
+            "axes": [ome_axis(a) for a in axes],
             "datasets": datasets,
         }]
         _replace(temporary, target)

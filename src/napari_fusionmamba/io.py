@@ -273,6 +273,17 @@ def _open_picture(path: str) -> OpenedImage:
 # --- writing --------------------------------------------------------------------------------
 
 
+def ome_axis(letter: str, unit: str | None = None) -> dict:
+    """The OME-Zarr 0.4 ``axes`` entry of one axis letter: T time, C or S (colour) channel, the
+    rest space (in ``unit``, when known)."""
+    letter = letter.lower()
+    if letter in "cs":
+        return {"name": "c", "type": "channel"}
+    if letter == "t":
+        return {"name": "t", "type": "time"}
+    return {"name": letter, "type": "space", **({"unit": unit} if unit else {})}
+
+
 class Planes:
     """Axis helpers of an image walked plane by plane: leading axes, then (Y, X), then an optional
     colour axis ``S``. Mixed into the dataclasses that carry ``shape`` and ``axes``."""
@@ -318,19 +329,7 @@ class OutputLayout(Planes):
         return order
 
     def ome_axes(self) -> list[dict]:
-        out = []
-        for i in self._store_order():
-            letter = "C" if self.axes[i] == "S" else self.axes[i]
-            if letter in "YXZ":
-                entry = {"name": letter.lower(), "type": "space"}
-                if self.unit:
-                    entry["unit"] = self.unit
-            elif letter == "T":
-                entry = {"name": "t", "type": "time"}
-            else:
-                entry = {"name": "c", "type": "channel"}
-            out.append(entry)
-        return out
+        return [ome_axis(self.axes[i], self.unit) for i in self._store_order()]
 
     def store_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[i] for i in self._store_order())
