@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_fusionmamba.cli import read_plane
 from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, compare_methods
 from napari_fusionmamba.train import Pair, TrainSettings, finetune
 from napari_fusionmamba.weights import DEFAULT_MODEL, load_checkpoint, load_model
-from quality import network_method, read
+from quality import network_method
 
 
 def held_out_scores(model, pairs: list[Pair], label: str) -> dict[str, float]:
@@ -31,7 +32,7 @@ def held_out_scores(model, pairs: list[Pair], label: str) -> dict[str, float]:
     network = network_method(model)
     rows = []
     for pair in pairs:
-        a, b = read(pair.a), read(pair.b)
+        a, b = read_plane(pair.a), read_plane(pair.b)
         rows.append(compare_methods(a, b, {label: network}, names=(str(pair.a), str(pair.b)))[label])
     return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
 

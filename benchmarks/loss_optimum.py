@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.cli import read_plane
 from napari_fusionmamba.loss import DEFAULT_WEIGHTS, SSIM_MODES, FusionLoss
 from napari_fusionmamba.metrics import SCORED_METRICS, evaluate, fusion_input, wins
-from quality import find_pairs, format_table, read, write_json
+from quality import find_pairs, format_table, write_json
 
 
 def parse_weights(text: str) -> tuple[float, ...]:
@@ -62,7 +63,7 @@ def loss_minimiser(a: np.ndarray, b: np.ndarray, loss: FusionLoss, steps: int) -
 
 def run(data: Path, weightings: list[tuple[float, ...]], ssim: str, steps: int, limit: int | None) -> dict:
     names = find_pairs(data)[:limit]
-    planes = [(fusion_input(read(data / "A" / n), f"A/{n}"), fusion_input(read(data / "B" / n), f"B/{n}"))
+    planes = [(fusion_input(read_plane(data / "A" / n), f"A/{n}"), fusion_input(read_plane(data / "B" / n), f"B/{n}"))
               for n in names]
     methods = {name: (lambda a, b, fuse=fuse: (fuse(a, b), None)) for name, fuse in BASELINES.items()}
     for weights in weightings:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from napari_fusionmamba._files import atomic_path
 from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.cli import json_number, read_plane
 from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, SCORED_METRICS, compare_methods, wins
 
 def find_pairs(data: Path) -> list[str]:
@@ -44,12 +44,6 @@ def find_pairs(data: Path) -> list[str]:
     if not names:
         raise SystemExit(f"quality: no pair in {data} (same file name under A/ and B/)")
     return names
-
-
-def read(path: Path) -> np.ndarray:
-    from napari_fusionmamba.io import open_image
-
-    return np.asarray(open_image(path).data)
 
 
 def resolve_model(name: str | None):
@@ -116,7 +110,7 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
     seconds: dict[str, float] = {}
     for index, name in enumerate(names, 1):
         started = time.perf_counter()
-        a, b = read(data / "A" / name), read(data / "B" / name)
+        a, b = read_plane(data / "A" / name), read_plane(data / "B" / name)
         scores = compare_methods(a, b, fusers, names=(f"A/{name}", f"B/{name}"), seconds=seconds)
         for method, values in scores.items():
             rows[method].append(values)
@@ -130,8 +124,8 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         values = np.array([[row[key] for key in keys] for row in table], dtype=np.float64)
         means = values.mean(axis=0)
         sds = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(keys))
-        results[method] = {key: _number(v) for key, v in zip(keys, means)}
-        spread[method] = {key: _number(v) for key, v in zip(keys, sds)}
+        results[method] = {key: json_number(float(v)) for key, v in zip(keys, means)}
+        spread[method] = {key: json_number(float(v)) for key, v in zip(keys, sds)}
     report = {
         "model": label,
         "metrics": keys,
@@ -145,10 +139,6 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         report["loss"] = {method: {key: float(np.mean([row[key] for row in table])) for key in table[0]}
                           for method, table in losses.items()}
     return report
-
-
-def _number(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def format_table(report: dict) -> str:
