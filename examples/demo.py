@@ -11,7 +11,6 @@ the same 8-bit luminance planes of the two sources.
 import argparse
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from napari_fusionmamba._sample_data import load_sample_pair
