@@ -9,7 +9,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_fusionmamba.io import ImageReadError, OutputLayout, create_ome_zarr, open_image, write_block, zarr_to_tiff
+from napari_fusionmamba.errors import ImageReadError
+from napari_fusionmamba.io import OutputLayout, create_ome_zarr, open_image, write_block, zarr_to_tiff
 
 
 def test_ome_tiff_is_lazy_and_keeps_pixel_size(tmp_path, pair):

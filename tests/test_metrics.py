@@ -213,7 +213,7 @@ def test_evaluate_a_subset_colour_sources_and_errors(triple):
 def test_compare_methods_scores_each_method_on_the_same_planes(triple):
     from napari_fusionmamba.baselines import BASELINES
     from napari_fusionmamba.metrics import compare_methods
-    from napari_fusionmamba.tiling import FusionCancelled
+    from napari_fusionmamba.errors import FusionCancelled
 
     _, a, b = triple
     a8, b8 = a.astype(np.uint8), b.astype(np.uint8)

@@ -18,7 +18,8 @@ from conftest import real_looking_pair
 from napari_fusionmamba import pipeline
 from napari_fusionmamba.colour import rgb_to_ycrcb
 from napari_fusionmamba.io import open_image
-from napari_fusionmamba.pipeline import FusionCancelled, FusionInputError, fuse, fuse_files
+from napari_fusionmamba.errors import FusionCancelled, InputError
+from napari_fusionmamba.pipeline import fuse, fuse_files
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -286,7 +287,7 @@ def test_an_unfinished_run_with_other_arguments_is_not_resumed(files, tmp_path):
     out = str(tmp_path / "out.zarr")
     with pytest.raises(FusionCancelled):
         fuse_files(*files, out, method="average", chunk=64, cancel=lambda: True)
-    with pytest.raises(FusionInputError, match="unfinished run with other arguments"):
+    with pytest.raises(InputError, match="unfinished run with other arguments"):
         fuse_files(*files, out, method="max", chunk=64)
     report = fuse_files(*files, out, method="max", chunk=64, overwrite=True)
     assert report.chunks_skipped == 0 and report.chunks_computed == 25

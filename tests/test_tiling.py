@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
+from napari_fusionmamba.errors import FusionCancelled
 from napari_fusionmamba.tiling import (
     BatchRunner,
-    FusionCancelled,
     TileGrid,
     TilingAdjusted,
     axis_starts,

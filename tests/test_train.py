@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_fusionmamba.errors import PreflightError
 from napari_fusionmamba.train import (
     CropSampler,
     Pair,
-    PreflightError,
     TrainSettings,
     check_settings,
     finetune,

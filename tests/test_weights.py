@@ -8,12 +8,12 @@ import struct
 import pytest
 import torch
 
+from napari_fusionmamba.errors import CheckpointError
 from napari_fusionmamba import weights
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.model import MODEL_CONFIGS, ModelConfig, build_model, count_parameters
 from napari_fusionmamba.weights import (
     DEFAULT_MODEL,
-    CheckpointError,
     list_models,
     load_checkpoint,
     load_model,

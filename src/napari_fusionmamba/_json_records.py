@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from .errors import InputError
 
-def from_json(cls, values: dict, what: str, error: type[Exception] = ValueError):
+
+def from_json(cls, values: dict, what: str, error: type[Exception] = InputError):
     """``cls(**values)``, where unknown keys are an ``error`` that names them and the lists
     JSON produced become the tuples the dataclass holds."""
     known = {f.name for f in dataclasses.fields(cls)}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 SPATIAL = ("y", "x")
 LEADING = ("t", "c", "z")
 
@@ -22,7 +24,7 @@ def axes_for(ndim: int) -> str:
     """OME axis letters for ``ndim`` axes of a gray image: [t] [c] [z] y x."""
     leading = ndim - 2
     if leading > len(LEADING):
-        raise ValueError(f"cannot name the axes of a {ndim}-D image (at most 5-D: t, c, z, y, x)")
+        raise InputError(f"cannot name the axes of a {ndim}-D image (at most 5-D: t, c, z, y, x)")
     names = {0: "", 1: "z", 2: "tz", 3: "tcz"}[leading]
     return names + "yx"
 
@@ -35,7 +37,7 @@ def _levels(data, meta: dict) -> tuple[list, str]:
     if not meta.get("rgb"):
         return levels, axes_for(levels[0].ndim)
     if levels[0].ndim != 3:
-        raise ValueError(f"layer '{meta.get('name')}': only 2-D RGB images can be saved as OME-Zarr")
+        raise InputError(f"layer '{meta.get('name')}': only 2-D RGB images can be saved as OME-Zarr")
     return [da.moveaxis(level, -1, 0) for level in levels], "cyx"
 
 

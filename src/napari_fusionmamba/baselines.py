@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputError
+
 FusionMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -19,7 +21,7 @@ def _planes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"expected two 2-D planes of the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"expected two 2-D planes of the same shape, got {a.shape} and {b.shape}")
     return a, b
 
 

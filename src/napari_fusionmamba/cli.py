@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class CLIError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+from .errors import FusionMambaError, InputError
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -124,7 +122,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
     if args.mask and len(args.mask) != len(args.pair):
-        raise CLIError(f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)")
+        raise InputError(f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)")
     masks = args.mask or [None] * len(args.pair)
     pairs += [Pair(a, b, None if m in (None, "none") else m) for (a, b), m in zip(args.pair, masks)]
     flags = {
@@ -133,20 +131,20 @@ def _finetune(args: argparse.Namespace) -> int:
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     if args.resume and (set(given) - {"device"} or args.loss_weights or args.recipe or pairs):
-        raise CLIError("--resume continues the run with its saved pairs and settings: give only --out (and --device)")
+        raise InputError("--resume continues the run with its saved pairs and settings: give only --out (and --device)")
     values.update(given)
     if args.loss_weights:
         try:
             weights = tuple(float(w) for w in args.loss_weights.split(","))
         except ValueError:
-            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}") from None
+            raise InputError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}") from None
         if len(weights) != 3:
-            raise CLIError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}")
+            raise InputError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}")
         values["loss_weights"] = weights
     out = args.out or extra.get("out")
     name = args.name or extra.get("name")
     if args.resume and out is None:
-        raise CLIError("--resume needs --out RUN_DIR")
+        raise InputError("--resume needs --out RUN_DIR")
     out = out or default_run_dir()
     if name:
         check_model_name(name)
@@ -207,7 +205,8 @@ def _add_fuse_parser(commands) -> None:
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    from .pipeline import FusionCancelled, fuse_files
+    from .errors import FusionCancelled
+    from .pipeline import fuse_files
 
     bar = None
 
@@ -233,7 +232,7 @@ def _fuse(args: argparse.Namespace) -> int:
         print("fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt from None
     except OSError as error:
-        raise CLIError(str(error)) from error
+        raise InputError(str(error)) from error
     finally:
         if bar is not None:
             bar.close()
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CLIError, FileNotFoundError, ValueError) as error:
+    except FusionMambaError as error:  # anything else is a bug: let it show
         print(f"fusionmamba {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import InputError, UnavailableError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -33,9 +35,9 @@ def resolve_device(device: str = "auto"):
         return torch.device(available_devices()[0])
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+        raise InputError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     if kind not in available_devices():
-        raise RuntimeError(
+        raise UnavailableError(
             f"device {device!r} is not available on this machine "
             f"(available: {', '.join(available_devices())}); use --device auto or cpu"
         )

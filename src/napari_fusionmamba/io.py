@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ImageNotFoundError, ImageReadError, InputError
+
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -23,10 +25,6 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer",
           "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 _TIFF_UNITS = {v: k for k, v in _UNITS.items() if k in ("µm", "nm", "mm", "cm", "m")}
-
-
-class ImageReadError(ValueError):
-    """A source that is missing, unreadable, corrupt or of an unsupported kind."""
 
 
 @dataclass
@@ -78,7 +76,7 @@ def open_image(path: str | os.PathLike) -> OpenedImage:
     path = str(path)
     kind = kind_of(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise ImageNotFoundError(f"{path}: no such file or directory")
     try:
         if kind == "tiff":
             image = _open_tiff(path)
@@ -86,7 +84,7 @@ def open_image(path: str | os.PathLike) -> OpenedImage:
             image = _open_zarr(path)
         else:
             image = _open_picture(path)
-    except (ImageReadError, FileNotFoundError):
+    except ImageReadError:
         raise
     except Exception as error:  # every library has its own error types for a corrupt file
         raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {error})") from error
@@ -99,7 +97,7 @@ def guess_axes(shape: tuple[int, ...]) -> str:
     colour = len(shape) >= 3 and shape[-1] in (3, 4)
     lead = len(shape) - 2 - colour
     if lead < 0 or lead > 3:
-        raise ValueError(f"cannot interpret an array of shape {shape} as image planes")
+        raise InputError(f"cannot interpret an array of shape {shape} as image planes")
     return "TCZ"[3 - lead :] + "YX" + ("S" if colour else "")
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
+
 # The authors' code: 10 * intensity + 1 * texture + 10 * structure, SSIM terms halved.
 DEFAULT_WEIGHTS = (10.0, 1.0, 10.0)
 SSIM_MODES = ("auto", "ssim", "ms-ssim")
@@ -90,7 +92,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
     scale's value mapped from [-1, 1] to [0, 1] before the weighted product, which keeps the
     gradient finite). Needs H, W >= ``MS_SSIM_MIN_SIZE``."""
     if min(x.shape[-2:]) < MS_SSIM_MIN_SIZE:
-        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE} px a side, got {tuple(x.shape[-2:])}")
+        raise InputError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE} px a side, got {tuple(x.shape[-2:])}")
     values = []
     for scale in range(len(_MS_WEIGHTS)):
         ssim_map, cs_map = _ssim_maps(x, y)
@@ -125,7 +127,7 @@ class FusionLoss(nn.Module):
     ):
         super().__init__()
         if ssim not in SSIM_MODES:
-            raise ValueError(f"unknown ssim mode {ssim!r}: choose one of {', '.join(SSIM_MODES)}")
+            raise InputError(f"unknown ssim mode {ssim!r}: choose one of {', '.join(SSIM_MODES)}")
         self.a1, self.a2, self.a3, self.b, self.g = a1, a2, a3, b, g
         self.ssim_mode = ssim
 
@@ -138,14 +140,14 @@ class FusionLoss(nn.Module):
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not (fused.shape == a.shape == b.shape) or fused.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"expected three (B, C, H, W) tensors of one shape, got "
                 f"{tuple(fused.shape)}, {tuple(a.shape)}, {tuple(b.shape)}"
             )
         if weight is not None:
             weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
             if float(weight.sum()) <= 0:
-                raise ValueError("the loss weight map is zero everywhere")
+                raise InputError("the loss weight map is zero everywhere")
 
         intensity = _weighted_mean((fused - torch.maximum(a, b)) ** 2, weight)
         texture = _weighted_mean((sobel(fused) - torch.maximum(sobel(a), sobel(b))).abs(), weight)

@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from .colour import rgb_to_ycrcb
-from .tiling import FusionCancelled
+from .errors import FusionCancelled, InputError
 
 PEAK = 255.0
 """Data range of every metric input (8-bit gray)."""
@@ -48,13 +48,13 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     elif data.ndim == 2:
         values = data.astype(np.float64)
     else:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected one 2-D gray or (H, W, 3) colour plane, got shape {data.shape}"
         )
     if values.size == 0:
-        raise ValueError(f"{name}: image is empty")
+        raise InputError(f"{name}: image is empty")
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name}: image contains NaN or infinite values")
+        raise InputError(f"{name}: image contains NaN or infinite values")
     low, high = values.min(), values.max()
     if np.issubdtype(data.dtype, np.floating) and low >= 0.0 and high <= 1.0:
         values = values * PEAK
@@ -280,11 +280,11 @@ def feature_mutual_information(
     elif feature == "pixel":
         images = [fused, a, b]
     else:
-        raise ValueError(f"unknown FMI feature {feature!r}: use 'gradient' or 'pixel'")
+        raise InputError(f"unknown FMI feature {feature!r}: use 'gradient' or 'pixel'")
     f_img, a_img, b_img = images
     height, width = f_img.shape
     if height < window or width < window:
-        raise ValueError(f"FMI needs images of at least {window}x{window} pixels, got {f_img.shape}")
+        raise InputError(f"FMI needs images of at least {window}x{window} pixels, got {f_img.shape}")
     total, count = 0.0, 0
     rows_per_chunk = max(1, _FMI_CHUNK // (width - window + 1))
     for start in range(0, height - window + 1, rows_per_chunk):
@@ -305,7 +305,7 @@ def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
     """Pixel-domain multi-scale VIF of Sheikh & Bovik (the reference vifp_mscale)."""
     sigma_nsq, eps = 2.0, 1e-10
     if min(reference.shape) < 17:
-        raise ValueError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
+        raise InputError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
     num = den = 0.0
     ref, dist = reference, distorted
     for scale in range(1, 5):
@@ -414,7 +414,7 @@ _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 def _ssim_and_cs(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term over the 'valid' 11x11 Gaussian windows."""
     if min(x.shape) < _SSIM_WINDOW.size:
-        raise ValueError(
+        raise InputError(
             f"SSIM needs images of at least {_SSIM_WINDOW.size}x{_SSIM_WINDOW.size} pixels, got {x.shape}"
         )
     mu_x, mu_y = _filter_valid(x, _SSIM_WINDOW), _filter_valid(y, _SSIM_WINDOW)
@@ -453,7 +453,7 @@ def multiscale_ssim(x: np.ndarray, y: np.ndarray) -> float:
         levels += 1
         size = (size + 1) // 2
     if levels == 0:
-        raise ValueError(f"MS-SSIM needs images of at least 11x11 pixels, got {x.shape}")
+        raise InputError(f"MS-SSIM needs images of at least 11x11 pixels, got {x.shape}")
     weights = _MS_SSIM_WEIGHTS[:levels] / _MS_SSIM_WEIGHTS[:levels].sum()
     value = 1.0
     for level in range(levels):
@@ -532,11 +532,11 @@ def evaluate(
     keys = list(METRICS) if metrics is None else list(metrics)
     unknown = [key for key in keys if key not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        raise InputError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
     images = [to_gray8(image, name) for image, name in zip((fused, a, b), names)]
     for image, name in zip(images[1:], names[1:]):
         if image.shape != images[0].shape:
-            raise ValueError(
+            raise InputError(
                 f"{name} has shape {image.shape} but {names[0]} has {images[0].shape}: "
                 "the fused image and its sources must be the same size"
             )
@@ -567,11 +567,11 @@ def compare_methods(
     if not isinstance(methods, Mapping):
         unknown = [name for name in methods if name not in BASELINES]
         if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+            raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
         methods = {name: BASELINES[name] for name in methods}
     plane_a, plane_b = fusion_input(a, names[0]), fusion_input(b, names[1])
     if plane_a.shape != plane_b.shape:
-        raise ValueError(f"{names[1]} has shape {plane_b.shape} but {names[0]} has {plane_a.shape}")
+        raise InputError(f"{names[1]} has shape {plane_b.shape} but {names[0]} has {plane_a.shape}")
     results = {}
     for done, (name, method) in enumerate(methods.items()):
         if cancel is not None and cancel():

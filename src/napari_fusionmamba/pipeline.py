@@ -32,11 +32,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ._files import atomic_path
+from .errors import FusionCancelled, InputError
 from .colour import rgb_to_ycrcb, ycrcb_to_rgb
 from .io import OpenedImage, OutputLayout, Planes, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
-from .tiling import BatchRunner, FusionCancelled, TileGrid, blend_region, check_tiling, tiled_fuse
+from .tiling import BatchRunner, TileGrid, blend_region, check_tiling, tiled_fuse
 
-__all__ = ["fuse", "fuse_files", "FuseReport", "FusionInputError", "FusionCancelled"]
+__all__ = ["fuse", "fuse_files", "FuseReport"]
 
 #: Planes smaller than this along Y or X are refused (nothing to fuse).
 MIN_SIDE = 8
@@ -49,10 +50,6 @@ CHUNK_TARGET = 1024
 NORMALISE = ("percentile", "range", None)
 DTYPES = ("float32", "source")
 PARTIAL_SUFFIX = ".fusionmamba-partial"
-
-
-class FusionInputError(ValueError):
-    """Bad input, named in the message; raised before anything is written."""
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -126,19 +123,19 @@ def as_source(value, name: str) -> Source:
             value = np.asarray(value)
         try:
             axes = guess_axes(tuple(value.shape))
-        except ValueError as error:
-            raise FusionInputError(f"{name}: {error}") from None
+        except InputError as error:
+            raise InputError(f"{name}: {error}") from None
         source = Source(name, value, axes, tuple(value.shape), np.dtype(value.dtype))
     kind = source.dtype.kind
     if kind == "b":
-        raise FusionInputError(f"{source.name}: boolean data (a mask?) cannot be fused; give an intensity image")
+        raise InputError(f"{source.name}: boolean data (a mask?) cannot be fused; give an intensity image")
     if kind == "c":
-        raise FusionInputError(f"{source.name}: complex data cannot be fused; take its magnitude first")
+        raise InputError(f"{source.name}: complex data cannot be fused; take its magnitude first")
     if kind not in "iuf":
-        raise FusionInputError(f"{source.name}: unsupported data type {source.dtype}")
+        raise InputError(f"{source.name}: unsupported data type {source.dtype}")
     height, width = source.plane_shape
     if height < MIN_SIDE or width < MIN_SIDE:
-        raise FusionInputError(
+        raise InputError(
             f"{source.name}: image too small ({height}x{width} pixels); at least {MIN_SIDE}x{MIN_SIDE} needed"
         )
     return source
@@ -146,12 +143,12 @@ def as_source(value, name: str) -> Source:
 
 def _check_pair(a: Source, b: Source) -> None:
     if a.plane_shape != b.plane_shape:
-        raise FusionInputError(
+        raise InputError(
             f"spatial shapes differ: {a.name} is {a.plane_shape[0]}x{a.plane_shape[1]}, "
             f"{b.name} is {b.plane_shape[0]}x{b.plane_shape[1]} (the sources must be registered)"
         )
     if a.lead != b.lead:
-        raise FusionInputError(
+        raise InputError(
             f"different numbers of planes: {a.name} has {_planes(a)}, {b.name} has {_planes(b)}"
         )
 
@@ -198,7 +195,7 @@ def normalisation_of(source: Source, mode: str | None, percentiles=PERCENTILES) 
     """One mapping to [0, 1] for a whole source (image or stack), so tiles and planes agree;
     training uses the same one."""
     if mode not in NORMALISE:
-        raise FusionInputError(f"unknown normalisation {mode!r}: choose percentile, range or None")
+        raise InputError(f"unknown normalisation {mode!r}: choose percentile, range or None")
     if mode is None:
         return Normalisation(0.0, 1.0)
     if mode == "range" and source.dtype.kind in "iu":
@@ -207,7 +204,7 @@ def normalisation_of(source: Source, mode: str | None, percentiles=PERCENTILES) 
     sample = _sample(source)
     finite = np.isfinite(sample)
     if not finite.any():
-        raise FusionInputError(f"{source.name}: no finite pixels (all NaN or Inf)")
+        raise InputError(f"{source.name}: no finite pixels (all NaN or Inf)")
     if not finite.all():
         warnings.warn(
             f"{source.name}: non-finite pixels found; NaN and -Inf are fused as 0, +Inf as 1",
@@ -249,8 +246,8 @@ def _load_network(name: str, device):
 
     try:
         return load_model(name, device)
-    except ValueError as error:  # unknown name, bad checkpoint: the user's input
-        raise FusionInputError(f"model {name}: {error}") from None
+    except InputError as error:  # unknown name, bad checkpoint
+        raise InputError(f"model {name}: {error}") from None
 
 
 def _model_key(name: str) -> str:
@@ -262,7 +259,7 @@ def _model_key(name: str) -> str:
     if path is None:
         try:
             entry = find_model(name)
-        except ValueError:
+        except InputError:
             return f"model:{name}"  # loading it will say what is wrong
         path = str(entry.path) if entry.path is not None else None
     if path is None:
@@ -276,15 +273,12 @@ def _engine(model, method: str | None, device: str) -> Engine:
     from .baselines import BASELINES
     from .devices import resolve_device
 
-    try:
-        resolve_device(device)
-    except RuntimeError as error:  # a device that is not there: the user's input, not a crash
-        raise FusionInputError(str(error)) from None
+    resolve_device(device)  # a device that is not there fails here, before any output
     if method is not None:
         if model is not None:
-            raise FusionInputError("give either a model or a method, not both")
+            raise InputError("give either a model or a method, not both")
         if method not in BASELINES:
-            raise FusionInputError(f"unknown method {method!r}: choose one of {', '.join(BASELINES)}")
+            raise InputError(f"unknown method {method!r}: choose one of {', '.join(BASELINES)}")
         return Engine(key=f"method:{method}", method=method, device=device)
     if model is None or isinstance(model, (str, os.PathLike)):
         name = str(model) if model is not None else "default"
@@ -410,7 +404,7 @@ def _prepare(a, b, model, method, tile, overlap, batch, device, normalise, names
     multiple = _predictor(engine)[1]
     check_tiling(tile, overlap, multiple)
     if int(batch) != batch or batch < 1:
-        raise FusionInputError(f"batch must be a positive integer, got {batch}")
+        raise InputError(f"batch must be a positive integer, got {batch}")
     return FusionJob(sa, sb, normalisation_of(sa, normalise), normalisation_of(sb, normalise),
                      engine, int(tile), int(overlap), int(batch))
 
@@ -509,18 +503,18 @@ def _identity(source: Source) -> Any:
 def _check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
     kind = kind_of(out)
     if kind == "picture":
-        raise FusionInputError(f"{out}: write fused images as .zarr/.ome.zarr or .tif/.tiff")
+        raise InputError(f"{out}: write fused images as .zarr/.ome.zarr or .tif/.tiff")
     full = os.path.abspath(out)
     for source in sources:
         if isinstance(source.ref, str) and os.path.abspath(source.ref) == full:
-            raise FusionInputError(f"{out}: the output would overwrite the source {source.name}")
+            raise InputError(f"{out}: the output would overwrite the source {source.name}")
     if os.path.exists(out) and not overwrite:
-        raise FusionInputError(f"{out}: already exists (use --overwrite / overwrite=True to replace it)")
+        raise InputError(f"{out}: already exists (use --overwrite / overwrite=True to replace it)")
     parent = os.path.dirname(full)
     if not os.path.isdir(parent):
-        raise FusionInputError(f"{out}: cannot write: folder {parent} does not exist")
+        raise InputError(f"{out}: cannot write: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise FusionInputError(f"{out}: cannot write: folder {parent} is not writable")
+        raise InputError(f"{out}: cannot write: folder {parent} is not writable")
     return kind
 
 
@@ -557,14 +551,14 @@ def _check_scheduler(scheduler) -> None:
     if scheduler is None or scheduler in LOCAL_SCHEDULERS or not isinstance(scheduler, str):
         return
     if ":" not in scheduler:
-        raise FusionInputError(
+        raise InputError(
             f"unknown scheduler {scheduler!r}: use synchronous, threads, processes or a dask.distributed "
             f"scheduler address such as tcp://host:8786"
         )
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise FusionInputError(
+        raise InputError(
             f"scheduler {scheduler}: dask.distributed is not installed (pip install 'napari-fusionmamba[distributed]')"
         ) from None
 
@@ -644,7 +638,7 @@ def fuse_files(
     start = time.perf_counter()
     out = str(out).rstrip("/")
     if dtype not in DTYPES:
-        raise FusionInputError(f"unknown output dtype {dtype!r}: choose float32 or source")
+        raise InputError(f"unknown output dtype {dtype!r}: choose float32 or source")
     _check_scheduler(scheduler)
     # Open the sources before judging the output, so a missing source is named first.
     names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n
@@ -653,12 +647,12 @@ def fuse_files(
     kind = _check_output(out, overwrite, [job.a, job.b])
     chunk = int(chunk) if chunk is not None else default_chunk(job.tile, job.overlap)
     if chunk < 1:
-        raise FusionInputError(f"chunk must be a positive integer, got {chunk}")
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
     out_dtype = np.dtype(np.float32) if dtype == "float32" else np.result_type(job.a.dtype, job.b.dtype)
     if out_dtype.kind == "f":
         out_dtype = np.dtype(np.float32)
     elif out_dtype.itemsize > 4:
-        raise FusionInputError(f"dtype source: {out_dtype} sources ({job.a.name}, {job.b.name}) have no "
+        raise InputError(f"dtype source: {out_dtype} sources ({job.a.name}, {job.b.name}) have no "
                                f"exact [0, 1] scaling; use dtype float32")
     if job.a.pixel_size is not None and job.b.pixel_size is not None and not np.allclose(
         job.a.pixel_size[-2:], job.b.pixel_size[-2:], rtol=1e-2
@@ -690,7 +684,7 @@ def fuse_files(
         except (OSError, ValueError):
             same = False
         if not same and not overwrite:
-            raise FusionInputError(
+            raise InputError(
                 f"{partial}: an unfinished run with other arguments is there; rerun it with the same "
                 f"arguments to resume, or pass --overwrite / overwrite=True to start again"
             )

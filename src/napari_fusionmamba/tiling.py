@@ -23,16 +23,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import FusionCancelled, InputError
+
 #: Weight of a tile's outermost pixels relative to its interior.
 WINDOW_FLOOR = 1e-3
 
 #: A predictor maps two (N, h, w) float32 batches in [0, 1] to the fused (N, h, w) batch.
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
-
-
-class FusionCancelled(Exception):
-    """Raised when the caller's cancel flag turns true; partial results are discarded."""
 
 
 class TilingAdjusted(UserWarning):
@@ -65,13 +63,13 @@ def taper(length: int, overlap: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
 def check_tiling(tile: int, overlap: int, multiple: int = 1) -> None:
     """Refuse settings that cannot make a grid (with the option names the user typed)."""
     if int(tile) != tile or tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile}")
+        raise InputError(f"tile must be a positive integer, got {tile}")
     if int(overlap) != overlap or overlap < 0:
-        raise ValueError(f"overlap must be a non-negative integer, got {overlap}")
+        raise InputError(f"overlap must be a non-negative integer, got {overlap}")
     if tile % multiple:
-        raise ValueError(f"tile {tile} is not a multiple of the network stride {multiple}")
+        raise InputError(f"tile {tile} is not a multiple of the network stride {multiple}")
     if overlap >= tile:
-        raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
+        raise InputError(f"tile {tile} must be larger than the overlap {overlap}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ class BatchRunner:
 
     def __init__(self, predictor: Predictor, batch: int):
         if int(batch) != batch or batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {batch}")
+            raise InputError(f"batch must be a positive integer, got {batch}")
         self.predictor = predictor
         self.batch = int(batch)
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from ._json_records import from_json
 from .colour import rgb_to_ycrcb
-from .io import ImageReadError, open_image
+from .errors import FusionMambaError, ImageReadError, InputError, PreflightError
+from .io import open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES
 from .pipeline import PERCENTILES, as_source, normalisation_of
 
@@ -39,10 +40,6 @@ MAX_VAL_CROPS = 16
 PAIR_SPLIT_FROM = 5
 # Sources whose robust ranges differ more than this factor need normalisation.
 MAX_RANGE_RATIO = 4.0
-
-
-class PreflightError(ValueError):
-    """A problem with the training input, found before any step runs."""
 
 
 @dataclass
@@ -422,16 +419,16 @@ def pairs_from_config(run_dir: Path) -> list[Pair]:
 
 def _build_model(settings: TrainSettings):
     from .model import build_model
-    from .weights import CheckpointError, load_model
+    from .weights import load_model
 
     if settings.base == "scratch":
         try:
             return build_model(settings.config)
-        except ValueError as error:
+        except InputError as error:
             raise PreflightError(str(error)) from None
     try:
         return load_model(settings.base)
-    except (CheckpointError, ValueError) as error:
+    except InputError as error:
         raise PreflightError(f"base model: {error}") from None
 
 
@@ -520,7 +517,7 @@ def finetune(
     check_settings(settings)
     try:
         device = resolve_device(settings.device)
-    except (RuntimeError, ValueError) as error:
+    except FusionMambaError as error:
         raise PreflightError(str(error)) from None
     data = prepare_pairs(pairs, settings)
 

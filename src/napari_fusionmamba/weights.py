@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._files import atomic_path
+from .errors import CheckpointError, InputError
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -33,10 +34,6 @@ BUNDLED_DIR = Path(__file__).parent / "bundled_weights"
 HOME_ENV = "FUSIONMAMBA_HOME"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable napari-fusionmamba checkpoint (the message names the file)."""
 
 
 def data_dir() -> Path:
@@ -234,7 +231,7 @@ def find_model(name: str) -> ModelEntry:
         if entry.name == name:
             return entry
     names = ", ".join(e.name for e in list_models())
-    raise ValueError(f"unknown model {name!r}: choose one of {names}, or give a .safetensors path")
+    raise InputError(f"unknown model {name!r}: choose one of {names}, or give a .safetensors path")
 
 
 def _looks_like_path(name_or_path) -> bool:
@@ -272,9 +269,9 @@ def check_model_name(name: str) -> None:
     from .model import MODEL_CONFIGS
 
     if not _NAME.match(name):
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
+        raise InputError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
     if name in MODEL_CONFIGS or name == "default" or (BUNDLED_DIR / f"{name}.safetensors").exists():
-        raise ValueError(f"model name {name!r} is taken by a shipped model; choose another name")
+        raise InputError(f"model name {name!r} is taken by a shipped model; choose another name")
 
 
 def register_model(path, name: str, overwrite: bool = False) -> ModelEntry:
@@ -285,7 +282,7 @@ def register_model(path, name: str, overwrite: bool = False) -> ModelEntry:
     load_checkpoint(path)
     target = models_dir() / f"{name}.safetensors"
     if target.exists() and not overwrite:
-        raise ValueError(f"a user model named {name!r} exists ({target}); choose another name or overwrite it")
+        raise InputError(f"a user model named {name!r} exists ({target}); choose another name or overwrite it")
     with atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)
     return ModelEntry(name, "user", target)

@@ -18,12 +18,9 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Signal
 
 from .._files import atomic_path
+from ..errors import FusionCancelled, FusionMambaError, InputError
 
 SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
-
-
-class Cancelled(Exception):
-    """Raised inside a job to stop it when the user pressed Cancel."""
 
 
 # --- layer pickers --------------------------------------------------------------------------
@@ -44,18 +41,18 @@ def current_plane(viewer, layer) -> tuple[int, ...]:
 
 def registered_pair(a, b, who: str) -> tuple[Any, Any, tuple[int, ...]]:
     """The full-resolution data of image layers A and B and their shape without the colour axis,
-    after the checks every widget makes: one shape, and a gray B. A ValueError names the layers,
+    after the checks every widget makes: one shape, and a gray B. An ``InputError`` names the layers,
     after ``who`` (the widget)."""
     data_a, data_b = full_resolution(a), full_resolution(b)
     shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
     shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
     if shape_a != shape_b:
-        raise ValueError(
+        raise InputError(
             f"{who}: layers '{a.name}' {shape_a} and '{b.name}' {shape_b} differ in shape; "
             "they must be registered images of the same size."
         )
     if b.rgb:
-        raise ValueError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+        raise InputError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
     return data_a, data_b, shape_a
 
 
@@ -216,13 +213,13 @@ class Runner:
 
     def toggle(self, prepare: Callable[[], Any], start: Callable[[Any], None]) -> None:
         """The button's handler: cancel the running job, or check the inputs on the UI thread
-        (``prepare`` raises ValueError, shown as an error notification) and ``start`` them."""
+        (``prepare`` raises an ``InputError``, shown as an error notification) and ``start`` them."""
         if self.running:
             self.cancel()
             return
         try:
             request = prepare()
-        except ValueError as error:
+        except FusionMambaError as error:
             show_error(str(error))
             return
         start(request)
@@ -255,7 +252,7 @@ class Runner:
                 on_result(result)
 
         def errored(error):
-            if isinstance(error, Cancelled) or cancel.is_set():
+            if isinstance(error, FusionCancelled) or cancel.is_set():
                 show_info(f"{what} cancelled")
             else:
                 show_error(f"{what} failed: {error}")

@@ -16,6 +16,7 @@ from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from .._files import atomic_path
+from ..errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker
 
 
@@ -59,7 +60,7 @@ class EvaluateWidget(Container):
             return
         try:
             planes, names = self._planes()
-        except ValueError as error:
+        except FusionMambaError as error:
             show_error(str(error))
             return
         self.compare_button.enabled = False
@@ -73,15 +74,15 @@ class EvaluateWidget(Container):
         self.compare_button.enabled = True
 
     def _planes(self) -> tuple[list, tuple[str, str, str]]:
-        """The three planes to score (lazy), checked on the UI thread; ValueError names the layer."""
+        """The three planes to score (lazy), checked on the UI thread; ``InputError`` names the layer."""
         layers = [self.fused.value, self.a.value, self.b.value]
         if any(layer is None for layer in layers):
-            raise ValueError("Evaluate: choose three image layers (fused, source A, source B).")
+            raise InputError("Evaluate: choose three image layers (fused, source A, source B).")
         planes = [self._shown_plane(layer) for layer in layers]
         shapes = [plane.shape[:2] for plane in planes]
         for layer, shape in zip(layers[1:], shapes[1:]):
             if shape != shapes[0]:
-                raise ValueError(
+                raise InputError(
                     f"Evaluate: '{layer.name}' is {shape[0]} x {shape[1]} but '{layers[0].name}' is "
                     f"{shapes[0][0]} x {shapes[0][1]}; the fused image and its sources must match."
                 )

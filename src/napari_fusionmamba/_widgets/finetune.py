@@ -31,6 +31,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
+from ..errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
 
 NO_MASK = "(whole image)"
@@ -160,7 +161,7 @@ class FinetuneWidget(Container):
         self.runner.toggle(self._request, self._start)
 
     def _request(self) -> FinetuneRequest:
-        """Layers to arrays and settings, checked on the UI thread; a ValueError says what is wrong."""
+        """Layers to arrays and settings, checked on the UI thread; an ``InputError`` says what is wrong."""
         from ..train import Pair, TrainSettings, check_settings
         from ..weights import check_model_name, list_models
 
@@ -168,7 +169,7 @@ class FinetuneWidget(Container):
         for index, row in enumerate(self.rows):
             a, b = row.a.value, row.b.value
             if a is None or b is None:
-                raise ValueError(f"Fine-tune: pair {index + 1}: choose two image layers.")
+                raise InputError(f"Fine-tune: pair {index + 1}: choose two image layers.")
             data_a, data_b, shape = registered_pair(a, b, "Fine-tune")
             # a T / Z stack trains on the plane the viewer shows
             plane = current_plane(self._viewer, a)
@@ -179,7 +180,7 @@ class FinetuneWidget(Container):
         try:
             lr = float(self.lr.value)
         except ValueError:
-            raise ValueError(f"Fine-tune: learning rate '{self.lr.value}' is not a number.") from None
+            raise InputError(f"Fine-tune: learning rate '{self.lr.value}' is not a number.") from None
         base = self.base.value
         request.settings = TrainSettings(
             steps=self.steps.value, crop=self.crop.value, batch=self.batch.value, lr=lr,
@@ -192,7 +193,7 @@ class FinetuneWidget(Container):
         request.name = self.model_name.value.strip() or f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}"
         check_model_name(request.name)
         if request.name in {e.name for e in list_models()}:
-            raise ValueError(f"Fine-tune: a model named '{request.name}' exists; choose another name.")
+            raise InputError(f"Fine-tune: a model named '{request.name}' exists; choose another name.")
         request.out = Path(self.run_dir.value) if self.run_dir.value else None
         return request
 
@@ -272,7 +273,7 @@ class FinetuneWidget(Container):
             return
         try:
             entry = register_model(result.best, request.name, overwrite=replace)
-        except ValueError as error:
+        except FusionMambaError as error:
             show_error(f"Fine-tune: the run is in {result.run_dir}, but registering it failed: {error}")
             return
         for widget in getattr(self._viewer.window, "dock_widgets", {}).values():  # napari >= 0.5
@@ -294,12 +295,12 @@ def _mask_array(layer, shape, plane: tuple[int, ...] = ()) -> np.ndarray | None:
 
     if isinstance(layer, Shapes):
         if not len(layer.data):
-            raise ValueError(f"Fine-tune: the Shapes layer '{layer.name}' has no shapes.")
+            raise InputError(f"Fine-tune: the Shapes layer '{layer.name}' has no shapes.")
         data = np.any(layer.to_masks(mask_shape=shape[-layer.ndim:]), axis=0).astype(np.uint8)
     else:
         data = full_resolution(layer)
     if data.shape not in (tuple(shape), tuple(shape[-2:])):
-        raise ValueError(f"Fine-tune: mask layer '{layer.name}' has shape {data.shape}, the images {tuple(shape)}.")
+        raise InputError(f"Fine-tune: mask layer '{layer.name}' has shape {data.shape}, the images {tuple(shape)}.")
     return np.asarray(data[plane] if data.ndim > 2 else data)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
+from ..errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
 
 FROM_FILE = "file:"
@@ -44,7 +45,7 @@ def scan_backend(device: str) -> str:
 
     try:
         return resolve_backend("auto", resolve_device(device))
-    except (RuntimeError, ValueError) as error:
+    except FusionMambaError as error:
         return f"unavailable ({error})"
 
 
@@ -184,13 +185,13 @@ class FuseWidget(Container):
         self.runner.toggle(self._request, self._start)
 
     def _request(self) -> FuseRequest:
-        """Check the layers and settings on the UI thread; a ValueError names what is wrong."""
+        """Check the layers and settings on the UI thread; an ``InputError`` names what is wrong."""
         a, b = self.a.value, self.b.value
         if a is None or b is None:
-            raise ValueError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
+            raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
         data_a, data_b, shape_a = registered_pair(a, b, "Fuse")
         if not np.allclose(a.scale, b.scale):
-            raise ValueError(
+            raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
@@ -212,20 +213,20 @@ class FuseWidget(Container):
             request.method = choice.split(":", 1)[1]
         elif choice == FROM_FILE:
             if not self.checkpoint.value or not Path(self.checkpoint.value).is_file():
-                raise ValueError(f"Fuse: checkpoint file '{self.checkpoint.value or ''}' not found.")
+                raise InputError(f"Fuse: checkpoint file '{self.checkpoint.value or ''}' not found.")
             request.checkpoint = Path(self.checkpoint.value)
         else:
             request.model = choice.split(":", 1)[1]
         if self.output.value == TO_ZARR:
             if not self.out_path.value:
-                raise ValueError("Fuse: choose a zarr path for the output, or output to a new layer.")
+                raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
             request.out = Path(self.out_path.value)
             if request.out.exists():
-                raise ValueError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
+                raise InputError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
         else:
             size = int(np.prod(shape_a, dtype=np.int64)) * 4 * (3 if a.rgb else 1)
             if size > self.in_memory_limit:
-                raise ValueError(
+                raise InputError(
                     f"Fuse: fused({a.name}, {b.name}) would take {size / 1024**2:.0f} MB, more than the "
                     f"in-memory limit of {self.in_memory_limit / 1024**2:.0f} MB; choose Output: zarr file."
                 )
@@ -309,7 +310,7 @@ def _as_image(data, name: str, scale, translate, rgb: bool):
 
     lead = data.ndim - 2 - rgb
     if lead > 3:
-        raise ValueError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
+        raise InputError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
     axes = "TCZ"[3 - lead:] + "YX" + ("S" if rgb else "")
     return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name,
                        origin=tuple(float(t) for t in translate))

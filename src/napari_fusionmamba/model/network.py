@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._json_records import from_json
+from ..errors import InputError
 from .blocks import DVSSBlock, PatchEmbed, PatchExpand, PatchMerge, to_channels_first
 from .fusion import DFFM
 
@@ -98,9 +99,9 @@ class FusionMamba(nn.Module):
     def __init__(self, config: ModelConfig = MODEL_CONFIGS["tiny"]):
         super().__init__()
         if config.residual not in RESIDUALS:
-            raise ValueError(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
+            raise InputError(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
         if len(config.encoder_depths) != 4 or len(config.decoder_depths) != 4:
-            raise ValueError("encoder_depths and decoder_depths need four stages each")
+            raise InputError("encoder_depths and decoder_depths need four stages each")
         self.config = config
         c0 = config.embed_dim
         widths = [c0 * 2**i for i in range(4)]
@@ -175,7 +176,7 @@ def build_model(config: str | ModelConfig = "tiny") -> FusionMamba:
     """A freshly initialised network from a config name (see ``MODEL_CONFIGS``) or a config."""
     if isinstance(config, str):
         if config not in MODEL_CONFIGS:
-            raise ValueError(f"unknown model config {config!r}: choose one of {', '.join(MODEL_CONFIGS)}")
+            raise InputError(f"unknown model config {config!r}: choose one of {', '.join(MODEL_CONFIGS)}")
         config = MODEL_CONFIGS[config]
     return FusionMamba(config)
 

@@ -26,6 +26,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError, UnavailableError
+
 BACKENDS = ("cuda", "numba", "torch", "reference")
 ENV_VAR = "FUSIONMAMBA_SCAN_BACKEND"
 
@@ -50,7 +52,7 @@ def resolve_backend(backend: str | None = "auto", device="cpu") -> str:
         if env and env != "auto":
             name, source = env, ENV_VAR
     if name != "auto" and name not in BACKENDS:
-        raise ValueError(
+        raise InputError(
             f"unknown selective-scan backend {name!r} (from {source}): choose one of auto, {', '.join(BACKENDS)}"
         )
     if name == "auto":
@@ -61,20 +63,20 @@ def resolve_backend(backend: str | None = "auto", device="cpu") -> str:
         return "torch"
     if name == "cuda":
         if device.type != "cuda":
-            raise RuntimeError(
+            raise UnavailableError(
                 f"the cuda selective-scan backend needs CUDA tensors, these are on {device.type} "
                 f"(from {source}); use auto, torch or numba"
             )
         if not _mamba_importable():
-            raise RuntimeError(
+            raise UnavailableError(
                 "the cuda selective-scan backend needs mamba-ssm "
                 f"(pip install 'napari-fusionmamba[cuda]'): {_mamba_error()}"
             )
     if name == "numba":
         if device.type != "cpu":
-            raise RuntimeError(f"the numba selective-scan backend runs on the CPU, these tensors are on {device.type}")
+            raise UnavailableError(f"the numba selective-scan backend runs on the CPU, these tensors are on {device.type}")
         if not _numba_importable():
-            raise RuntimeError("the numba selective-scan backend needs numba (pip install numba)")
+            raise UnavailableError("the numba selective-scan backend needs numba (pip install numba)")
     return name
 
 
