@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_fusionmamba._files import atomic_path
+from napari_fusionmamba.io.files import atomic_path
 from napari_fusionmamba.baselines import BASELINES
 from napari_fusionmamba.cli import json_number, read_plane
 from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, SCORED_METRICS, compare_methods, wins

@@ -16,7 +16,7 @@ import zarr
 
 from conftest import real_looking_pair
 from napari_fusionmamba import pipeline
-from napari_fusionmamba.colour import rgb_to_ycrcb
+from napari_fusionmamba.io.colour import rgb_to_ycrcb
 from napari_fusionmamba.io import open_image
 from napari_fusionmamba.errors import FusionCancelled, InputError
 from napari_fusionmamba.pipeline import fuse, fuse_files

@@ -15,19 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-
-SPATIAL = ("y", "x")
-LEADING = ("t", "c", "z")
-
-
-def axes_for(ndim: int) -> str:
-    """OME axis letters for ``ndim`` axes of a gray image: [t] [c] [z] y x."""
-    leading = ndim - 2
-    if leading > len(LEADING):
-        raise InputError(f"cannot name the axes of a {ndim}-D image (at most 5-D: t, c, z, y, x)")
-    names = {0: "", 1: "z", 2: "tz", 3: "tcz"}[leading]
-    return names + "yx"
-
+from .io import guess_axes, ome_axis, ome_tiff_placement
 
 def _levels(data, meta: dict) -> tuple[list, str]:
     """Resolution levels as OME wants them (RGB(A) channels first) and their axis letters."""
@@ -35,7 +23,7 @@ def _levels(data, meta: dict) -> tuple[list, str]:
 
     levels = [da.asarray(level) for level in (data if meta.get("multiscale") else [data])]
     if not meta.get("rgb"):
-        return levels, axes_for(levels[0].ndim)
+        return levels, guess_axes(levels[0].shape, colour=False).lower()
     if levels[0].ndim != 3:
         raise InputError(f"layer '{meta.get('name')}': only 2-D RGB images can be saved as OME-Zarr")
     return [da.moveaxis(level, -1, 0) for level in levels], "cyx"
@@ -54,7 +42,6 @@ def write_ome_zarr(path: str, data, meta: dict) -> list[str]:
     import dask.array as da
     import zarr
 
-    from .io import ome_axis
 
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
@@ -96,14 +83,13 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     """Save one image layer (its full resolution) as an OME-TIFF, one plane in memory at a time."""
     import tifffile
 
-    from .io import ome_tiff_placement
 
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
     level = data[0] if meta.get("multiscale") else data
     rgb = bool(meta.get("rgb"))
     spatial = level.shape[:-1] if rgb else level.shape
-    axes = axes_for(len(spatial)).upper() + ("S" if rgb else "")
+    axes = guess_axes(level.shape, colour=rgb)
     scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial):]
     translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial):]
     placement = ome_tiff_placement(axes, spatial[:-2], scale, translate)

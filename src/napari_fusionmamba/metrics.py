@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from .colour import rgb_to_ycrcb
+from .io.colour import rgb_to_ycrcb
 from .errors import FusionCancelled, InputError
 
 PEAK = 255.0

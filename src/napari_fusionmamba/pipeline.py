@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._files import atomic_path
+from .io.files import atomic_path
 from .errors import FusionCancelled, InputError
-from .colour import rgb_to_ycrcb, ycrcb_to_rgb
+from .io.colour import rgb_to_ycrcb, ycrcb_to_rgb
 from .io import OpenedImage, OutputLayout, Planes, add_pyramid, create_ome_zarr, guess_axes, kind_of, open_image, write_block, zarr_to_tiff
 from .tiling import BatchRunner, TileGrid, blend_region, check_tiling, tiled_fuse
 

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ._json_records import from_json
-from .colour import rgb_to_ycrcb
+from .io.colour import rgb_to_ycrcb
 from .errors import FusionMambaError, ImageReadError, InputError, PreflightError
 from .io import open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import atomic_path
+from .io.files import atomic_path
 from .errors import CheckpointError, InputError
 
 FORMAT = "napari-fusionmamba"

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
-from .._files import atomic_path
+from ..io.files import atomic_path
 from ..errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker
 

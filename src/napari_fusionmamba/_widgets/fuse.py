@@ -306,12 +306,12 @@ def run_fusion(request: FuseRequest, progress, cancelled):
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
     """A layer's data as the library's image type, with napari's own word on colour."""
-    from ..io import OpenedImage
+    from ..io import OpenedImage, guess_axes
 
-    lead = data.ndim - 2 - rgb
-    if lead > 3:
-        raise InputError(f"layer '{name}' has {data.ndim} axes; at most T, C, Z, Y, X can be fused")
-    axes = "TCZ"[3 - lead:] + "YX" + ("S" if rgb else "")
+    try:
+        axes = guess_axes(data.shape, colour=rgb)
+    except InputError as error:
+        raise InputError(f"layer '{name}': {error}") from None
     return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name,
                        origin=tuple(float(t) for t in translate))
 

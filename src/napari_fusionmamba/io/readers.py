@@ -1,0 +1,253 @@
+"""Read TIFF / OME-TIFF / zarr / OME-Zarr / PNG / JPEG lazily.
+
+Every reader returns an ``OpenedImage``: a dask array (TIFF pages through tifffile's zarr
+interface, so nothing is loaded whole), its axes letters (``T Z C ... Y X`` plus ``S`` for colour
+samples, always last), the pixel size when the file says it, and the store's multiscale levels
+(full resolution first) for viewers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageNotFoundError, ImageReadError
+from .axes import OME_UNITS, guess_axes
+
+ZARR_SUFFIXES = (".zarr",)
+TIFF_SUFFIXES = (".tif", ".tiff")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class OpenedImage:
+    """A lazily opened image.
+
+    ``pixel_size`` has one value per axis of ``axes`` other than the colour axis ``S`` (in
+    ``unit``; 1.0 for axes without a known spacing, such as T), so it can be a napari layer's
+    ``scale``; it is None when the file gives no spatial calibration. ``origin``, where the image
+    starts (OME-Zarr translation, OME-TIFF plane position), is laid out the same way and can be
+    the layer's ``translate``; None when the file says nothing.
+    """
+
+    data: "object"  # dask.array.Array
+    pixel_size: tuple[float, ...] | None
+    axes: str
+    path: str
+    levels: list = field(default_factory=list)
+    unit: str | None = None
+    origin: tuple[float, ...] | None = None
+
+    @property
+    def colour(self) -> bool:
+        return self.axes.endswith("S")
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """``X.zarr``, ``X.ome.zarr`` and arrays inside them (``X.zarr/ARRAY``)."""
+    return any(part.endswith(ZARR_SUFFIXES) for part in Path(path).parts)
+
+
+def kind_of(path: str | os.PathLike) -> str:
+    """"zarr", "tiff" or "picture" from a path's name; a clear error otherwise."""
+    name = str(path).lower().rstrip("/")
+    if is_zarr_path(path):
+        return "zarr"
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(PICTURE_SUFFIXES):
+        return "picture"
+    raise ImageReadError(
+        f"{path}: unsupported format (use .tif/.tiff, .zarr/.ome.zarr (or PATH.zarr/ARRAY), .png or .jpg)"
+    )
+
+
+def open_image(path: str | os.PathLike) -> OpenedImage:
+    """Open an image file or store lazily. Raises ``FileNotFoundError`` or ``ImageReadError``
+    naming the path."""
+    path = str(path)
+    kind = kind_of(path)
+    if not os.path.exists(path):
+        raise ImageNotFoundError(f"{path}: no such file or directory")
+    try:
+        if kind == "tiff":
+            image = _open_tiff(path)
+        elif kind == "zarr":
+            image = _open_zarr(path)
+        else:
+            image = _open_picture(path)
+    except ImageReadError:
+        raise
+    except Exception as error:  # every library has its own error types for a corrupt file
+        raise ImageReadError(f"{path}: cannot read ({type(error).__name__}: {error})") from error
+    return _squeeze(image)
+
+
+def _squeeze(image: OpenedImage) -> OpenedImage:
+    """Drop length-1 axes other than Y and X (a single T or Z is not a stack)."""
+    keep = [i for i, (ax, n) in enumerate(zip(image.axes, image.data.shape)) if n != 1 or ax in "YX"]
+    if len(keep) == image.data.ndim:
+        return image
+    index = tuple(slice(None) if i in keep else 0 for i in range(image.data.ndim))
+    spatial = [i for i, ax in enumerate(image.axes) if ax != "S"]
+
+    def kept(values):  # pixel sizes and origins: one value per non-colour axis
+        return None if values is None else tuple(v for i, v in zip(spatial, values) if i in keep)
+
+    return OpenedImage(
+        data=image.data[index],
+        pixel_size=kept(image.pixel_size),
+        axes="".join(image.axes[i] for i in keep),
+        path=image.path,
+        levels=[level[index] for level in image.levels] if image.levels else [],
+        unit=image.unit,
+        origin=kept(image.origin),
+    )
+
+
+def _per_axis(axes: str, sizes: dict[str, float]) -> tuple[float, ...] | None:
+    if "X" not in sizes and "Y" not in sizes:
+        return None
+    sx = sizes.get("X", sizes.get("Y"))
+    sizes = {"Y": sizes.get("Y", sx), "X": sx, **{k: v for k, v in sizes.items() if k not in "YX"}}
+    return tuple(float(sizes.get(ax, 1.0)) for ax in axes if ax != "S")
+
+
+def _open_tiff(path: str) -> OpenedImage:
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes.upper()
+        n_levels = len(series.levels)
+        pixels = _ome_pixels(tif)
+        sizes, unit = _tiff_calibration(tif, pixels)
+        positions = _tiff_positions(pixels)
+    store = tifffile.imread(path, aszarr=True, series=0)
+    node = zarr.open(store, mode="r")
+    arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
+    levels = [da.from_zarr(array) for array in arrays]
+    if len(axes) != levels[0].ndim or set(axes) - set("TCZYXS"):  # tifffile's Q, I ...: unnamed
+        axes = guess_axes(levels[0].shape, colour=None if len(axes) != levels[0].ndim else axes.endswith("S"))
+    if "S" in axes[:-1]:  # planar colour: samples last, as everywhere else
+        levels = [da.moveaxis(level, axes.index("S"), -1) for level in levels]
+        axes = axes.replace("S", "") + "S"
+    origin = tuple(positions.get(ax, 0.0) for ax in axes if ax != "S") if positions else None
+    return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
+
+
+def _ome_pixels(tif) -> dict | None:
+    """The OME-XML ``Pixels`` element of the first image, parsed once (it can list thousands of
+    planes), or None for a TIFF without OME metadata."""
+    import tifffile
+
+    if not (tif.is_ome and tif.ome_metadata):
+        return None
+    image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    return (image[0] if isinstance(image, list) else image)["Pixels"]
+
+
+def _tiff_positions(pixels: dict | None) -> dict[str, float]:
+    """The first plane's OME PositionX / Y / Z (each plane has its own; the first is where the
+    image starts), or nothing."""
+    planes = (pixels or {}).get("Plane")
+    first = (planes[0] if isinstance(planes, list) else planes) or {}
+    return {ax: float(first[f"Position{ax}"]) for ax in "XYZ" if f"Position{ax}" in first}
+
+
+def _tiff_calibration(tif, pixels: dict | None) -> tuple[dict[str, float], str | None]:
+    """Pixel sizes from OME-XML (``pixels``), else from ImageJ's description and resolution tags."""
+    if pixels is not None:
+        sizes = {ax: float(pixels[f"PhysicalSize{ax}"]) for ax in "XYZ" if f"PhysicalSize{ax}" in pixels}
+        unit = str(pixels.get("PhysicalSizeXUnit", "µm"))
+        return sizes, OME_UNITS.get(unit, unit)
+    if tif.is_imagej and tif.imagej_metadata:
+        meta = tif.imagej_metadata
+        page = tif.pages[0]
+        sizes = {}
+        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in page.tags:
+                num, den = page.tags[tag].value
+                if num:
+                    sizes[ax] = den / num
+        if "spacing" in meta:
+            sizes["Z"] = float(meta["spacing"])
+        unit = str(meta.get("unit", "micron"))
+        if sizes.get("X") == 1.0 and "unit" not in meta:
+            sizes = {}
+        return sizes, OME_UNITS.get(unit, unit)
+    return {}, None
+
+
+def _multiscales(group) -> dict | None:
+    attrs = dict(group.attrs)
+    meta = attrs.get("ome", attrs).get("multiscales")
+    return meta[0] if meta else None
+
+
+def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) -> OpenedImage:
+    import dask.array as da
+
+    datasets = meta["datasets"]
+    names = [d["path"] for d in datasets]
+    first = names.index(dataset) if dataset is not None else 0
+    levels = [da.from_zarr(group[name]) for name in names[first:]]
+    axes_meta = meta.get("axes") or []
+    names_axes = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
+    axes = "".join(n.upper()[0] for n in names_axes) if len(names_axes) == levels[0].ndim else guess_axes(levels[0].shape)
+    transforms = {t.get("type"): t for t in datasets[first].get("coordinateTransformations", [])}
+
+    def per_axis(values):
+        return tuple(float(v) for v in values) if values is not None and len(values) == len(axes) else None
+
+    pixel = per_axis(transforms.get("scale", {}).get("scale"))
+    origin = per_axis(transforms.get("translation", {}).get("translation"))
+    unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None)
+    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None, origin)
+
+
+def _open_zarr(path: str) -> OpenedImage:
+    import dask.array as da
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    if isinstance(node, zarr.Array):
+        parent = os.path.dirname(path.rstrip("/"))
+        if is_zarr_path(parent):
+            try:
+                group = zarr.open_group(parent, mode="r")
+                meta = _multiscales(group)
+            except Exception:  # the parent is a plain folder, not a group
+                meta = None
+            name = os.path.basename(path.rstrip("/"))
+            if meta and name in [d["path"] for d in meta["datasets"]]:
+                return _from_multiscales(path, meta, group, name)
+        data = da.from_zarr(node)
+        return OpenedImage(data, None, guess_axes(data.shape), path, [data])
+    meta = _multiscales(node)
+    if meta is None:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise ImageReadError(
+            f"{path}: a zarr group without OME multiscales metadata; name one of its arrays as "
+            f"{path.rstrip('/')}/ARRAY ({', '.join(arrays) or 'it holds no arrays'})"
+        )
+    return _from_multiscales(path, meta, node)
+
+
+def _open_picture(path: str) -> OpenedImage:
+    import dask.array as da
+    import imageio.v3 as iio
+
+    pixels = np.asarray(iio.imread(path))
+    if pixels.ndim == 3 and pixels.shape[-1] == 2:  # gray + alpha
+        pixels = pixels[..., 0]
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    axes = "YXS" if pixels.ndim == 3 else "YX"
+    data = da.from_array(pixels, chunks=pixels.shape)
+    return OpenedImage(data, None, axes, path, [data])
