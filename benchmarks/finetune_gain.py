@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_fusionmamba.cli import read_plane
-from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, compare_methods
+from napari_fusionmamba.quality.metrics import METRICS, compare_methods
 from napari_fusionmamba.train import Pair, TrainSettings, finetune
-from napari_fusionmamba.weights import DEFAULT_MODEL, load_checkpoint, load_model
+from napari_fusionmamba.registry import DEFAULT_MODEL, load_checkpoint, load_model
 from quality import network_method
 
 
@@ -90,11 +90,11 @@ def main() -> int:
         f"{np.mean(losses[-5:]):.4f} (mean of first / last 5 steps), best validation loss {result.best_val_loss:.4f}"
     )
     print()
-    print(f"| metric | before ({args.model}) | after | after / before | better is |")
-    print("|---|---|---|---|---|")
+    print(f"| metric | before ({args.model}) | after | after / before |")  # every metric: higher is better
+    print("|---|---|---|---|")
     for key in METRICS:
         ratio = after[key] / before[key] if before[key] else float("nan")
-        print(f"| {key} | {before[key]:.4f} | {after[key]:.4f} | {ratio:.3f} | {'higher' if HIGHER_IS_BETTER[key] else 'lower'} |")
+        print(f"| {key} | {before[key]:.4f} | {after[key]:.4f} | {ratio:.3f} |")
     return 0
 
 

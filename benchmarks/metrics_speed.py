@@ -14,7 +14,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from napari_fusionmamba.metrics import METRICS, to_gray8
+from napari_fusionmamba.quality.metrics import METRICS, to_gray8
 
 
 def source(seed: int, size: int) -> np.ndarray:

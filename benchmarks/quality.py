@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_fusionmamba.io.files import atomic_path
-from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.cli import json_number, read_plane
-from napari_fusionmamba.metrics import HIGHER_IS_BETTER, METRICS, SCORED_METRICS, compare_methods, wins
+from napari_fusionmamba.quality.metrics import METRICS, SCORED_METRICS, compare_methods, wins
 
 def find_pairs(data: Path) -> list[str]:
     """Names present in both DIR/A and DIR/B, sorted; names on one side only are reported."""
@@ -52,18 +52,18 @@ def resolve_model(name: str | None):
     Without --model the shipped default is used, but only once trained weights ship with the
     package: an untrained config is no comparison.
     """
-    from napari_fusionmamba import weights
+    from napari_fusionmamba import registry
 
     if name is None:
-        entries = {entry.name: entry for entry in weights.list_models()}
-        default = entries.get(weights.DEFAULT_MODEL)
+        entries = {entry.name: entry for entry in registry.list_models()}
+        default = entries.get(registry.DEFAULT_MODEL)
         if default is None or default.source == "config":
             return None, None
         name = default.name
     if name.lower() == "none":
         return None, None
     label = Path(name).stem if name.endswith(".safetensors") else name
-    return label, weights.load_model(name, device="cpu")
+    return label, registry.load_model(name, device="cpu")
 
 
 def network_method(model):
@@ -152,7 +152,7 @@ def format_table(report: dict) -> str:
     for key in report["metrics"]:
         means = [report["results"][m][key] for m in methods]
         finite = [v for v in means if v is not None]
-        best = (max if HIGHER_IS_BETTER[key] else min)(finite) if finite else None
+        best = max(finite) if finite else None  # every metric: higher is better
         cells = []
         for method, mean in zip(methods, means):
             if mean is None:

@@ -18,8 +18,8 @@ def main() -> None:
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
-    from napari_fusionmamba.baselines import BASELINES
-    from napari_fusionmamba.metrics import fusion_input
+    from napari_fusionmamba.quality.baselines import BASELINES
+    from napari_fusionmamba.quality.metrics import fusion_input
 
     viewer = napari.Viewer(title="napari-fusionmamba")
     viewer.window._qt_window.resize(1800, 960)

@@ -43,7 +43,7 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_fusionmamba.weights import DEFAULT_MODEL
+    from napari_fusionmamba.registry import DEFAULT_MODEL
 
     viewer = napari.Viewer(title="napari-fusionmamba")
     viewer.window._qt_window.resize(1500, 860)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_fusionmamba.weights import BUNDLED_DIR, load_checkpoint, read_safetensors, write_safetensors
+from napari_fusionmamba.registry import BUNDLED_DIR, load_checkpoint, read_safetensors, write_safetensors
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("checkpoint", type=Path, help="a checkpoint in a training run folder")

@@ -50,7 +50,7 @@ def network(tmp_path_factory):
     import torch
 
     from napari_fusionmamba.model import build_model
-    from napari_fusionmamba.weights import save_checkpoint
+    from napari_fusionmamba.registry import save_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)

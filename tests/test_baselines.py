@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_fusionmamba.baselines import BASELINES
+from napari_fusionmamba.quality.baselines import BASELINES
 
 METHODS = ["average", "max", "laplacian", "dwt", "gff"]
 SIZES = [(1, 1), (2, 3), (5, 7), (31, 47), (64, 64), (67, 129)]

@@ -12,7 +12,7 @@ import tifffile
 from scipy import ndimage
 
 from napari_fusionmamba.cli import main
-from napari_fusionmamba.metrics import METRICS, evaluate
+from napari_fusionmamba.quality.metrics import METRICS, evaluate
 
 
 @pytest.fixture()
@@ -85,7 +85,7 @@ def test_the_command_line_entry_point(files):
 
 def test_fuse_then_evaluate_matches_the_methods_comparison(tmp_path, capsys):
     """`fusionmamba fuse --method max` then `fusionmamba evaluate` scores what compare_methods does."""
-    from napari_fusionmamba.metrics import compare_methods
+    from napari_fusionmamba.quality.metrics import compare_methods
 
     rng = np.random.default_rng(3)
     sources = []

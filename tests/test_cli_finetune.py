@@ -10,7 +10,7 @@ import torch
 
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.train import Pair, TrainSettings, finetune
-from napari_fusionmamba.weights import list_models, load_checkpoint, load_model
+from napari_fusionmamba.registry import list_models, load_checkpoint, load_model
 
 
 def _images(size=80, seed=0):

@@ -65,7 +65,7 @@ def test_model_checkpoint_path(files, tmp_path, network):
 )
 def test_bad_options_exit_2_with_one_line(files, tmp_path, capsys, extra, message):
     if extra == ["--device", "cuda"]:
-        from napari_fusionmamba.devices import available_devices
+        from napari_fusionmamba.model.devices import available_devices
 
         if "cuda" in available_devices():
             pytest.skip("this machine has CUDA")

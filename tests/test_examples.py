@@ -76,7 +76,7 @@ def test_finetune_with_a_mask_registers_the_model(tmp_path):
               "--batch", "1", "--out", "run", "--name", "example-model", cwd=tmp_path)
     assert "registered as 'example-model'" in out
     assert (tmp_path / "run" / "best.safetensors").exists()
-    from napari_fusionmamba.weights import list_models
+    from napari_fusionmamba.registry import list_models
 
     assert "example-model" in [entry.name for entry in list_models()]
 

@@ -139,7 +139,7 @@ def test_stack_rows_train_on_the_plane_the_viewer_shows(make_napari_viewer):
 
 
 def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from napari_fusionmamba.weights import find_model
+    from napari_fusionmamba.registry import find_model
 
     viewer = make_napari_viewer()
     a, b = real_looking_pair(64, 64)

@@ -42,7 +42,7 @@ def tiny_checkpoint(tmp_path):
     import torch
 
     from napari_fusionmamba.model import build_model
-    from napari_fusionmamba.weights import register_model, save_checkpoint
+    from napari_fusionmamba.registry import register_model, save_checkpoint
 
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path / "lab.safetensors", build_model("tiny"))
@@ -128,7 +128,7 @@ def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(
     from qtpy.QtCore import Qt
 
     from napari_fusionmamba.model import build_model
-    from napari_fusionmamba.weights import register_model, save_checkpoint
+    from napari_fusionmamba.registry import register_model, save_checkpoint
 
     widget = FuseWidget(make_napari_viewer())
     qtbot.addWidget(widget.native)
@@ -139,7 +139,7 @@ def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(
 
 
 def test_devices_present_are_the_only_ones_enabled_and_backend_is_shown(make_napari_viewer, qtbot):
-    from napari_fusionmamba.devices import available_devices
+    from napari_fusionmamba.model.devices import available_devices
     from napari_fusionmamba.model.scan import resolve_backend
 
     viewer = make_napari_viewer()
@@ -339,7 +339,7 @@ def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtb
 
 
 def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_viewer, qtbot, monkeypatch, notes):
-    from napari_fusionmamba import baselines
+    from napari_fusionmamba.quality import baselines
 
     def broken(a, b):
         raise RuntimeError("the method broke")
@@ -360,7 +360,7 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
 
 def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
     from napari_fusionmamba._widgets._common import save_settings
-    from napari_fusionmamba.devices import available_devices
+    from napari_fusionmamba.model.devices import available_devices
 
     missing = [name for name in ("cuda", "mps") if name not in available_devices()]
     if not missing:
@@ -372,7 +372,7 @@ def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer
 
 
 def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_viewer, qtbot, tmp_path, monkeypatch, notes):
-    from napari_fusionmamba import baselines
+    from napari_fusionmamba.quality import baselines
 
     slow = {"on": True}
 

@@ -18,6 +18,7 @@ from conftest import real_looking_pair
 from napari_fusionmamba import pipeline
 from napari_fusionmamba.io.colour import rgb_to_ycrcb
 from napari_fusionmamba.io import open_image
+from napari_fusionmamba.model.devices import available_devices
 from napari_fusionmamba.errors import FusionCancelled, InputError
 from napari_fusionmamba.pipeline import fuse, fuse_files
 
@@ -252,7 +253,7 @@ def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monk
 
     import dask.array as da
 
-    from napari_fusionmamba import baselines
+    from napari_fusionmamba.quality import baselines
 
     def slow_average(a, b):
         time.sleep(0.2)
@@ -418,7 +419,7 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case):
     a, b, options, message = BAD[case]
     options = dict(options)
     suffix = options.pop("suffix", ".tif")
-    if case == "absent device" and "cuda" in __import__("napari_fusionmamba.devices").devices.available_devices():
+    if case == "absent device" and "cuda" in available_devices():
         pytest.skip("this machine has CUDA")
     pa, pb = _save(tmp_path / f"a{suffix}", a), _save(tmp_path / f"b{suffix}", b)
     out = tmp_path / "out.zarr"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_fusionmamba.baselines import BASELINES
-from napari_fusionmamba.metrics import METRICS, evaluate
+from napari_fusionmamba.quality.baselines import BASELINES
+from napari_fusionmamba.quality.metrics import METRICS, evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
@@ -90,7 +90,7 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
     import torch
 
     from napari_fusionmamba.model import build_model
-    from napari_fusionmamba.weights import save_checkpoint
+    from napari_fusionmamba.registry import save_checkpoint
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "tinynet.safetensors", build_model("tiny"))

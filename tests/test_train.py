@@ -19,7 +19,7 @@ from napari_fusionmamba.train import (
     prepare_pairs,
 )
 from napari_fusionmamba.pipeline import PERCENTILES
-from napari_fusionmamba.weights import load_checkpoint
+from napari_fusionmamba.registry import load_checkpoint
 
 
 def _pair(size=96, seed=0):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from napari_fusionmamba.errors import CheckpointError
-from napari_fusionmamba import weights
+from napari_fusionmamba import registry
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.model import MODEL_CONFIGS, ModelConfig, build_model, count_parameters
-from napari_fusionmamba.weights import (
+from napari_fusionmamba.registry import (
     DEFAULT_MODEL,
     list_models,
     load_checkpoint,
@@ -42,7 +42,7 @@ def test_round_trip_gives_identical_outputs_and_keeps_metadata(tmp_path, tiny):
     with torch.no_grad():
         assert torch.equal(tiny(a, b), loaded(a, b))
     assert not loaded.training
-    assert meta["format_version"] == weights.FORMAT_VERSION
+    assert meta["format_version"] == registry.FORMAT_VERSION
     assert ModelConfig.from_dict(meta["config"]) == tiny.config
     assert meta["provenance"] == {"data": ["x.tif"]}
     assert meta["normalisation"] == {"percentiles": [1, 99.5]}
@@ -176,7 +176,7 @@ def test_config_models_load_untrained_and_count_without_building(monkeypatch):
     assert model.config == MODEL_CONFIGS["tiny"] and not model.training
     torch.rand(3)  # the global random state does not change what an untrained config is
     assert torch.equal(next(load_model("tiny").parameters()), next(model.parameters()))
-    entry = weights.find_model("tiny")
+    entry = registry.find_model("tiny")
     assert entry.parameter_count() == count_parameters(model)
 
 
@@ -195,8 +195,8 @@ def test_the_default_model_is_the_shipped_trained_one():
 def test_bundled_weights_are_listed_by_file_name(tmp_path, tiny, monkeypatch):
     bundled = tmp_path / "bundled"
     save_checkpoint(bundled / "gfp-pc.safetensors", tiny)
-    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
-    entry = weights.find_model("gfp-pc")
+    monkeypatch.setattr(registry, "BUNDLED_DIR", bundled)
+    entry = registry.find_model("gfp-pc")
     assert entry.source == "bundled"
     with pytest.raises(ValueError, match="taken by a shipped model"):
         register_model(entry.path, "gfp-pc")

@@ -17,9 +17,9 @@ def _info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .devices import available_devices
+    from .model.devices import available_devices
     from .model.scan import describe_backends
-    from .weights import list_models
+    from .registry import list_models
 
     print(f"napari-fusionmamba {__import__('napari_fusionmamba').__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}")
@@ -34,7 +34,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(commands) -> None:
-    from .metrics import METRICS
+    from .quality.metrics import METRICS
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -72,7 +72,7 @@ def json_number(value: float) -> float | None:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .metrics import evaluate
+    from .quality.metrics import evaluate
 
     paths = (args.fused, args.a, args.b)
     images = [read_plane(path) for path in paths]
@@ -118,7 +118,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .train import Pair, TrainSettings, default_run_dir, finetune, load_recipe
-    from .weights import check_model_name, register_model
+    from .registry import check_model_name, register_model
 
     pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
     if args.mask and len(args.mask) != len(args.pair):

@@ -242,7 +242,7 @@ MODEL_LOADS = 0
 
 def _load_network(name: str, device):
     """The network for a model name or checkpoint path, in eval mode on ``device``."""
-    from .weights import load_model
+    from .registry import load_model
 
     try:
         return load_model(name, device)
@@ -252,7 +252,7 @@ def _load_network(name: str, device):
 
 def _model_key(name: str) -> str:
     """Identity of a model for caching and resuming: its name plus the weights file's state."""
-    from .weights import DEFAULT_MODEL, find_model
+    from .registry import DEFAULT_MODEL, find_model
 
     name = DEFAULT_MODEL if name == "default" else name
     path = name if os.path.isfile(name) else None
@@ -270,8 +270,8 @@ def _model_key(name: str) -> str:
 
 def _engine(model, method: str | None, device: str) -> Engine:
     """Check the model / method / device choice in the caller's process (clear errors early)."""
-    from .baselines import BASELINES
-    from .devices import resolve_device
+    from .quality.baselines import BASELINES
+    from .model.devices import resolve_device
 
     resolve_device(device)  # a device that is not there fails here, before any output
     if method is not None:
@@ -299,7 +299,7 @@ def _predictor(engine: Engine) -> tuple[Callable, int]:
     if cache_key in _PREDICTORS:
         return _PREDICTORS[cache_key]
     if engine.method is not None:
-        from .baselines import BASELINES
+        from .quality.baselines import BASELINES
 
         method = BASELINES[engine.method]
 
@@ -310,7 +310,7 @@ def _predictor(engine: Engine) -> tuple[Callable, int]:
 
     import torch
 
-    from .devices import resolve_device
+    from .model.devices import resolve_device
 
     device = resolve_device(engine.device)
     network = engine.module.eval().to(device) if engine.module is not None else _load_network(engine.model, device)

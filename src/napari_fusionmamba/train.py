@@ -396,7 +396,7 @@ def check_settings(settings: TrainSettings) -> None:
 
 def default_run_dir(name: str | None = None) -> Path:
     """A fresh folder under the user data dir's ``runs/`` (never the current directory)."""
-    from .weights import data_dir
+    from .registry import data_dir
 
     return data_dir() / "runs" / (name or time.strftime("%Y%m%d-%H%M%S"))
 
@@ -419,7 +419,7 @@ def pairs_from_config(run_dir: Path) -> list[Pair]:
 
 def _build_model(settings: TrainSettings):
     from .model import build_model
-    from .weights import load_model
+    from .registry import load_model
 
     if settings.base == "scratch":
         try:
@@ -436,7 +436,7 @@ def _save_state(run_dir: Path, model, optimizer, step: int, best: float, rng: np
     """Optimizer moments and random states beside ``last``: what ``resume`` needs."""
     import torch
 
-    from .weights import write_safetensors
+    from .registry import write_safetensors
 
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {"torch_rng": torch.get_rng_state()}
@@ -454,7 +454,7 @@ def _save_state(run_dir: Path, model, optimizer, step: int, best: float, rng: np
 def _load_state(run_dir: Path, model, optimizer) -> tuple[int, float, dict]:
     import torch
 
-    from .weights import read_safetensors
+    from .registry import read_safetensors
 
     tensors, meta = read_safetensors(run_dir / "last.state.safetensors")
     torch.set_rng_state(tensors.pop("torch_rng"))
@@ -496,9 +496,9 @@ def finetune(
     import torch
 
     from . import __version__
-    from .devices import resolve_device
+    from .model.devices import resolve_device
     from .loss import FusionLoss
-    from .weights import load_checkpoint, save_checkpoint
+    from .registry import load_checkpoint, save_checkpoint
 
     run_dir = Path(out) if out is not None else default_run_dir()
     config_path = run_dir / "config.json"

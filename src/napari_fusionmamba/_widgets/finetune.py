@@ -41,7 +41,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def base_choices() -> list[str]:
-    from ..weights import list_models
+    from ..registry import list_models
 
     return [entry.name for entry in list_models()] + [SCRATCH]
 
@@ -163,7 +163,7 @@ class FinetuneWidget(Container):
     def _request(self) -> FinetuneRequest:
         """Layers to arrays and settings, checked on the UI thread; an ``InputError`` says what is wrong."""
         from ..train import Pair, TrainSettings, check_settings
-        from ..weights import check_model_name, list_models
+        from ..registry import check_model_name, list_models
 
         request = FinetuneRequest()
         for index, row in enumerate(self.rows):
@@ -262,7 +262,7 @@ class FinetuneWidget(Container):
     def _finish(self, request: FinetuneRequest, result, replace: bool = False) -> None:
         """Register the best model (also of a stopped run; ``replace`` its earlier registration
         when a resumed run ends) and refresh every docked widget's lists."""
-        from ..weights import register_model
+        from ..registry import register_model
 
         self.train_button.text = "Train"
         if result is not None:

@@ -29,8 +29,8 @@ def model_choices() -> list[tuple[str, str]]:
 
     Listing reads checkpoint headers only (no network is built), so opening the widget stays fast.
     """
-    from ..baselines import BASELINES
-    from ..weights import list_models
+    from ..quality.baselines import BASELINES
+    from ..registry import list_models
 
     kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
     choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
@@ -40,7 +40,7 @@ def model_choices() -> list[tuple[str, str]]:
 
 def scan_backend(device: str) -> str:
     """The selective-scan backend the network would use on ``device`` (FUSIONMAMBA_SCAN_BACKEND included)."""
-    from ..devices import resolve_device
+    from ..model.devices import resolve_device
     from ..model.scan import resolve_backend
 
     try:
@@ -158,7 +158,7 @@ class FuseWidget(Container):
     # --- view updates ---------------------------------------------------------------------
 
     def _disable_missing_devices(self) -> None:
-        from ..devices import available_devices
+        from ..model.devices import available_devices
 
         present = {"auto", *available_devices()}
         items = self.device.native.model()

@@ -82,7 +82,7 @@ def resolve_backend(backend: str | None = "auto", device="cpu") -> str:
 
 def describe_backends() -> list[str]:
     """Lines for ``fusionmamba info``: what runs on each device present, and what is missing."""
-    from ..devices import available_devices
+    from .devices import available_devices
 
     lines = []
     env = os.environ.get(ENV_VAR)

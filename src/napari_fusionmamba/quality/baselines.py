@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 FusionMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -20,8 +20,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from .io.colour import rgb_to_ycrcb
-from .errors import FusionCancelled, InputError
+from ..io.colour import rgb_to_ycrcb
+from ..errors import FusionCancelled, InputError
 
 PEAK = 255.0
 """Data range of every metric input (8-bit gray)."""
@@ -495,10 +495,8 @@ METRICS: dict[str, Metric] = {
     "CC": cc,
     "PSNR": psnr,
 }
-"""Every metric by its key, each called as ``metric(fused, a, b)`` on :func:`to_gray8` images."""
-
-HIGHER_IS_BETTER: dict[str, bool] = {key: True for key in METRICS}
-"""Direction of each metric: all of these reward the better fusion with a larger value."""
+"""Every metric by its key, each called as ``metric(fused, a, b)`` on :func:`to_gray8` images.
+All of them reward the better fusion with a larger value."""
 
 SCORED_METRICS = ("EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM")
 """The metrics on which a method is scored against the best of the others (the project's goal)."""
@@ -509,10 +507,9 @@ def wins(results: Mapping[str, Mapping[str, float | None]], method: str) -> list
     (``{method: {metric: value}}``) strictly; a tie is not a win."""
     won = []
     for key in SCORED_METRICS:
-        sign = 1.0 if HIGHER_IS_BETTER[key] else -1.0
         ours = results[method][key]
-        others = [sign * r[key] for m, r in results.items() if m != method and r[key] is not None]
-        if ours is not None and others and sign * ours > max(others):
+        others = [r[key] for m, r in results.items() if m != method and r[key] is not None]
+        if ours is not None and others and ours > max(others):
             won.append(key)
     return won
 

@@ -244,7 +244,7 @@ def _looks_like_path(name_or_path) -> bool:
 def load_model(name_or_path="default", device="cpu"):
     """A FusionMamba in eval mode on ``device``, from a model name (see ``list_models``), a
     checkpoint path, or "default"."""
-    from .devices import resolve_device
+    from .model.devices import resolve_device
     from .model import build_model
 
     if name_or_path in (None, "default"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import InputError, UnavailableError
+from ..errors import InputError, UnavailableError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

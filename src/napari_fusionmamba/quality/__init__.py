@@ -1,0 +1,7 @@
+"""How good is a fusion: the no-reference metrics (``metrics``) and the classical fusion methods
+they are compared with (``baselines``: average, maximum, Laplacian pyramid, wavelets, guided
+filtering).
+
+Imports numpy, scipy, PyWavelets, ``io.colour`` and ``errors``; never torch, the engine, napari
+or Qt, so scoring works without the network.
+"""
