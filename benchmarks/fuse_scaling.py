@@ -26,7 +26,7 @@ import numpy as np
 CHILD = """
 import json, sys, time
 import numpy as np
-from napari_fusionmamba.pipeline import fuse, fuse_files
+from napari_fusionmamba.engine import fuse, fuse_files
 args = json.loads(sys.argv[1])
 start = time.perf_counter()
 fuse(np.zeros((64, 64)), np.zeros((64, 64)), tile=64, overlap=16, device="cpu")  # load + compile once
@@ -37,7 +37,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "warm": warm, "chunks"
                   "chunk": report.chunk}))
 """
 
-IMPORT_ONLY = "import torch, napari_fusionmamba.pipeline, napari_fusionmamba.model.network, dask.array, zarr, tifffile"
+IMPORT_ONLY = "import torch, napari_fusionmamba.engine, napari_fusionmamba.model.network, dask.array, zarr, tifffile"
 
 
 def synthetic_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,7 @@ def resolve_model(name: str | None):
 
 def network_method(model):
     """The network as a ``fuse(a, b)`` method, through the same tiled engine users run."""
-    from napari_fusionmamba.pipeline import fuse
+    from napari_fusionmamba.engine import fuse
 
     return lambda a, b: fuse(a, b, model=model, device="cpu", normalise=None)
 

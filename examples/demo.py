@@ -16,7 +16,7 @@ import tifffile
 from napari_fusionmamba._sample_data import load_sample_pair
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, compare_methods, fusion_input, wins
-from napari_fusionmamba.pipeline import fuse
+from napari_fusionmamba.engine import fuse
 from napari_fusionmamba.registry import DEFAULT_MODEL, load_model
 
 def side_by_side(path: Path, panels: dict) -> None:

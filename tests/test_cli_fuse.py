@@ -12,7 +12,7 @@ import tifffile
 
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.io import open_image
-from napari_fusionmamba.pipeline import fuse
+from napari_fusionmamba.engine import fuse
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

@@ -76,7 +76,7 @@ def _run(widget, qtbot, timeout=120_000):
 
 @pytest.mark.slow
 def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
-    from napari_fusionmamba.pipeline import fuse
+    from napari_fusionmamba.engine import fuse
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
@@ -245,7 +245,7 @@ def test_layer_pickers_follow_the_layer_list(make_napari_viewer, qtbot):
 def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_viewer, qtbot, tmp_path, notes):
     import zarr
 
-    from napari_fusionmamba.pipeline import fuse
+    from napari_fusionmamba.engine import fuse
 
     rng = np.random.default_rng(3)
     sources = []
@@ -283,7 +283,7 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
 
 
 def test_stack_whole_or_current_plane(make_napari_viewer, qtbot):
-    from napari_fusionmamba.pipeline import fuse
+    from napari_fusionmamba.engine import fuse
 
     rng = np.random.default_rng(4)
     a = rng.random((3, 64, 64), dtype=np.float32)
@@ -323,7 +323,7 @@ def test_parameters_persist_between_sessions(make_napari_viewer, qtbot, tmp_path
 
 
 def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtbot):
-    from napari_fusionmamba.pipeline import fuse
+    from napari_fusionmamba.engine import fuse
 
     rng = np.random.default_rng(5)
     colour = rng.integers(0, 255, size=(64, 80, 3), dtype=np.uint8)
@@ -417,7 +417,7 @@ def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
     fails with a KeyError on the worker's tasks, intermittently)."""
     from dask.callbacks import Callback
 
-    from napari_fusionmamba.pipeline import fuse, fuse_files
+    from napari_fusionmamba.engine import fuse, fuse_files
 
     seen = []
     rng = np.random.default_rng(7)

@@ -15,18 +15,19 @@ import tifffile
 import zarr
 
 from conftest import real_looking_pair
-from napari_fusionmamba import pipeline
 from napari_fusionmamba.io.colour import rgb_to_ycrcb
 from napari_fusionmamba.io import open_image
 from napari_fusionmamba.model.devices import available_devices
 from napari_fusionmamba.errors import FusionCancelled, InputError
-from napari_fusionmamba.pipeline import fuse, fuse_files
+from napari_fusionmamba.engine import fuse, fuse_files
+from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
+from napari_fusionmamba.engine.sources import PERCENTILES
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 
 def normalised(x):
-    lo, hi = np.percentile(x.astype(np.float64), pipeline.PERCENTILES)
+    lo, hi = np.percentile(x.astype(np.float64), PERCENTILES)
     return np.clip((x - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
@@ -195,16 +196,23 @@ def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_
     from napari_fusionmamba.cli import main
 
     distributed = pytest.importorskip("distributed")
+
+    def _loaded_networks() -> list[int]:  # nested: sent to the workers by value
+        from napari_fusionmamba.engine.predictors import _PREDICTORS
+
+        return [id(predict) for predict, _ in _PREDICTORS.values()]
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         by_client = str(tmp_path / "client.zarr")
         report = fuse_files(*files, by_client, model=network[1], tile=64, overlap=16, chunk=96, scheduler=client)
+        loaded = client.run(_loaded_networks)
         by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
         assert main(["fuse", *files, "-o", by_address, "--model", network[1], "--tile", "64", "--overlap", "16", "--chunk", "150",
                      "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
-        loads = client.run(eval, "__import__('napari_fusionmamba.pipeline').pipeline.MODEL_LOADS")
+        assert client.run(_loaded_networks) == loaded  # the second run reused each worker's network
     assert report.chunks_computed == 12
-    assert sorted(loads.values()) == [1, 1]  # two workers, two runs, 16 chunks: one load each
+    assert [len(ids) for ids in loaded.values()] == [1, 1]  # two workers: one network each
     for out in (by_client, by_address):
         assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
@@ -212,7 +220,7 @@ def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_
 @pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_chunks(files, network, reference, tmp_path):
     out = str(tmp_path / "out.zarr")
-    done = out + pipeline.PARTIAL_SUFFIX + "/done"
+    done = out + PARTIAL_SUFFIX + "/done"
     command = [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--model", network[1], "--tile", "64",
                "--overlap", "16", "--chunk", "96", "--scheduler", "synchronous", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
@@ -228,7 +236,7 @@ def test_killed_run_resumes_without_redoing_finished_chunks(files, network, refe
 
     report = fuse_files(*files, out, model=network[1], tile=64, overlap=16, chunk=96, scheduler="synchronous")
     assert (report.chunks_skipped, report.chunks_computed) == (finished, total - finished)
-    assert not os.path.exists(out + pipeline.PARTIAL_SUFFIX)
+    assert not os.path.exists(out + PARTIAL_SUFFIX)
     assert zarr.open_group(out).attrs["fusionmamba"]["complete"] is True
     assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
@@ -425,7 +433,7 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case):
     out = tmp_path / "out.zarr"
     with pytest.raises(ValueError, match=message):
         fuse_files(pa, pb, str(out), **options)
-    assert not os.path.exists(out) and not os.path.exists(str(out) + pipeline.PARTIAL_SUFFIX)
+    assert not os.path.exists(out) and not os.path.exists(str(out) + PARTIAL_SUFFIX)
 
 
 def test_bad_files_and_outputs_are_named(tmp_path, pair):
@@ -453,3 +461,30 @@ def test_bad_files_and_outputs_are_named(tmp_path, pair):
     assert os.listdir(existing) == []
     report = fuse_files(a, b, str(existing), method="average", overwrite=True)
     assert open_image(report.out).data.shape == pair[0].shape
+
+
+def test_a_run_forgets_its_batch_runner_when_it_ends(files, tmp_path):
+    """A long napari session runs many fusions: none may leave its runner (and network) behind."""
+    from napari_fusionmamba.engine import execute
+
+    fuse_files(*files, str(tmp_path / "done.zarr"), method="average", chunk=64, scheduler="threads")
+    assert execute._RUNNERS == {}
+    chunks = []
+    with pytest.raises(FusionCancelled):
+        fuse_files(*files, str(tmp_path / "stopped.zarr"), method="average", chunk=64, scheduler="synchronous",
+                   progress=lambda done, total: chunks.append(done), cancel=lambda: len(chunks) > 2)
+    assert len(chunks) > 2 and execute._RUNNERS == {}
+
+
+def test_options_and_keywords_say_the_same(files, tmp_path):
+    from napari_fusionmamba.engine import FuseOptions
+
+    options = FuseOptions(method="average", tile=64, overlap=16)
+    np.testing.assert_array_equal(fuse(*files, options), fuse(*files, method="average", tile=64, overlap=16))
+    np.testing.assert_array_equal(fuse(*files, options, tile=128), fuse(*files, method="average", tile=128, overlap=16))
+    report = fuse_files(*files, str(tmp_path / "o.zarr"), options, chunk=96)
+    assert report.chunk == 96 and report.settings["tile"] == 64
+    with pytest.raises(TypeError, match="unknown fusion option.*tiles"):
+        fuse(*files, tiles=64)
+    with pytest.raises(TypeError, match="fuse\\(\\) takes no chunk"):
+        fuse(*files, method="average", chunk=96)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_fusionmamba.errors import FusionCancelled
-from napari_fusionmamba.tiling import (
+from napari_fusionmamba.engine.tiling import (
     BatchRunner,
     TileGrid,
     TilingAdjusted,

@@ -18,7 +18,7 @@ from napari_fusionmamba.train import (
     learning_rate,
     prepare_pairs,
 )
-from napari_fusionmamba.pipeline import PERCENTILES
+from napari_fusionmamba.engine.sources import PERCENTILES
 from napari_fusionmamba.registry import load_checkpoint
 
 

@@ -206,7 +206,7 @@ def _add_fuse_parser(commands) -> None:
 
 def _fuse(args: argparse.Namespace) -> int:
     from .errors import FusionCancelled
-    from .pipeline import fuse_files
+    from .engine import fuse_files
 
     bar = None
 

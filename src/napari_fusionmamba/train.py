@@ -28,7 +28,7 @@ from .io.colour import rgb_to_ycrcb
 from .errors import FusionMambaError, ImageReadError, InputError, PreflightError
 from .io import open_image
 from .loss import DEFAULT_WEIGHTS, SSIM_MODES
-from .pipeline import PERCENTILES, as_source, normalisation_of
+from .engine.sources import PERCENTILES, as_source, normalisation_of
 
 LOG_COLUMNS = (
     "step", "lr", "loss", "intensity", "texture", "structure",

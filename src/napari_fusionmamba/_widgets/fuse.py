@@ -289,7 +289,7 @@ class FuseWidget(Container):
 def run_fusion(request: FuseRequest, progress, cancelled):
     """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
     the model by name or path and keeps it loaded for the next run."""
-    from ..pipeline import fuse, fuse_files
+    from ..engine import fuse, fuse_files
 
     options = dict(
         tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
@@ -325,7 +325,7 @@ def _layer_options(request: FuseRequest, data=None) -> dict:
 
 
 def _partial_store(out: Path) -> Path:
-    from ..pipeline import PARTIAL_SUFFIX
+    from ..engine.resume import PARTIAL_SUFFIX
 
     return Path(f"{out}{PARTIAL_SUFFIX}") / "out.zarr"
 

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import FusionCancelled, InputError
+from ..errors import FusionCancelled, InputError
 
 #: Weight of a tile's outermost pixels relative to its interior.
 WINDOW_FLOOR = 1e-3

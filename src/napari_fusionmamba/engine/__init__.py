@@ -1,0 +1,15 @@
+"""The fusion engine: whole images in memory (``fuse``) and files too large for memory, chunk by
+chunk (``fuse_files``), on threads, processes or a dask cluster, resumable.
+
+Owns tiling (grid, window, batching, out-of-memory fallback: ``tiling``), sources and their
+normalisation (``sources``), the network or classical method per process (``predictors``), one
+fusion job (``job``), chunk execution (``execute``), resume records (``resume``), the file
+pipeline (``files``) and ``FuseOptions``. Imports ``io``, ``quality.baselines``, ``registry``,
+``model`` (lazily, with torch) and ``errors``; never ``training``, ``napari`` or ``cli``.
+"""
+
+from .files import FuseReport, fuse_files
+from .job import fuse
+from .options import FuseOptions
+
+__all__ = ["FuseOptions", "FuseReport", "fuse", "fuse_files"]

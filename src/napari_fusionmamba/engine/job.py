@@ -1,0 +1,144 @@
+"""One fusion job, picklable for any process: the two sources, their normalisations, the engine
+and the tiling; ``fuse`` runs it in memory, ``files.fuse_files`` chunk by chunk.
+
+Colour sources are fused on their luminance (YCrCb, as the paper does for PET/SPECT) and the
+colour of A (or of the colour source) is put back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.colour import rgb_to_ycrcb, ycrcb_to_rgb
+from .options import FILE_ONLY, FuseOptions
+from .predictors import Engine, choose_engine, predictor
+from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
+from .tiling import BatchRunner, TileGrid, blend_region, check_tiling, tiled_fuse
+
+
+@dataclass
+class FusionJob:
+    """Everything a process needs to fuse any region of any plane (picklable)."""
+
+    a: Source
+    b: Source
+    norm_a: Normalisation
+    norm_b: Normalisation
+    engine: Engine
+    tile: int
+    overlap: int
+    batch: int
+
+    @property
+    def colour(self) -> bool:
+        return self.a.colour or self.b.colour
+
+    @property
+    def lead(self) -> tuple[int, ...]:
+        return self.a.lead
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self.a.plane_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.lead + self.plane_shape + ((3,) if self.colour else ())
+
+    @property
+    def out_axes(self) -> str:
+        source = self.a if len(self.a.axes) >= len(self.b.axes) else self.b
+        return source.axes.rstrip("S") + ("S" if self.colour else "")
+
+    def grid(self) -> TileGrid:
+        return TileGrid(*self.plane_shape, self.tile, self.overlap)
+
+    def inputs(self, plane, y0, y1, x0, x1) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """Normalised luminance windows of both sources, and the chroma to put back."""
+        chroma = None
+        planes = []
+        for source, norm in ((self.a, self.norm_a), (self.b, self.norm_b)):
+            window = norm(source.read(plane, y0, y1, x0, x1))
+            if source.colour:
+                luma, cr, cb = rgb_to_ycrcb(window)
+                if chroma is None:  # both colour: the colour of A is kept
+                    chroma = (cr, cb)
+                window = luma
+            planes.append(np.clip(window, 0.0, 1.0))
+        return planes[0], planes[1], chroma
+
+    @staticmethod
+    def finish(fused: np.ndarray, chroma: tuple | None) -> np.ndarray:
+        if chroma is None:
+            return fused.astype(np.float32, copy=False)
+        return np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0)
+
+    def region(self, runner: BatchRunner, plane, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The fused block [y0, y1) x [x0, x1) of one plane (float32 in [0, 1])."""
+        grid = self.grid()
+        ry0, ry1, rx0, rx1 = grid.reach(y0, y1, x0, x1)
+        a, b, chroma = self.inputs(plane, ry0, ry1, rx0, rx1)
+        fused = blend_region(runner, a, b, grid, (y0, y1, x0, x1), origin=(ry0, rx0))
+        if chroma is not None:
+            chroma = tuple(c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
+        return self.finish(fused, chroma)
+
+
+def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
+    """Check the sources, the engine and the tiling in the caller's process (errors before any
+    output), and compute each source's normalisation once."""
+    names = options.names or ("A", "B")
+    sa, sb = as_source(a, names[0]), as_source(b, names[1])
+    check_pair(sa, sb)
+    engine = choose_engine(options.model, options.method, options.device)
+    multiple = predictor(engine)[1]
+    check_tiling(options.tile, options.overlap, multiple)
+    batch = options.batch
+    if int(batch) != batch or batch < 1:
+        raise InputError(f"batch must be a positive integer, got {batch}")
+    return FusionJob(sa, sb, normalisation_of(sa, options.normalise), normalisation_of(sb, options.normalise),
+                     engine, int(options.tile), int(options.overlap), int(batch))
+
+
+def fuse(
+    a: Any,
+    b: Any,
+    options: FuseOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **keywords: Any,
+) -> np.ndarray:
+    """Fuse two registered images in memory.
+
+    ``a`` and ``b``: arrays (numpy, dask, zarr), ``OpenedImage`` or paths, of one spatial shape;
+    (Y, X), stacks (..., Y, X) with the same planes, colour (..., Y, X, 3|4) fused on luminance.
+    ``options`` (a ``FuseOptions``) and ``keywords`` (its fields, e.g. ``model=``, ``tile=``)
+    say how; the file-output options do not apply here. ``progress(done, total)`` counts tiles;
+    ``cancel()`` returning True stops with ``FusionCancelled``.
+    Returns float32 in [0, 1] of shape (..., Y, X), plus a last axis of 3 when a source is colour.
+    """
+    given = sorted(set(keywords) & set(FILE_ONLY))
+    if given:
+        raise TypeError(f"fuse() takes no {', '.join(given)}: those shape a file output (see fuse_files)")
+    job = prepare_job(a, b, FuseOptions.of(options, keywords))
+    predict, multiple = predictor(job.engine)
+    out = np.empty(job.out_shape, np.float32)
+    planes = list(np.ndindex(*job.lead))  # [()] for a single plane
+    per_plane = len(job.grid())
+    height, width = job.plane_shape
+    settings = {"tile": job.tile, "overlap": job.overlap, "batch": job.batch}
+    for i, plane in enumerate(planes):
+
+        def report(done: int, total: int, i: int = i) -> None:
+            if progress is not None:  # a smaller tile after out-of-memory changes ``total``
+                progress(i * per_plane + round(done / max(total, 1) * per_plane), len(planes) * per_plane)
+
+        la, lb, chroma = job.inputs(plane, 0, height, 0, width)
+        fused, settings = tiled_fuse(predict, la, lb, settings["tile"], settings["overlap"], settings["batch"],
+                                     multiple, progress=report, cancel=cancel)
+        out[plane] = job.finish(fused, chroma)
+    return out
