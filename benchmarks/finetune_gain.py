@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_fusionmamba.cli import read_plane
 from napari_fusionmamba.quality.metrics import METRICS, compare_methods
-from napari_fusionmamba.train import Pair, TrainSettings, finetune
+from napari_fusionmamba.training import Pair, TrainSettings, finetune
 from napari_fusionmamba.registry import DEFAULT_MODEL, load_checkpoint, load_model
 from quality import network_method
 
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from napari_fusionmamba.train import pairs_from_folder
+    from napari_fusionmamba.training import pairs_from_folder
 
     pairs = pairs_from_folder(args.data)
     if len(pairs) < 2:

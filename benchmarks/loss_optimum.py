@@ -23,7 +23,7 @@ import torch
 
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.cli import read_plane
-from napari_fusionmamba.loss import DEFAULT_WEIGHTS, SSIM_MODES, FusionLoss
+from napari_fusionmamba.training.objectives import DEFAULT_WEIGHTS, SSIM_MODES, FusionLoss
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, evaluate, fusion_input, wins
 from quality import find_pairs, format_table, write_json
 

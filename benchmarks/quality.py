@@ -78,7 +78,7 @@ def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, flo
     the structure measure is the one training picks for that size (MS-SSIM from 161 px)."""
     import torch
 
-    from napari_fusionmamba.loss import FusionLoss
+    from napari_fusionmamba.training.objectives import FusionLoss
 
     planes = [torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None] for x in (np.clip(fused, 0, 1), a, b)]
     with torch.no_grad():

@@ -10,7 +10,7 @@ held out for validation. The best model is registered under ``--name`` so the Fu
 
 import argparse
 
-from napari_fusionmamba.train import Pair, TrainSettings, default_run_dir, finetune
+from napari_fusionmamba.training import Pair, TrainSettings, default_run_dir, finetune
 from napari_fusionmamba.registry import register_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

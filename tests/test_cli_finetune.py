@@ -9,7 +9,7 @@ import tifffile
 import torch
 
 from napari_fusionmamba.cli import main
-from napari_fusionmamba.train import Pair, TrainSettings, finetune
+from napari_fusionmamba.training import Pair, TrainSettings, finetune
 from napari_fusionmamba.registry import list_models, load_checkpoint, load_model
 
 

@@ -4,7 +4,7 @@ weight map restricts the loss to the pixels it marks, and gradients reach the wh
 import pytest
 import torch
 
-from napari_fusionmamba.loss import MS_SSIM_MIN_SIZE, FusionLoss, ms_ssim, sobel, ssim
+from napari_fusionmamba.training.objectives import MS_SSIM_MIN_SIZE, FusionLoss, ms_ssim, sobel, ssim
 from napari_fusionmamba.model import build_model
 
 

@@ -162,7 +162,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(make_napa
     widget.steps.value = 5  # what the widget shows now does not change the run being resumed
 
     # a resume that fails (here: the device goes away) leaves the stopped run resumable
-    import napari_fusionmamba.train as train
+    import napari_fusionmamba.training as train
 
     real_finetune = train.finetune
     monkeypatch.setattr(train, "finetune", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("device lost")))

@@ -110,7 +110,7 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
 def test_loss_rows_score_each_output_with_the_training_objective(folder, tmp_path):
     import torch
 
-    from napari_fusionmamba.loss import FusionLoss
+    from napari_fusionmamba.training.objectives import FusionLoss
 
     out = tmp_path / "q.json"
     result = run("--data", str(folder), "--methods", "average", "max", "--model", "none",
@@ -134,7 +134,7 @@ LOSS_OPTIMUM = SCRIPT.with_name("loss_optimum.py")
 def test_loss_optimum_is_max_for_intensity_alone_and_beats_max_on_the_paper_loss(folder, tmp_path):
     import torch
 
-    from napari_fusionmamba.loss import FusionLoss
+    from napari_fusionmamba.training.objectives import FusionLoss
 
     out = tmp_path / "optimum.json"
     result = subprocess.run(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_fusionmamba.errors import PreflightError
-from napari_fusionmamba.train import (
+from napari_fusionmamba.training import (
     CropSampler,
     Pair,
     TrainSettings,

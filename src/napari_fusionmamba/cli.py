@@ -105,7 +105,8 @@ def _add_finetune_parser(commands) -> None:
     p.add_argument("--crop", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--loss-weights", metavar="A1,A2,A3", help="intensity, texture and structure weights (default 10,1,10)")
+    p.add_argument("--objective", metavar="NAME", help="training objective (default: paper, the published loss)")
+    p.add_argument("--loss-weights", metavar="A1,A2,A3", help="paper objective: intensity, texture and structure weights (default 10,1,10)")
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda[:N] or mps")
@@ -117,7 +118,7 @@ def _add_finetune_parser(commands) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .train import Pair, TrainSettings, default_run_dir, finetune, load_recipe
+    from .training import Pair, TrainSettings, default_run_dir, finetune, load_recipe
     from .registry import check_model_name, register_model
 
     pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
@@ -128,6 +129,7 @@ def _finetune(args: argparse.Namespace) -> int:
     flags = {
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
+        "objective": args.objective,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     if args.resume and (set(given) - {"device"} or args.loss_weights or args.recipe or pairs):

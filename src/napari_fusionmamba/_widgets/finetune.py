@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -162,7 +163,7 @@ class FinetuneWidget(Container):
 
     def _request(self) -> FinetuneRequest:
         """Layers to arrays and settings, checked on the UI thread; an ``InputError`` says what is wrong."""
-        from ..train import Pair, TrainSettings, check_settings
+        from ..training import Pair, TrainSettings, check_settings
         from ..registry import check_model_name, list_models
 
         request = FinetuneRequest()
@@ -204,7 +205,7 @@ class FinetuneWidget(Container):
     def _start(self, request: FinetuneRequest, resume: bool = False) -> None:
         """Train on ``request``, or with ``resume`` continue the stopped run of that request
         (the plot keeps its history)."""
-        from ..train import default_run_dir, finetune
+        from ..training import default_run_dir, finetune
 
         if resume:
             out = self.result.run_dir
@@ -307,7 +308,9 @@ def _mask_array(layer, shape, plane: tuple[int, ...] = ()) -> np.ndarray | None:
 class LossPlot:
     """Training and validation loss terms against the step, on a log scale (matplotlib's Qt canvas)."""
 
-    TERMS = ("loss", "intensity", "texture", "structure")
+    #: The paper objective's terms, plotted weighted so the parts add up to the total; the terms
+    #: of other objectives are plotted as they come.
+    PAPER_TERMS = ("loss", "intensity", "texture", "structure")
 
     def __init__(self):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -321,27 +324,31 @@ class LossPlot:
         self.reset((10.0, 1.0, 10.0))
 
     def reset(self, weights) -> None:
-        """Weighted terms, so the three parts add up to the total."""
-        self.weights = dict(zip(self.TERMS, (1.0, *weights)))
+        self.weights = dict(zip(self.PAPER_TERMS, (1.0, *weights)))
         self.axes.clear()
         self.axes.set_xlabel("step")
         self.axes.set_yscale("log")
-        self.train = {t: self.axes.plot([], [], label=t, lw=1)[0] for t in self.TERMS}
-        self.val = {
-            t: self.axes.plot([], [], "o--", color=self.train[t].get_color(), ms=3, lw=0.8)[0] for t in self.TERMS
-        }
-        self.axes.legend(fontsize="x-small", loc="upper right", title="lines: train, dots: validation",
-                         title_fontsize="x-small")
+        self.train: dict[str, Any] = {}
+        self.val: dict[str, Any] = {}
         self.canvas.draw_idle()
 
+    def _lines(self, term: str) -> tuple[Any, Any]:
+        """The training line and validation dots of ``term``, made on its first value."""
+        if term not in self.train:
+            self.train[term] = line = self.axes.plot([], [], label=term, lw=1)[0]
+            self.val[term] = self.axes.plot([], [], "o--", color=line.get_color(), ms=3, lw=0.8)[0]
+            self.axes.legend(fontsize="x-small", loc="upper right", title="lines: train, dots: validation",
+                             title_fontsize="x-small")
+        return self.train[term], self.val[term]
+
     def add(self, info) -> None:
-        for term in self.TERMS:
-            weight = self.weights[term]
-            line = self.train[term]
-            line.set_data([*line.get_xdata(), info.step], [*line.get_ydata(), max(info.terms[term] * weight, 1e-8)])
-            if info.val_terms:
-                dots = self.val[term]
-                dots.set_data([*dots.get_xdata(), info.step], [*dots.get_ydata(), max(info.val_terms[term] * weight, 1e-8)])
+        for term, value in info.terms.items():
+            weight = self.weights.get(term, 1.0)
+            line, dots = self._lines(term)
+            line.set_data([*line.get_xdata(), info.step], [*line.get_ydata(), max(value * weight, 1e-8)])
+            if info.val_terms and term in info.val_terms:
+                dots.set_data([*dots.get_xdata(), info.step],
+                              [*dots.get_ydata(), max(info.val_terms[term] * weight, 1e-8)])
         now = time.perf_counter()
         if now - self._drawn > 0.25 or info.step == info.steps or info.val_terms:
             self.axes.relim()

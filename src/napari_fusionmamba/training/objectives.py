@@ -1,4 +1,5 @@
-"""The paper's unsupervised fusion loss: the two sources are the only targets.
+"""Training objectives: the paper's unsupervised fusion loss (``FusionLoss``, the two sources are
+the only targets) and ``OBJECTIVES``, the registry a run's ``objective`` setting names.
 
 total = a1 * intensity + a2 * texture + a3 * structure, with
 - intensity: MSE between the fused image and max(a, b), pixel by pixel;
@@ -11,11 +12,16 @@ regions a user marked count more (or not at all).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .settings import TrainSettings
 
 # The authors' code: 10 * intensity + 1 * texture + 10 * structure, SSIM terms halved.
 DEFAULT_WEIGHTS = (10.0, 1.0, 10.0)
@@ -131,6 +137,11 @@ class FusionLoss(nn.Module):
         self.a1, self.a2, self.a3, self.b, self.g = a1, a2, a3, b, g
         self.ssim_mode = ssim
 
+    @classmethod
+    def from_settings(cls, settings: TrainSettings) -> FusionLoss:
+        """The loss a run's ``loss_weights``, ``ssim_weights`` and ``ssim`` ask for."""
+        return cls(*settings.loss_weights, *settings.ssim_weights, ssim=settings.ssim)
+
     def _structure_measure(self, shape: torch.Size):
         if self.ssim_mode == "ms-ssim" or (self.ssim_mode == "auto" and min(shape[-2:]) >= MS_SSIM_MIN_SIZE):
             return ms_ssim
@@ -155,3 +166,26 @@ class FusionLoss(nn.Module):
         structure = self.b * (1 - measure(fused, a, weight)) + self.g * (1 - measure(fused, b, weight))
         total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
         return total, {"intensity": intensity, "texture": texture, "structure": structure}
+
+
+class Objective(Protocol):
+    """What training minimises: called as ``(fused, a, b, weight=None) -> (total, terms)`` on
+    (B, 1, H, W) tensors, ``terms`` naming the parts it logs (any names)."""
+
+    def __call__(
+        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+#: Training objectives by name (``TrainSettings.objective``, ``fusionmamba finetune --objective``).
+#: To add one, register a class whose instances are ``Objective``s; a ``from_settings(settings)``
+#: classmethod, when the class has one, builds it from the run's settings (else ``cls()``).
+OBJECTIVES: dict[str, type] = {"paper": FusionLoss}
+
+
+def make_objective(settings: TrainSettings) -> Objective:
+    """The objective a run's settings name."""
+    cls = OBJECTIVES[settings.objective]
+    factory = getattr(cls, "from_settings", None)
+    objective: Objective = factory(settings) if factory is not None else cls()
+    return objective

@@ -1,0 +1,127 @@
+"""The settings of a training run (saved in its config.json), what each step reports, what a
+run returns, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._json_records import from_json
+from ..engine.sources import PERCENTILES
+from ..errors import PreflightError
+from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
+
+MIN_CROP = 16
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a run; saved in the run's config.json."""
+
+    steps: int = 500
+    crop: int = 128
+    batch: int = 2
+    lr: float = 2e-4
+    warmup: int = 25
+    min_lr_fraction: float = 0.05  # the cosine ends at lr * this
+    weight_decay: float = 1e-4
+    clip: float = 1.0  # max gradient norm; 0 = no clipping
+    objective: str = "paper"  # a key of objectives.OBJECTIVES
+    loss_weights: tuple[float, float, float] = DEFAULT_WEIGHTS  # paper objective: intensity, texture, structure
+    ssim_weights: tuple[float, float] = (0.5, 0.5)  # paper objective: SSIM to source a, to source b
+    ssim: str = "auto"  # paper objective: the structure measure
+    region_weight: float = 2.0  # loss weight of mask label 2
+    mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
+    val_fraction: float = 0.15
+    val_split: str = "auto"  # "band" (a block of each pair), "pairs" (whole pairs) or "auto"
+    normalise: bool = True  # robust percentiles per source image
+    percentiles: tuple[float, float] = PERCENTILES  # the same as the fusion pipeline's
+    base: str = "default"  # model name, checkpoint path, or "scratch"
+    config: str = "tiny"  # the config trained from scratch
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, on CUDA only
+    log_every: int = 10
+    val_every: int = 50
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        settings: TrainSettings = from_json(cls, values, "training settings", PreflightError)
+        return settings
+
+
+@dataclass
+class StepInfo:
+    """What ``on_step`` receives after each step."""
+
+    step: int
+    steps: int
+    lr: float
+    terms: dict[str, float]  # loss and the objective's own terms
+    val_terms: dict[str, float] | None = None  # on validation steps
+    preview: np.ndarray | None = None  # fused first validation crop, on validation steps
+    preview_origin: tuple[int, int, int] | None = None  # (pair index, row, column) of the preview
+    elapsed: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    """What ``finetune`` returns: the run folder, where it stopped and its checkpoints."""
+
+    run_dir: Path
+    step: int
+    last: Path
+    best: Path
+    best_val_loss: float
+    cancelled: bool
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then a cosine down to
+    ``lr * min_lr_fraction`` at ``steps``; ``step`` counts from 0."""
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    span = max(settings.steps - settings.warmup, 1)
+    progress = min((step - settings.warmup) / span, 1.0)
+    floor = settings.min_lr_fraction
+    return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Every problem with the settings at once, as one ``PreflightError``."""
+    problems = []
+    if settings.steps < 1:
+        problems.append(f"steps must be at least 1 (got {settings.steps})")
+    if settings.batch < 1:
+        problems.append(f"batch must be at least 1 (got {settings.batch})")
+    if settings.crop < MIN_CROP:
+        problems.append(f"crop must be at least {MIN_CROP} px (got {settings.crop})")
+    if not settings.lr > 0:
+        problems.append(f"learning rate must be positive (got {settings.lr})")
+    if len(settings.loss_weights) != 3 or min(settings.loss_weights) < 0 or sum(settings.loss_weights) <= 0:
+        problems.append(f"loss weights must be three non-negative numbers, not all 0 (got {settings.loss_weights})")
+    if not 0 < settings.val_fraction < 0.5:
+        problems.append(f"validation fraction must be in (0, 0.5) (got {settings.val_fraction})")
+    if settings.val_split not in ("auto", "band", "pairs"):
+        problems.append(f"val_split must be auto, band or pairs (got {settings.val_split!r})")
+    if not settings.region_weight > 0:
+        problems.append(f"region weight must be positive (got {settings.region_weight})")
+    if not 0 < settings.mask_coverage <= 1:
+        problems.append(f"mask coverage must be in (0, 1] (got {settings.mask_coverage})")
+    if settings.objective not in OBJECTIVES:
+        problems.append(f"unknown objective {settings.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if settings.ssim not in SSIM_MODES:
+        problems.append(f"ssim must be one of {', '.join(SSIM_MODES)} (got {settings.ssim!r})")
+    if settings.warmup < 0 or settings.log_every < 1 or settings.val_every < 1:
+        problems.append("warmup must be >= 0, log_every and val_every >= 1")
+    if problems:
+        raise PreflightError("; ".join(problems))
