@@ -20,7 +20,7 @@ parser.add_argument("--model", default=None, help="model name or checkpoint (def
 args = parser.parse_args()
 
 if args.a is None:
-    from napari_fusionmamba._sample_data import load_sample_pair
+    from napari_fusionmamba.napari.sample_data import load_sample_pair
 
     args.a, args.b = load_sample_pair()
 

@@ -46,7 +46,7 @@ def test_a_plain_4d_tiff_is_a_time_series_of_stacks(tmp_path):
 def test_the_napari_writer_names_a_4d_layer_t_z_y_x(tmp_path):
     import zarr
 
-    from napari_fusionmamba._writer import write_ome_zarr
+    from napari_fusionmamba.napari.writer import write_ome_zarr
 
     write_ome_zarr(str(tmp_path / "s.ome.zarr"), np.zeros((2, 3, 16, 16), np.float32), {"name": "s"})
     axes = zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="r").attrs["multiscales"][0]["axes"]
@@ -55,7 +55,7 @@ def test_the_napari_writer_names_a_4d_layer_t_z_y_x(tmp_path):
 
 
 def test_the_fuse_widget_keeps_t_a_time_axis():
-    from napari_fusionmamba._widgets.fuse import _as_image
+    from napari_fusionmamba.napari.widgets.fuse import _as_image
 
     image = _as_image(np.zeros((2, 3, 16, 16), np.float32), "stack", (1, 1, 1, 1), (0, 0, 0, 0), rgb=False)
     assert image.axes == "TZYX"

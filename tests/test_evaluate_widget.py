@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import real_looking_pair
-from napari_fusionmamba._widgets import evaluate as evaluate_module
-from napari_fusionmamba._widgets.evaluate import EvaluateWidget
+from napari_fusionmamba.napari.widgets import evaluate as evaluate_module
+from napari_fusionmamba.napari.widgets.evaluate import EvaluateWidget
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import METRICS, evaluate, fusion_input
 

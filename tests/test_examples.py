@@ -45,7 +45,7 @@ def test_fuse_pair_with_files_and_with_the_sample(tmp_path, tiff_pair):
     run(str(EXAMPLES / "fuse_pair.py"), *map(str, tiff_pair), "fused.tif", cwd=tmp_path)
     assert tifffile.imread(tmp_path / "fused.tif").shape == (96, 80)
     run(str(EXAMPLES / "fuse_pair.py"), cwd=tmp_path)  # the sample pair, into ./fused.tif
-    from napari_fusionmamba._sample_data import load_sample_pair
+    from napari_fusionmamba.napari.sample_data import load_sample_pair
 
     assert tifffile.imread(tmp_path / "fused.tif").shape[:2] == load_sample_pair()[1].shape
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import real_looking_pair
-from napari_fusionmamba._widgets.finetune import PREVIEW, FinetuneWidget, _mask_array
-from napari_fusionmamba._widgets.fuse import FuseWidget
+from napari_fusionmamba.napari.widgets.finetune import PREVIEW, FinetuneWidget, _mask_array
+from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from napari.utils.notifications import notification_manager
-from napari_fusionmamba._widgets import fuse as fuse_widget
-from napari_fusionmamba._widgets.fuse import FuseWidget
+from napari_fusionmamba.napari.widgets import fuse as fuse_widget
+from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
 SETTINGS = dict(tile=64, overlap=16, batch=2)
 
@@ -359,7 +359,7 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
 
 
 def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
-    from napari_fusionmamba._widgets._common import save_settings
+    from napari_fusionmamba.napari.widgets._common import save_settings
     from napari_fusionmamba.model.devices import available_devices
 
     missing = [name for name in ("cuda", "mps") if name not in available_devices()]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import napari
-from napari_fusionmamba._reader import napari_get_reader
+from napari_fusionmamba.napari.reader import napari_get_reader
 
 PLUGIN = "napari-fusionmamba"
 
@@ -85,7 +85,7 @@ def test_multiscale_and_rgb_layers_round_trip_through_ome_zarr(make_napari_viewe
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path):
-    from napari_fusionmamba._writer import write_ome_tiff, write_ome_zarr
+    from napari_fusionmamba.napari.writer import write_ome_tiff, write_ome_zarr
 
     def explode(block):
         raise OSError("disk full")

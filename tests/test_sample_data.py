@@ -29,7 +29,7 @@ def test_shipped_files_are_small_and_made_by_the_script():
     spec = importlib.util.spec_from_file_location("make_sample_pair", ROOT / "scripts" / "make_sample_pair.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    from napari_fusionmamba._sample_data import load_sample_pair
+    from napari_fusionmamba.napari.sample_data import load_sample_pair
 
     for shipped, made in zip(load_sample_pair(), script.make_pair()):
         np.testing.assert_array_equal(shipped, made)

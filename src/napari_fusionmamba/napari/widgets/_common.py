@@ -17,8 +17,8 @@ from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Signal
 
-from ..io.files import atomic_path
-from ..errors import FusionCancelled, FusionMambaError, InputError
+from ...io.files import atomic_path
+from ...errors import FusionCancelled, FusionMambaError, InputError
 
 SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
 

@@ -15,8 +15,8 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
-from ..io.files import atomic_path
-from ..errors import FusionMambaError, InputError
+from ...io.files import atomic_path
+from ...errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker
 
 
@@ -121,7 +121,7 @@ class EvaluateWidget(Container):
 
 def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, dict[str, float]]:
     """The worker's job: metrics of the fused plane, then of each classical method on A and B."""
-    from ..quality.metrics import compare_methods, evaluate
+    from ...quality.metrics import compare_methods, evaluate
 
     fused, a, b = (np.asarray(plane) for plane in planes)
     steps = 1 + (len(_methods()) if with_methods else 0)
@@ -136,7 +136,7 @@ def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, d
 
 
 def _methods() -> list[str]:
-    from ..quality.baselines import BASELINES
+    from ...quality.baselines import BASELINES
 
     return list(BASELINES)
 

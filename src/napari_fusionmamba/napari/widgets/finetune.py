@@ -32,7 +32,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import FusionMambaError, InputError
+from ...errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
 
 NO_MASK = "(whole image)"
@@ -42,7 +42,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def base_choices() -> list[str]:
-    from ..registry import list_models
+    from ...registry import list_models
 
     return [entry.name for entry in list_models()] + [SCRATCH]
 
@@ -163,8 +163,8 @@ class FinetuneWidget(Container):
 
     def _request(self) -> FinetuneRequest:
         """Layers to arrays and settings, checked on the UI thread; an ``InputError`` says what is wrong."""
-        from ..training import Pair, TrainSettings, check_settings
-        from ..registry import check_model_name, list_models
+        from ...training import Pair, TrainSettings, check_settings
+        from ...registry import check_model_name, list_models
 
         request = FinetuneRequest()
         for index, row in enumerate(self.rows):
@@ -205,7 +205,7 @@ class FinetuneWidget(Container):
     def _start(self, request: FinetuneRequest, resume: bool = False) -> None:
         """Train on ``request``, or with ``resume`` continue the stopped run of that request
         (the plot keeps its history)."""
-        from ..training import default_run_dir, finetune
+        from ...training import default_run_dir, finetune
 
         if resume:
             out = self.result.run_dir
@@ -263,7 +263,7 @@ class FinetuneWidget(Container):
     def _finish(self, request: FinetuneRequest, result, replace: bool = False) -> None:
         """Register the best model (also of a stopped run; ``replace`` its earlier registration
         when a resumed run ends) and refresh every docked widget's lists."""
-        from ..registry import register_model
+        from ...registry import register_model
 
         self.train_button.text = "Train"
         if result is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import guess_axes, ome_axis, ome_tiff_placement
+from ..errors import InputError
+from ..io import guess_axes, ome_axis, ome_tiff_placement
 
 def _levels(data, meta: dict) -> tuple[list, str]:
     """Resolution levels as OME wants them (RGB(A) channels first) and their axis letters."""

@@ -28,7 +28,7 @@ def read(path) -> list[tuple]:
     """The image at ``path`` as one napari image layer (a list of one layer-data tuple)."""
     import dask.array as da
 
-    from .io import open_image
+    from ..io import open_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]

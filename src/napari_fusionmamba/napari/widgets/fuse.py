@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
-from ..errors import FusionMambaError, InputError
+from ...errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
 
 FROM_FILE = "file:"
@@ -29,8 +29,8 @@ def model_choices() -> list[tuple[str, str]]:
 
     Listing reads checkpoint headers only (no network is built), so opening the widget stays fast.
     """
-    from ..quality.baselines import BASELINES
-    from ..registry import list_models
+    from ...quality.baselines import BASELINES
+    from ...registry import list_models
 
     kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
     choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
@@ -40,8 +40,8 @@ def model_choices() -> list[tuple[str, str]]:
 
 def scan_backend(device: str) -> str:
     """The selective-scan backend the network would use on ``device`` (FUSIONMAMBA_SCAN_BACKEND included)."""
-    from ..model.devices import resolve_device
-    from ..model.scan import resolve_backend
+    from ...model.devices import resolve_device
+    from ...model.scan import resolve_backend
 
     try:
         return resolve_backend("auto", resolve_device(device))
@@ -158,7 +158,7 @@ class FuseWidget(Container):
     # --- view updates ---------------------------------------------------------------------
 
     def _disable_missing_devices(self) -> None:
-        from ..model.devices import available_devices
+        from ...model.devices import available_devices
 
         present = {"auto", *available_devices()}
         items = self.device.native.model()
@@ -289,7 +289,7 @@ class FuseWidget(Container):
 def run_fusion(request: FuseRequest, progress, cancelled):
     """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
     the model by name or path and keeps it loaded for the next run."""
-    from ..engine import fuse, fuse_files
+    from ...engine import fuse, fuse_files
 
     options = dict(
         tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
@@ -306,7 +306,7 @@ def run_fusion(request: FuseRequest, progress, cancelled):
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
     """A layer's data as the library's image type, with napari's own word on colour."""
-    from ..io import OpenedImage, guess_axes
+    from ...io import OpenedImage, guess_axes
 
     try:
         axes = guess_axes(data.shape, colour=rgb)
@@ -325,7 +325,7 @@ def _layer_options(request: FuseRequest, data=None) -> dict:
 
 
 def _partial_store(out: Path) -> Path:
-    from ..engine.resume import PARTIAL_SUFFIX
+    from ...engine.resume import PARTIAL_SUFFIX
 
     return Path(f"{out}{PARTIAL_SUFFIX}") / "out.zarr"
 
@@ -335,7 +335,7 @@ def _open_lazy(path: Path, rgb: bool):
     (full resolution first) when the store has a pyramid."""
     import dask.array as da
 
-    from ..io import open_image
+    from ...io import open_image
 
     image = open_image(path)
     levels = image.levels or [image.data]
