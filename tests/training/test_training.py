@@ -249,7 +249,7 @@ def test_training_from_scratch_uses_the_named_config(tmp_path):
     assert meta["provenance"]["base"] == "scratch (tiny)" and model.config.name == "tiny"
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").rglob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.json")), ids=lambda p: p.stem)
 def test_shipped_recipes_hold_valid_settings(recipe):
     """The recipes behind the shipped weights and the model card's runs: a typo in a setting's
     name or value would only show when someone reruns them with the data beside the repo."""

@@ -23,7 +23,7 @@ from napari_fusionmamba.engine import fuse, fuse_files
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.engine.sources import PERCENTILES
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
 def normalised(x):

@@ -14,7 +14,7 @@ from scipy import ndimage
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import METRICS, evaluate
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 
 
 def gray(seed, shape=(40, 48)):
