@@ -22,8 +22,8 @@ import numpy as np
 
 from napari_fusionmamba.cli import read_plane
 from napari_fusionmamba.quality.metrics import METRICS, compare_methods
-from napari_fusionmamba.training import Pair, TrainSettings, finetune
 from napari_fusionmamba.registry import DEFAULT_MODEL, load_checkpoint, load_model
+from napari_fusionmamba.training import Pair, TrainSettings, finetune
 from quality import network_method
 
 
@@ -41,7 +41,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with A/ and B/ of one kind of pairs")
     parser.add_argument("--budget", type=float, default=600.0, help="training budget, seconds of CPU time (600)")
-    parser.add_argument("--held-out", type=int, default=None, help="pairs held back for evaluation (default: 20%%, at least 1)")
+    parser.add_argument(
+        "--held-out", type=int, default=None, help="pairs held back for evaluation (default: 20%%, at least 1)"
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to start from (default: {DEFAULT_MODEL})")
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch", type=int, default=2)
@@ -63,20 +65,32 @@ def main() -> int:
 
     # Steps from a short probe, so the cosine schedule ends near the budget; a CPU-time check
     # stops the run if the estimate was short.
-    probe_settings = TrainSettings(steps=4, crop=args.crop, batch=args.batch, lr=args.lr, base=args.model,
-                                   seed=args.seed, device="cpu", warmup=1)
+    probe_settings = TrainSettings(
+        steps=4, crop=args.crop, batch=args.batch, lr=args.lr, base=args.model, seed=args.seed, device="cpu", warmup=1
+    )
     stamps = []
     with tempfile.TemporaryDirectory() as probe:
         finetune(train_pairs, probe_settings, Path(probe) / "run", on_step=lambda i: stamps.append(time.process_time()))
     per_step = float(np.median(np.diff(stamps)))
     steps = max(10, int(args.budget / per_step))
-    settings = TrainSettings(steps=steps, crop=args.crop, batch=args.batch, lr=args.lr, base=args.model,
-                             seed=args.seed, device="cpu", warmup=max(1, steps // 20), val_every=max(1, steps // 10))
+    settings = TrainSettings(
+        steps=steps,
+        crop=args.crop,
+        batch=args.batch,
+        lr=args.lr,
+        base=args.model,
+        seed=args.seed,
+        device="cpu",
+        warmup=max(1, steps // 20),
+        val_every=max(1, steps // 10),
+    )
     losses = []
     with tempfile.TemporaryDirectory() as folder:
         started_cpu, started_wall = time.process_time(), time.perf_counter()
         result = finetune(
-            train_pairs, settings, Path(folder) / "run",
+            train_pairs,
+            settings,
+            Path(folder) / "run",
             on_step=lambda i: losses.append(i.terms["loss"]),
             cancel=lambda: time.process_time() - started_cpu > args.budget * 1.1,
         )

@@ -3,8 +3,9 @@
 Writes synthetic uint16 fluorescence / phase-contrast-like pairs of each size as tiled TIFFs,
 then fuses each pair to zarr on disk in a fresh process (``fuse_files`` with the default model
 on the CPU, default tile, overlap, batch and chunk) and reports that process's wall time,
-pixels per second (after loading the model and compiling the scan once, reported apart) and peak resident memory, next to a process that only imports the package
-and torch (the fixed cost). Ratios are against the smallest size of the same run.
+pixels per second (after loading the model and compiling the scan once, reported apart) and peak
+resident memory, next to a process that only imports the package and torch (the fixed cost).
+Ratios are against the smallest size of the same run.
 
     python benchmarks/fuse_scaling.py                 # 1024, 2048, 4096
     python benchmarks/fuse_scaling.py --sizes 8192    # larger
@@ -85,22 +86,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             a, b = synthetic_pair(size)
-            pa, pb, out = (os.path.join(tmp, f"{n}{size}{ext}") for n, ext in (("a", ".tif"), ("b", ".tif"), ("out", ".zarr")))
+            pa, pb, out = (
+                os.path.join(tmp, f"{n}{size}{ext}") for n, ext in (("a", ".tif"), ("b", ".tif"), ("out", ".zarr"))
+            )
             tifffile.imwrite(pa, a, tile=(256, 256))
             tifffile.imwrite(pb, b, tile=(256, 256))
             del a, b
-            result, wall, rss = run_child(CHILD, json.dumps({"a": pa, "b": pb, "out": out, "scheduler": args.scheduler}))
+            result, wall, rss = run_child(
+                CHILD, json.dumps({"a": pa, "b": pb, "out": out, "scheduler": args.scheduler})
+            )
             rows.append((size, result["seconds"], wall, rss, result["chunks"], result["chunk"]))
-            print(f"  {size}^2 done in {wall:.0f} s (model load and scan compilation {result['warm']:.1f} s)", flush=True)
+            print(
+                f"  {size}^2 done in {wall:.0f} s (model load and scan compilation {result['warm']:.1f} s)", flush=True
+            )
 
     base_size, base_seconds, _, base_rss, _, _ = rows[0]
     base_rate = base_size**2 / base_seconds
-    print(f"\n{'size':>7} {'chunks':>6} {'fuse s':>8} {'process s':>9} {'Mpx/s':>7} {'time/px':>8} {'peak RSS MiB':>12} {'RSS ratio':>9}")
-    for size, seconds, wall, rss, chunks, chunk in rows:
+    print(
+        f"\n{'size':>7} {'chunks':>6} {'fuse s':>8} {'process s':>9} {'Mpx/s':>7} {'time/px':>8} "
+        f"{'peak RSS MiB':>12} {'RSS ratio':>9}"
+    )
+    for size, seconds, wall, rss, chunks, _chunk in rows:
         rate = size**2 / seconds
-        print(f"{size:>5}^2 {chunks:>6} {seconds:>8.1f} {wall:>9.1f} {rate / 1e6:>7.3f} {base_rate / rate:>7.2f}x "
-              f"{rss:>12.0f} {rss / base_rss:>8.2f}x")
-    print(f"(time/px and RSS ratio relative to {base_size}^2; chunk {rows[0][5]} px; RSS of an import-only process {floor:.0f} MiB)")
+        print(
+            f"{size:>5}^2 {chunks:>6} {seconds:>8.1f} {wall:>9.1f} {rate / 1e6:>7.3f} {base_rate / rate:>7.2f}x "
+            f"{rss:>12.0f} {rss / base_rss:>8.2f}x"
+        )
+    print(
+        f"(time/px and RSS ratio relative to {base_size}^2; chunk {rows[0][5]} px; "
+        f"RSS of an import-only process {floor:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

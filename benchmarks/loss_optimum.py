@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.cli import read_plane
-from napari_fusionmamba.training.objectives import DEFAULT_WEIGHTS, SSIM_MODES, FusionLoss
+from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, evaluate, fusion_input, wins
+from napari_fusionmamba.training.objectives import DEFAULT_WEIGHTS, SSIM_MODES, FusionLoss
 from quality import find_pairs, format_table, write_json
 
 
@@ -63,8 +63,10 @@ def loss_minimiser(a: np.ndarray, b: np.ndarray, loss: FusionLoss, steps: int) -
 
 def run(data: Path, weightings: list[tuple[float, ...]], ssim: str, steps: int, limit: int | None) -> dict:
     names = find_pairs(data)[:limit]
-    planes = [(fusion_input(read_plane(data / "A" / n), f"A/{n}"), fusion_input(read_plane(data / "B" / n), f"B/{n}"))
-              for n in names]
+    planes = [
+        (fusion_input(read_plane(data / "A" / n), f"A/{n}"), fusion_input(read_plane(data / "B" / n), f"B/{n}"))
+        for n in names
+    ]
     methods = {name: (lambda a, b, fuse=fuse: (fuse(a, b), None)) for name, fuse in BASELINES.items()}
     for weights in weightings:
         loss = FusionLoss(*weights, ssim=ssim)
@@ -80,15 +82,23 @@ def run(data: Path, weightings: list[tuple[float, ...]], ssim: str, steps: int, 
             values.append(value)
         seconds[label] = (time.perf_counter() - started) / len(planes)
         results[label] = {key: float(np.mean([row[key] for row in rows])) for key in SCORED_METRICS}
-        spread[label] = {key: float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else None
-                         for key in SCORED_METRICS}
+        spread[label] = {
+            key: float(np.std([row[key] for row in rows], ddof=1)) if len(rows) > 1 else None for key in SCORED_METRICS
+        }
         if values[0] is not None:
             losses[label] = float(np.mean(values))
         print(f"{label}: {seconds[label]:.1f} s / pair", file=sys.stderr)
     baselines = {name: results[name] for name in BASELINES}
     return {
-        "model": None, "metrics": list(SCORED_METRICS), "results": results, "std": spread,
-        "pairs": len(names), "data": str(data), "seconds": seconds, "ssim": ssim, "steps": steps,
+        "model": None,
+        "metrics": list(SCORED_METRICS),
+        "results": results,
+        "std": spread,
+        "pairs": len(names),
+        "data": str(data),
+        "seconds": seconds,
+        "ssim": ssim,
+        "steps": steps,
         "minimum_loss": losses,
         "wins": {label: wins({**baselines, label: results[label]}, label) for label in losses},
     }
@@ -97,10 +107,19 @@ def run(data: Path, weightings: list[tuple[float, ...]], ssim: str, steps: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with A/ and B/ subfolders")
-    parser.add_argument("--weights", type=parse_weights, action="append", metavar="A1,A2,A3[,B,G]",
-                        help=f"loss weights (repeatable; default: the paper's {','.join(f'{w:g}' for w in DEFAULT_WEIGHTS)})")
-    parser.add_argument("--ssim", choices=SSIM_MODES, default="ssim",
-                        help="structure measure (default: ssim, what training on 128-px crops uses)")
+    parser.add_argument(
+        "--weights",
+        type=parse_weights,
+        action="append",
+        metavar="A1,A2,A3[,B,G]",
+        help=f"loss weights (repeatable; default: the paper's {','.join(f'{w:g}' for w in DEFAULT_WEIGHTS)})",
+    )
+    parser.add_argument(
+        "--ssim",
+        choices=SSIM_MODES,
+        default="ssim",
+        help="structure measure (default: ssim, what training on 128-px crops uses)",
+    )
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per start (default: 300)")
     parser.add_argument("--limit", type=int, help="use only the first N pairs (sorted by name)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
@@ -115,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     print()
     for label, won in report["wins"].items():
-        print(f"{label} (loss {report['minimum_loss'][label]:.4f}) wins {len(won)}/{len(SCORED_METRICS)} "
-              f"against the best baseline: {', '.join(won) or 'none'}")
+        print(
+            f"{label} (loss {report['minimum_loss'][label]:.4f}) wins {len(won)}/{len(SCORED_METRICS)} "
+            f"against the best baseline: {', '.join(won) or 'none'}"
+        )
     if args.json:
         write_json(args.json, report)
     return 0

@@ -36,8 +36,10 @@ def main() -> None:
         wall[key] = time.perf_counter() - start
         cpu[key] = time.process_time() - start_cpu
     total, total_cpu = sum(wall.values()), sum(cpu.values())
-    print(f"{args.size} x {args.size}: all {len(METRICS)} metrics in {total:.2f} s wall, "
-          f"{total_cpu:.2f} s CPU (wall > CPU when other processes share the cores)")
+    print(
+        f"{args.size} x {args.size}: all {len(METRICS)} metrics in {total:.2f} s wall, "
+        f"{total_cpu:.2f} s CPU (wall > CPU when other processes share the cores)"
+    )
     print(f"  {'metric':<10} {'wall s':>8} {'CPU s':>8} {'share':>7}")
     for key in METRICS:
         print(f"  {key:<10} {wall[key]:8.3f} {cpu[key]:8.3f} {cpu[key] / total_cpu:7.1%}")

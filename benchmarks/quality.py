@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_fusionmamba.cli import json_number, read_plane
 from napari_fusionmamba.io.files import atomic_path
 from napari_fusionmamba.quality.baselines import BASELINES
-from napari_fusionmamba.cli import json_number, read_plane
 from napari_fusionmamba.quality.metrics import METRICS, SCORED_METRICS, compare_methods, wins
+
 
 def find_pairs(data: Path) -> list[str]:
     """Names present in both DIR/A and DIR/B, sorted; names on one side only are reported."""
@@ -89,6 +90,7 @@ def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, flo
 def _capturing(method, store: dict, name: str):
     """``method`` that also keeps its last inputs and output, so the loss is scored outside the
     timed fusion."""
+
     def fuse(a, b):
         store[name] = (fused := method(a, b)), a, b
         return fused
@@ -136,8 +138,10 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         "seconds": {method: seconds[method] / len(names) for method in fusers},
     }
     if loss:
-        report["loss"] = {method: {key: float(np.mean([row[key] for row in table])) for key in table[0]}
-                          for method, table in losses.items()}
+        report["loss"] = {
+            method: {key: float(np.mean([row[key] for row in table])) for key in table[0]}
+            for method, table in losses.items()
+        }
     return report
 
 
@@ -166,13 +170,14 @@ def format_table(report: dict) -> str:
         best = min(values)
         cells = [f"**{v:.4g}**" if v == best else f"{v:.4g}" for v in values]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| seconds / pair | " + " | ".join(f"{report['seconds'][m]:.3f}" for m in methods) + " |"
-    )
+    lines.append("| seconds / pair | " + " | ".join(f"{report['seconds'][m]:.3f}" for m in methods) + " |")
     if report["model"]:
         won = wins(report["results"], report["model"])
-        lines += ["", f"{report['model']} wins {len(won)}/{len(SCORED_METRICS)} against the best "
-                  f"baseline: {', '.join(won) or 'none'}"]
+        lines += [
+            "",
+            f"{report['model']} wins {len(won)}/{len(SCORED_METRICS)} against the best "
+            f"baseline: {', '.join(won) or 'none'}",
+        ]
     return "\n".join(lines)
 
 
@@ -195,14 +200,23 @@ def write_json(path: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with A/ and B/ subfolders")
-    parser.add_argument("--methods", nargs="+", choices=list(BASELINES), default=list(BASELINES),
-                        help="classical methods to run (default: all)")
-    parser.add_argument("--model", help="network: a model name or .safetensors path, or 'none' "
-                        "(default: the shipped default model when trained weights ship)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(BASELINES),
+        default=list(BASELINES),
+        help="classical methods to run (default: all)",
+    )
+    parser.add_argument(
+        "--model",
+        help="network: a model name or .safetensors path, or 'none' "
+        "(default: the shipped default model when trained weights ship)",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N pairs (sorted by name)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
-    parser.add_argument("--loss", action="store_true",
-                        help="also score every output with the training objective (the paper's loss)")
+    parser.add_argument(
+        "--loss", action="store_true", help="also score every output with the training objective (the paper's loss)"
+    )
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")

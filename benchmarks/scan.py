@@ -47,6 +47,7 @@ def best_time(fn, repeat, clock):
 
 def timings(run, inputs, repeat, clock=time.perf_counter):
     """(forward, forward + backward) seconds of ``run(**inputs)``."""
+
     def forward():
         with torch.no_grad():
             run(**inputs)
@@ -71,17 +72,28 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=192, help="D: channels per direction")
     parser.add_argument("--state", type=int, default=16, help="N")
     parser.add_argument("--length", type=int, default=64 * 64, help="L")
-    parser.add_argument("--chunks", type=int, nargs="*", default=[],
-                        help="also time the torch backend with these chunk lengths (default: automatic)")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the torch backend with these chunk lengths (default: automatic)",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="cpu: this process's CPU time, steadier on a busy machine but only "
-                             "comparable at --threads 1 (it adds up all threads)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="cpu: this process's CPU time, steadier on a busy machine but only "
+        "comparable at --threads 1 (it adds up all threads)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    inputs = {k: v.to(device) for k, v in make_inputs(
-        args.batch, args.directions, args.channels, args.state, args.length).items()}
+    inputs = {
+        k: v.to(device)
+        for k, v in make_inputs(args.batch, args.directions, args.channels, args.state, args.length).items()
+    }
 
     runs = {}
     for name in scan.BACKENDS:
@@ -93,11 +105,14 @@ def main() -> None:
         runs[name] = lambda name=name, **kw: scan.selective_scan(**kw, delta_softplus=True, backend=name)
     for chunk in args.chunks:
         runs[f"torch T={chunk}"] = lambda chunk=chunk, **kw: scan._scan_torch(
-            kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["delta_bias"], True, chunk=chunk)
+            kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["delta_bias"], True, chunk=chunk
+        )
 
-    print(f"selective scan, batch={args.batch} channels={args.directions}x{args.channels} "
-          f"N={args.state} L={args.length}, {args.threads} thread(s), best of {args.repeat}, "
-          f"{args.clock} clock, torch {torch.__version__}, device {device}")
+    print(
+        f"selective scan, batch={args.batch} channels={args.directions}x{args.channels} "
+        f"N={args.state} L={args.length}, {args.threads} thread(s), best of {args.repeat}, "
+        f"{args.clock} clock, torch {torch.__version__}, device {device}"
+    )
     results = {name: timings(run, inputs, args.repeat, CLOCKS[args.clock]) for name, run in runs.items()}
     ref_fwd, ref_both = results["reference"]
     print(f"{'backend':<14}{'forward s':>11}{'vs ref':>9}{'fwd+bwd s':>12}{'vs ref':>9}")

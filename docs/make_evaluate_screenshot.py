@@ -14,10 +14,10 @@ from make_screenshots import _save, _settle
 
 
 def main() -> None:
-    import napari
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_fusionmamba.quality.baselines import BASELINES
     from napari_fusionmamba.quality.metrics import fusion_input
 

@@ -40,9 +40,9 @@ def _save(viewer, name: str) -> None:
 
 def main() -> None:
     os.environ["NAPARI_FUSIONMAMBA_SETTINGS_DIR"] = tempfile.mkdtemp(prefix="fusionmamba-settings-")
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_fusionmamba.registry import DEFAULT_MODEL
 
     viewer = napari.Viewer(title="napari-fusionmamba")

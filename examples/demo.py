@@ -13,11 +13,12 @@ from pathlib import Path
 
 import tifffile
 
+from napari_fusionmamba.engine import fuse
 from napari_fusionmamba.napari.sample_data import load_sample_pair
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, compare_methods, fusion_input, wins
-from napari_fusionmamba.engine import fuse
 from napari_fusionmamba.registry import DEFAULT_MODEL, load_model
+
 
 def side_by_side(path: Path, panels: dict) -> None:
     import matplotlib
@@ -49,7 +50,7 @@ def main() -> None:
     tifffile.imwrite(out / "fused.tif", fused)
 
     label = f"FusionMamba ({args.model})"
-    run_network = lambda a, b: fuse(a, b, model=network, normalise=None)  # noqa: E731
+    run_network = lambda a, b: fuse(a, b, model=network, normalise=None)
     a, b = fusion_input(gfp, "GFP"), fusion_input(phase, "phase")
     results = compare_methods(a, b, {label: run_network})
     results.update(compare_methods(a, b))
@@ -61,12 +62,20 @@ def main() -> None:
     for key in keys:
         print(f"{key:8}" + "".join(f"{results[name][key]:>24.4f}" for name in results))
     won = wins(results, label)
-    print(f"\n{label} beats the best classical method on {len(won)} of {len(SCORED_METRICS)} "
-          f"({', '.join(won) or 'none'}); best classical method overall: {best}")
+    print(
+        f"\n{label} beats the best classical method on {len(won)} of {len(SCORED_METRICS)} "
+        f"({', '.join(won) or 'none'}); best classical method overall: {best}"
+    )
 
-    side_by_side(out / "side_by_side.png", {
-        "A: GFP": gfp, "B: phase contrast": phase, label: fused, f"best classical: {best}": BASELINES[best](a, b),
-    })
+    side_by_side(
+        out / "side_by_side.png",
+        {
+            "A: GFP": gfp,
+            "B: phase contrast": phase,
+            label: fused,
+            f"best classical: {best}": BASELINES[best](a, b),
+        },
+    )
     print(f"wrote {out / 'fused.tif'} and {out / 'side_by_side.png'}")
 
 

@@ -10,8 +10,8 @@ held out for validation. The best model is registered under ``--name`` so the Fu
 
 import argparse
 
-from napari_fusionmamba.training import Pair, TrainSettings, default_run_dir, finetune
 from napari_fusionmamba.registry import register_model
+from napari_fusionmamba.training import Pair, TrainSettings, default_run_dir, finetune
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("a")

@@ -30,5 +30,7 @@ if __name__ == "__main__":  # worker processes import this file: start the clust
     else:
         client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
     with client:
-        report = fuse_files(args.a, args.b, args.out, tile=args.tile, overlap=args.overlap, scheduler=client, overwrite=args.overwrite)
+        report = fuse_files(
+            args.a, args.b, args.out, tile=args.tile, overlap=args.overlap, scheduler=client, overwrite=args.overwrite
+        )
     print(report.summary())

@@ -26,14 +26,16 @@ tensors, metadata = read_safetensors(args.checkpoint)
 with open(args.checkpoint.parent / "log.csv", newline="") as handle:
     rows = list(csv.DictReader(handle))
 validation = [float(row["val_loss"]) for row in rows if row["val_loss"]]
-metadata["provenance"].update({
-    "recipe": args.recipe,
-    "steps": int(rows[-1]["step"]),
-    "wall_seconds": round(float(rows[-1]["seconds"])),
-    "final_train_loss_mean_of_last_100_steps": float(np.mean([float(r["loss"]) for r in rows[-100:]])),
-    "best_validation_loss": min(validation),
-    "stored_as": "float16",
-})
+metadata["provenance"].update(
+    {
+        "recipe": args.recipe,
+        "steps": int(rows[-1]["step"]),
+        "wall_seconds": round(float(rows[-1]["seconds"])),
+        "final_train_loss_mean_of_last_100_steps": float(np.mean([float(r["loss"]) for r in rows[-100:]])),
+        "best_validation_loss": min(validation),
+        "stored_as": "float16",
+    }
+)
 half = {key: value.half() if value.is_floating_point() else value for key, value in tensors.items()}
 target = write_safetensors(BUNDLED_DIR / f"{args.name}.safetensors", half, metadata)
 
@@ -42,4 +44,6 @@ shipped, _ = load_checkpoint(target)
 a, b = torch.rand(2, 1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     difference = (full(a, b) - shipped(a, b)).abs().max().item()
-print(f"{target}: {target.stat().st_size / 2**20:.1f} MiB; float16 vs float32 output differs by at most {difference:.2e}")
+print(
+    f"{target}: {target.stat().st_size / 2**20:.1f} MiB; float16 vs float32 output differs by at most {difference:.2e}"
+)

@@ -75,9 +75,23 @@ def test_errors_name_the_file(files, tmp_path, capsys):
 def test_the_command_line_entry_point(files):
     paths, _ = files
     result = subprocess.run(
-        [sys.executable, "-m", "napari_fusionmamba.cli", "evaluate", paths["fused"], paths["a"],
-         paths["b"], "--json", "--metrics", "EN", "PSNR"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "napari_fusionmamba.cli",
+            "evaluate",
+            paths["fused"],
+            paths["a"],
+            paths["b"],
+            "--json",
+            "--metrics",
+            "EN",
+            "PSNR",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) == {"EN", "PSNR"}

@@ -9,8 +9,8 @@ import tifffile
 import torch
 
 from napari_fusionmamba.cli import main
-from napari_fusionmamba.training import Pair, TrainSettings, finetune
 from napari_fusionmamba.registry import list_models, load_checkpoint, load_model
+from napari_fusionmamba.training import Pair, TrainSettings, finetune
 
 
 def _images(size=80, seed=0):

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from napari_fusionmamba.cli import main
-from napari_fusionmamba.io import open_image
 from napari_fusionmamba.engine import fuse
+from napari_fusionmamba.io import open_image
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -49,7 +49,12 @@ def test_method_dtype_and_overwrite(files, tmp_path):
 def test_model_checkpoint_path(files, tmp_path, network):
     model, checkpoint = network
     out = str(tmp_path / "fused.zarr")
-    assert main(["fuse", *files, "-o", out, "--model", str(checkpoint), "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
+    assert (
+        main(
+            ["fuse", *files, "-o", out, "--model", str(checkpoint), "--tile", "64", "--overlap", "16", "--no-progress"]
+        )
+        == 0
+    )
     expected = fuse(*files, model=model, tile=64, overlap=16)
     assert np.abs(open_image(out).data.compute() - expected).max() <= 1e-5
 
@@ -85,8 +90,23 @@ def test_missing_source_is_named(files, tmp_path, capsys):
 def test_console_entry_shows_a_progress_bar(files, tmp_path):
     out = str(tmp_path / "fused.zarr")
     result = subprocess.run(
-        [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--method", "average", "--chunk", "64"],
-        env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "napari_fusionmamba.cli",
+            "fuse",
+            *files,
+            "-o",
+            out,
+            "--method",
+            "average",
+            "--chunk",
+            "64",
+        ],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "6/6" in result.stderr and "chunk" in result.stderr  # tqdm's bar: 2 x 3 chunks

@@ -8,9 +8,9 @@ import struct
 import pytest
 import torch
 
-from napari_fusionmamba.errors import CheckpointError
 from napari_fusionmamba import registry
 from napari_fusionmamba.cli import main
+from napari_fusionmamba.errors import CheckpointError
 from napari_fusionmamba.model import MODEL_CONFIGS, ModelConfig, build_model, count_parameters
 from napari_fusionmamba.registry import (
     DEFAULT_MODEL,
@@ -35,7 +35,11 @@ def _inputs():
 
 def test_round_trip_gives_identical_outputs_and_keeps_metadata(tmp_path, tiny):
     path = save_checkpoint(
-        tmp_path / "m.safetensors", tiny, provenance={"data": ["x.tif"]}, normalisation={"percentiles": [1, 99.5]}, step=7
+        tmp_path / "m.safetensors",
+        tiny,
+        provenance={"data": ["x.tif"]},
+        normalisation={"percentiles": [1, 99.5]},
+        step=7,
     )
     loaded, meta = load_checkpoint(path)
     a, b = _inputs()

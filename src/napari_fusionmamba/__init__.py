@@ -27,10 +27,13 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:
-    from .engine import FuseOptions, FuseReport, fuse, fuse_files
-    from .quality.metrics import evaluate
-    from .registry import load_model
-    from .training import finetune
+    from .engine import FuseOptions as FuseOptions
+    from .engine import FuseReport as FuseReport
+    from .engine import fuse as fuse
+    from .engine import fuse_files as fuse_files
+    from .quality.metrics import evaluate as evaluate
+    from .registry import load_model as load_model
+    from .training import finetune as finetune
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,10 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("a", help="source A (e.g. the GFP / CT / infrared image)")
     evaluate.add_argument("b", help="source B (e.g. the phase-contrast / MRI / visible image)")
     evaluate.add_argument(
-        "--metrics", nargs="+", metavar="KEY", choices=list(METRICS),
+        "--metrics",
+        nargs="+",
+        metavar="KEY",
+        choices=list(METRICS),
         help=f"metrics to compute (default: all): {' '.join(METRICS)}",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object {metric: value}")
@@ -94,11 +97,25 @@ def _add_finetune_parser(commands) -> None:
         "each pair (whole pairs when there are many) is held out for validation. Ctrl-C saves the run; "
         "--resume continues it.",
     )
-    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=[], help="a registered pair of images (repeatable)")
-    p.add_argument("--mask", action="append", default=[], metavar="M",
-                   help="region mask of the matching --pair (0 unused, 2 important detail; 'none' for no mask)")
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        default=[],
+        help="a registered pair of images (repeatable)",
+    )
+    p.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="M",
+        help="region mask of the matching --pair (0 unused, 2 important detail; 'none' for no mask)",
+    )
     p.add_argument("--recipe", metavar="FILE", help="JSON with 'pairs' (files or A/ B/ folders) and 'settings'")
-    p.add_argument("--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)")
+    p.add_argument(
+        "--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)"
+    )
     p.add_argument("--config", help="config trained with --from scratch (tiny, small, paper, paper-lite)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder in the user data dir)")
     p.add_argument("--steps", type=int)
@@ -106,7 +123,11 @@ def _add_finetune_parser(commands) -> None:
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--objective", metavar="NAME", help="training objective (default: paper, the published loss)")
-    p.add_argument("--loss-weights", metavar="A1,A2,A3", help="paper objective: intensity, texture and structure weights (default 10,1,10)")
+    p.add_argument(
+        "--loss-weights",
+        metavar="A1,A2,A3",
+        help="paper objective: intensity, texture and structure weights (default 10,1,10)",
+    )
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda[:N] or mps")
@@ -118,12 +139,14 @@ def _add_finetune_parser(commands) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .training import Pair, TrainSettings, default_run_dir, finetune, load_recipe
     from .registry import check_model_name, register_model
+    from .training import Pair, TrainSettings, default_run_dir, finetune, load_recipe
 
     pairs, values, extra = load_recipe(args.recipe) if args.recipe else ([], {}, {})
     if args.mask and len(args.mask) != len(args.pair):
-        raise InputError(f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)")
+        raise InputError(
+            f"{len(args.mask)} --mask for {len(args.pair)} --pair: give one mask per pair ('none' for none)"
+        )
     masks = args.mask or [None] * len(args.pair)
     pairs += [Pair(a, b, None if m in (None, "none") else m) for (a, b), m in zip(args.pair, masks)]
     flags = {
@@ -181,34 +204,63 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _add_fuse_parser(commands) -> None:
     fuse = commands.add_parser(
-        "fuse", help="fuse two registered images (TIFF, zarr, PNG/JPEG) into a zarr or OME-TIFF",
+        "fuse",
+        help="fuse two registered images (TIFF, zarr, PNG/JPEG) into a zarr or OME-TIFF",
         description="Fuse two registered images tile by tile, chunk by chunk. An interrupted run "
         "resumes when started again with the same arguments.",
     )
-    fuse.add_argument("a", help="first source (functional / fluorescence / CT / infrared): "
-                      ".tif .tiff .png .jpg .zarr .ome.zarr or PATH.zarr/ARRAY")
+    fuse.add_argument(
+        "a",
+        help="first source (functional / fluorescence / CT / infrared): "
+        ".tif .tiff .png .jpg .zarr .ome.zarr or PATH.zarr/ARRAY",
+    )
     fuse.add_argument("b", help="second source (structural / phase contrast / MRI / visible)")
-    fuse.add_argument("-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)")
+    fuse.add_argument(
+        "-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)"
+    )
     fuse.add_argument("--model", default=None, help="model name or checkpoint path (default: the shipped model)")
     fuse.add_argument("--method", default=None, help="a classical method instead of the network (see baselines)")
-    fuse.add_argument("--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)")
+    fuse.add_argument(
+        "--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)"
+    )
     fuse.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
     fuse.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
-    fuse.add_argument("--chunk", type=int, default=None, help="output chunk size in pixels (default: a multiple of the tile stride near 1024)")
+    fuse.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="output chunk size in pixels (default: a multiple of the tile stride near 1024)",
+    )
     fuse.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (auto)")
-    fuse.add_argument("--scheduler", default=None, help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS")
-    fuse.add_argument("--dtype", choices=("float32", "source"), default="float32",
-                      help="float32 in [0, 1] (default) or the sources' dtype scaled to its range")
-    fuse.add_argument("--normalise", choices=("percentile", "range", "none"), default="percentile",
-                      help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])")
-    fuse.add_argument("--overwrite", action="store_true", help="replace an existing output (or an unfinished run with other arguments)")
+    fuse.add_argument(
+        "--scheduler",
+        default=None,
+        help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS",
+    )
+    fuse.add_argument(
+        "--dtype",
+        choices=("float32", "source"),
+        default="float32",
+        help="float32 in [0, 1] (default) or the sources' dtype scaled to its range",
+    )
+    fuse.add_argument(
+        "--normalise",
+        choices=("percentile", "range", "none"),
+        default="percentile",
+        help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])",
+    )
+    fuse.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (or an unfinished run with other arguments)",
+    )
     fuse.add_argument("--no-progress", action="store_true", help="no progress bar")
     fuse.set_defaults(handler=_fuse)
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    from .errors import FusionCancelled
     from .engine import fuse_files
+    from .errors import FusionCancelled
 
     bar = None
 
@@ -225,9 +277,20 @@ def _fuse(args: argparse.Namespace) -> int:
 
     try:
         report = fuse_files(
-            args.a, args.b, args.output, model=args.model, method=args.method, tile=args.tile,
-            overlap=args.overlap, batch=args.batch, device=args.device, chunk=args.chunk,
-            dtype=args.dtype, overwrite=args.overwrite, scheduler=args.scheduler, progress=progress,
+            args.a,
+            args.b,
+            args.output,
+            model=args.model,
+            method=args.method,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch=args.batch,
+            device=args.device,
+            chunk=args.chunk,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            scheduler=args.scheduler,
+            progress=progress,
             normalise=None if args.normalise == "none" else args.normalise,
         )
     except (KeyboardInterrupt, FusionCancelled):

@@ -22,8 +22,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io.files import atomic_path
 from .errors import CheckpointError, InputError
+from .io.files import atomic_path
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -72,7 +72,9 @@ def _read_header(path: Path) -> tuple[dict, dict]:
             raise CheckpointError(f"{path}: not a safetensors file (no JSON header)")
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len > size - 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (header says {header_len} bytes, file has {size})")
+            raise CheckpointError(
+                f"{path}: truncated safetensors file (header says {header_len} bytes, file has {size})"
+            )
         f.seek(8)
         try:
             header = json.loads(f.read(header_len))
@@ -158,7 +160,9 @@ def load_checkpoint(path):
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
         detail = str(error).replace("\n", " ").replace("\t", "")
-        raise CheckpointError(f"{path}: the tensors do not match the stored config {config.name!r}: {detail[:400]}") from None
+        raise CheckpointError(
+            f"{path}: the tensors do not match the stored config {config.name!r}: {detail[:400]}"
+        ) from None
     return model.eval(), metadata
 
 
@@ -244,8 +248,8 @@ def _looks_like_path(name_or_path) -> bool:
 def load_model(name_or_path="default", device="cpu"):
     """A FusionMamba in eval mode on ``device``, from a model name (see ``list_models``), a
     checkpoint path, or "default"."""
-    from .model.devices import resolve_device
     from .model import build_model
+    from .model.devices import resolve_device
 
     if name_or_path in (None, "default"):
         name_or_path = DEFAULT_MODEL

@@ -15,13 +15,13 @@ import tifffile
 import zarr
 
 from conftest import real_looking_pair
-from napari_fusionmamba.io.colour import rgb_to_ycrcb
-from napari_fusionmamba.io import open_image
-from napari_fusionmamba.model.devices import available_devices
-from napari_fusionmamba.errors import FusionCancelled, InputError
 from napari_fusionmamba.engine import fuse, fuse_files
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.engine.sources import PERCENTILES
+from napari_fusionmamba.errors import FusionCancelled, InputError
+from napari_fusionmamba.io import open_image
+from napari_fusionmamba.io.colour import rgb_to_ycrcb
+from napari_fusionmamba.model.devices import available_devices
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
@@ -74,8 +74,16 @@ def test_constant_pair_through_the_network_has_no_seams(tmp_path, network):
     zarr.open_group(str(tmp_path / "a.zarr"), mode="w").create_array("0", data=a)
     zarr.open_group(str(tmp_path / "b.zarr"), mode="w").create_array("0", data=b)
     out = str(tmp_path / "out.zarr")
-    fuse_files(str(tmp_path / "a.zarr/0"), str(tmp_path / "b.zarr/0"), out, model=network[1], tile=tile,
-               overlap=overlap, normalise=None, chunk=100)
+    fuse_files(
+        str(tmp_path / "a.zarr/0"),
+        str(tmp_path / "b.zarr/0"),
+        out,
+        model=network[1],
+        tile=tile,
+        overlap=overlap,
+        normalise=None,
+        chunk=100,
+    )
     chunked = open_image(out).data.compute()
     for fused in (whole, chunked):
         inner = fused[overlap : height - overlap, overlap : width - overlap]
@@ -141,7 +149,7 @@ def test_nan_and_inf_are_replaced_as_documented(pair):
 def test_a_model_object_is_used_as_given(pair, network):
     a, b = pair
     out = fuse(a, b, model=network[0], tile=64, overlap=16)
-    assert out.shape == a.shape and 0 <= out.min() and out.max() <= 1
+    assert out.shape == a.shape and out.min() >= 0 and out.max() <= 1
     assert not np.allclose(out, fuse(a, b, tile=64, overlap=16), atol=1e-3)  # not the default model
 
 
@@ -192,7 +200,9 @@ def test_output_does_not_depend_on_the_scheduler(files, network, reference, tmp_
 
 
 @pytest.mark.slow
-def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(files, network, reference, tmp_path):
+def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_worker(
+    files, network, reference, tmp_path
+):
     from napari_fusionmamba.cli import main
 
     distributed = pytest.importorskip("distributed")
@@ -202,14 +212,36 @@ def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_
 
         return [id(predict) for predict, _ in _PREDICTORS.values()]
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         by_client = str(tmp_path / "client.zarr")
         report = fuse_files(*files, by_client, model=network[1], tile=64, overlap=16, chunk=96, scheduler=client)
         loaded = client.run(_loaded_networks)
         by_address = str(tmp_path / "address.zarr")  # the CLI connects to the scheduler's address
-        assert main(["fuse", *files, "-o", by_address, "--model", network[1], "--tile", "64", "--overlap", "16", "--chunk", "150",
-                     "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "fuse",
+                    *files,
+                    "-o",
+                    by_address,
+                    "--model",
+                    network[1],
+                    "--tile",
+                    "64",
+                    "--overlap",
+                    "16",
+                    "--chunk",
+                    "150",
+                    "--scheduler",
+                    cluster.scheduler_address,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert client.run(_loaded_networks) == loaded  # the second run reused each worker's network
     assert report.chunks_computed == 12
     assert [len(ids) for ids in loaded.values()] == [1, 1]  # two workers: one network each
@@ -221,8 +253,26 @@ def test_distributed_cluster_gives_the_same_output_and_loads_the_model_once_per_
 def test_killed_run_resumes_without_redoing_finished_chunks(files, network, reference, tmp_path):
     out = str(tmp_path / "out.zarr")
     done = out + PARTIAL_SUFFIX + "/done"
-    command = [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--model", network[1], "--tile", "64",
-               "--overlap", "16", "--chunk", "96", "--scheduler", "synchronous", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "napari_fusionmamba.cli",
+        "fuse",
+        *files,
+        "-o",
+        out,
+        "--model",
+        network[1],
+        "--tile",
+        "64",
+        "--overlap",
+        "16",
+        "--chunk",
+        "96",
+        "--scheduler",
+        "synchronous",
+        "--no-progress",
+    ]
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     process = subprocess.Popen(command, env=env)
     deadline = time.time() + 180
@@ -245,8 +295,15 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
     out = str(tmp_path / "out.tif")
     seen = []
     with pytest.raises(FusionCancelled):
-        fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous",
-                   progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) > 3)
+        fuse_files(
+            *files,
+            out,
+            method="average",
+            chunk=64,
+            scheduler="synchronous",
+            progress=lambda d, t: seen.append(d),
+            cancel=lambda: len(seen) > 3,
+        )
     assert not os.path.exists(out)
     report = fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous")
     assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
@@ -274,8 +331,15 @@ def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monk
 
     def run():
         try:
-            fuse_files(a, b, str(tmp_path / "out.zarr"), method="slow", scheduler="threads",
-                       progress=lambda d, t: seen.append(d), cancel=stop.is_set)
+            fuse_files(
+                a,
+                b,
+                str(tmp_path / "out.zarr"),
+                method="slow",
+                scheduler="threads",
+                progress=lambda d, t: seen.append(d),
+                cancel=stop.is_set,
+            )
         except FusionCancelled:
             outcome.append("cancelled")
 
@@ -328,9 +392,16 @@ def test_zarr_in_tiff_out_keeps_shape_dtype_choice_and_pixel_size(tmp_path):
     for name, data in (("a.ome.zarr", a), ("b.ome.zarr", b)):
         group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
         group.create_array("0", data=data, chunks=(32, 32))
-        group.attrs["multiscales"] = [{"version": "0.4", "axes": [
-            {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}],
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}]}]
+        group.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}],
+            }
+        ]
         paths.append(str(tmp_path / name))
     out = str(tmp_path / "fused.tif")
     fuse_files(*paths, out, tile=64, overlap=16, dtype="source")
@@ -345,8 +416,13 @@ def test_outputs_lie_where_the_source_lies(tmp_path):
     that becomes the OME-TIFF positions of the next output: a fused file opens over its sources."""
     a = np.stack([real_looking_pair(600, 520, seed=z)[0] for z in range(2)])
     b = np.stack([real_looking_pair(600, 520, seed=z)[1] for z in range(2)])
-    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
-            "Plane": {"PositionX": [30.0, 30.0], "PositionY": [-4.0, -4.0], "PositionZ": [7.0, 9.0]}}
+    meta = {
+        "axes": "ZYX",
+        "PhysicalSizeX": 0.5,
+        "PhysicalSizeY": 0.5,
+        "PhysicalSizeZ": 2.0,
+        "Plane": {"PositionX": [30.0, 30.0], "PositionY": [-4.0, -4.0], "PositionZ": [7.0, 9.0]},
+    }
     tifffile.imwrite(tmp_path / "a.ome.tif", a, metadata=meta)
     tifffile.imwrite(tmp_path / "b.ome.tif", b, metadata={**meta, "Plane": {}})  # B says nothing
     assert open_image(tmp_path / "a.ome.tif").origin == (7.0, -4.0, 30.0)
@@ -389,7 +465,9 @@ def test_large_zarr_output_gets_a_pyramid_for_viewers(tmp_path):
     image = open_image(out)
     assert [level.shape for level in image.levels] == [(3, 600, 530), (3, 300, 265)]
     full = image.levels[0].compute().astype(np.float64)
-    assert np.allclose(image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6)
+    assert np.allclose(
+        image.levels[1].compute(), full[:, :600, :530].reshape(3, 300, 2, 265, 2).mean(axis=(2, 4)), atol=1e-6
+    )
     assert np.allclose(np.moveaxis(full, 0, -1), fuse(green, b, method="average"), atol=1e-6)
 
 
@@ -406,19 +484,74 @@ def _save(path, data):
 
 
 BAD = {
-    "shapes differ": (np.zeros((64, 64), np.uint8), np.zeros((64, 80), np.uint8), {}, "spatial shapes differ.*64x64.*64x80"),
-    "planes differ": (np.zeros((3, 64, 64), np.uint8), np.zeros((4, 64, 64), np.uint8), {}, "different numbers of planes.*3 Z.*4 Z"),
+    "shapes differ": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 80), np.uint8),
+        {},
+        "spatial shapes differ.*64x64.*64x80",
+    ),
+    "planes differ": (
+        np.zeros((3, 64, 64), np.uint8),
+        np.zeros((4, 64, 64), np.uint8),
+        {},
+        "different numbers of planes.*3 Z.*4 Z",
+    ),
     "one pixel": (np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8), {}, "a.tif: image too small \\(1x1"),
-    "empty": (np.zeros((0, 64), np.uint8), np.zeros((0, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: image too small"),
+    "empty": (
+        np.zeros((0, 64), np.uint8),
+        np.zeros((0, 64), np.uint8),
+        {"suffix": ".zarr"},
+        "a.zarr/0: image too small",
+    ),
     "boolean": (np.zeros((64, 64), bool), np.zeros((64, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: boolean"),
-    "complex": (np.zeros((64, 64), np.complex64), np.zeros((64, 64), np.uint8), {"suffix": ".zarr"}, "a.zarr/0: complex"),
-    "tile <= overlap": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"tile": 32, "overlap": 32}, "larger than the overlap"),
-    "tile not a multiple": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"tile": 100}, "multiple of the network stride"),
-    "unknown model": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"model": "no-such-model"}, "no-such-model"),
-    "unknown method": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"method": "magic"}, "unknown method 'magic'"),
-    "unknown scheduler": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"scheduler": "thread"}, "unknown scheduler 'thread'"),
-    "64-bit source dtype": (np.zeros((64, 64), np.int64), np.zeros((64, 64), np.uint8), {"suffix": ".zarr", "dtype": "source", "method": "max"}, "int64 sources.*use dtype float32"),
-    "absent device": (np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), {"device": "cuda"}, "cuda.*not available"),
+    "complex": (
+        np.zeros((64, 64), np.complex64),
+        np.zeros((64, 64), np.uint8),
+        {"suffix": ".zarr"},
+        "a.zarr/0: complex",
+    ),
+    "tile <= overlap": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"tile": 32, "overlap": 32},
+        "larger than the overlap",
+    ),
+    "tile not a multiple": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"tile": 100},
+        "multiple of the network stride",
+    ),
+    "unknown model": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"model": "no-such-model"},
+        "no-such-model",
+    ),
+    "unknown method": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"method": "magic"},
+        "unknown method 'magic'",
+    ),
+    "unknown scheduler": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"scheduler": "thread"},
+        "unknown scheduler 'thread'",
+    ),
+    "64-bit source dtype": (
+        np.zeros((64, 64), np.int64),
+        np.zeros((64, 64), np.uint8),
+        {"suffix": ".zarr", "dtype": "source", "method": "max"},
+        "int64 sources.*use dtype float32",
+    ),
+    "absent device": (
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64), np.uint8),
+        {"device": "cuda"},
+        "cuda.*not available",
+    ),
 }
 
 
@@ -471,8 +604,15 @@ def test_a_run_forgets_its_batch_runner_when_it_ends(files, tmp_path):
     assert execute._RUNNERS == {}
     chunks = []
     with pytest.raises(FusionCancelled):
-        fuse_files(*files, str(tmp_path / "stopped.zarr"), method="average", chunk=64, scheduler="synchronous",
-                   progress=lambda done, total: chunks.append(done), cancel=lambda: len(chunks) > 2)
+        fuse_files(
+            *files,
+            str(tmp_path / "stopped.zarr"),
+            method="average",
+            chunk=64,
+            scheduler="synchronous",
+            progress=lambda done, total: chunks.append(done),
+            cancel=lambda: len(chunks) > 2,
+        )
     assert len(chunks) > 2 and execute._RUNNERS == {}
 
 

@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_fusionmamba.errors import FusionCancelled
 from napari_fusionmamba.engine.tiling import (
     BatchRunner,
     TileGrid,
@@ -18,6 +17,7 @@ from napari_fusionmamba.engine.tiling import (
     taper,
     tiled_fuse,
 )
+from napari_fusionmamba.errors import FusionCancelled
 
 
 def tile_means(a, b):
@@ -127,14 +127,21 @@ def test_progress_counts_tiles_and_cancel_stops():
 
     calls = []
     with pytest.raises(FusionCancelled):
-        tiled_fuse(lambda x, y: calls.append(1) or x, a, a, tile=64, overlap=16, batch=2, cancel=lambda: len(calls) >= 2)
+        tiled_fuse(
+            lambda x, y: calls.append(1) or x, a, a, tile=64, overlap=16, batch=2, cancel=lambda: len(calls) >= 2
+        )
     assert len(calls) == 2
 
 
 @pytest.mark.parametrize(
     "tile,overlap,multiple,message",
-    [(64, 64, 1, "larger than the overlap"), (64, 80, 1, "larger than the overlap"),
-     (100, 16, 32, "multiple of the network stride 32"), (0, 0, 1, "positive"), (64, -1, 1, "non-negative")],
+    [
+        (64, 64, 1, "larger than the overlap"),
+        (64, 80, 1, "larger than the overlap"),
+        (100, 16, 32, "multiple of the network stride 32"),
+        (0, 0, 1, "positive"),
+        (64, -1, 1, "non-negative"),
+    ],
 )
 def test_bad_tiling_is_refused(tile, overlap, multiple, message):
     with pytest.raises(ValueError, match=message):

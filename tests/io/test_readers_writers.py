@@ -27,8 +27,9 @@ def test_ome_tiff_is_lazy_and_keeps_pixel_size(tmp_path, pair):
 def test_imagej_stack_keeps_z_spacing_and_drops_single_axes(tmp_path):
     stack = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 1, 40, 50)
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 0.2, 1 / 0.2),
-                     metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"})
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"}
+    )
     image = open_image(path)
     assert image.axes == "ZYX" and image.data.shape == (3, 40, 50)
     assert image.pixel_size == pytest.approx((1.5, 0.2, 0.2))
@@ -69,13 +70,20 @@ def test_ome_zarr_levels_axes_and_scale(tmp_path):
     base = np.random.default_rng(2).random((2, 64, 48)).astype(np.float32)
     group.create_array("0", data=base, chunks=(1, 32, 32))
     group.create_array("1", data=base[:, ::2, ::2], chunks=(1, 32, 32))
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]},
-                     {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}]}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "z", "type": "space", "unit": "micrometer"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]},
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}]},
+            ],
+        }
+    ]
     image = open_image(path)
     assert image.axes == "ZYX" and image.pixel_size == (2.0, 0.5, 0.5) and image.unit == "micrometer"
     assert len(image.levels) == 2 and image.levels[1].shape == (2, 32, 24)

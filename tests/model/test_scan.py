@@ -8,8 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from napari_fusionmamba.model import ModelConfig, build_model
-from napari_fusionmamba.model import scan
+from napari_fusionmamba.model import ModelConfig, build_model, scan
 from napari_fusionmamba.model.scan import resolve_backend, selective_scan
 
 FAST = [name for name in ("torch", "numba") if name != "numba" or scan._numba_importable()]
@@ -33,10 +32,15 @@ def make_inputs(batch, channels, groups, n, length, seed):
 def run(backend, inputs, grad, use_d, use_bias, softplus, dtype=torch.float32):
     leaves = {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
     y = selective_scan(
-        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+        leaves["u"],
+        leaves["delta"],
+        leaves["A"],
+        leaves["B"],
+        leaves["C"],
         D=leaves["D"] if use_d else None,
         delta_bias=leaves["delta_bias"] if use_bias else None,
-        delta_softplus=softplus, backend=backend,
+        delta_softplus=softplus,
+        backend=backend,
     )
     y.backward(grad.to(dtype))
     grads = {k: leaves[k].grad for k in NAMES if leaves[k].grad is not None}
@@ -61,8 +65,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}c{}g{}n{}L{}{}{}{}".format(
-    *c[:5], "-D" * c[5], "-bias" * c[6], "-softplus" * c[7]))
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "b{}c{}g{}n{}L{}{}{}{}".format(*c[:5], "-D" * c[5], "-bias" * c[6], "-softplus" * c[7])
+)
 def test_backend_matches_reference_forward_and_gradients(backend, case):
     batch, channels, groups, n, length, use_d, use_bias, softplus = case
     inputs = make_inputs(batch, channels, groups, n, length, seed=length)
@@ -141,8 +146,12 @@ def test_cpu_path_never_imports_mamba_ssm(tmp_path):
         print("\\n".join(describe_backends()))
         assert "mamba_ssm" not in sys.modules
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path),
-               MAMBA_MARK=str(tmp_path / "imported"), CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path),
+        MAMBA_MARK=str(tmp_path / "imported"),
+        CUDA_VISIBLE_DEVICES="",
+    )
     env.pop(scan.ENV_VAR, None)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

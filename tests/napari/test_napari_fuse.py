@@ -9,8 +9,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-
 from napari.utils.notifications import notification_manager
+
 from napari_fusionmamba.napari.widgets import fuse as fuse_widget
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -90,7 +90,10 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
     result = viewer.layers["fused(GFP, phase)"]
     expected = fuse(
-        viewer.layers["GFP"].data, viewer.layers["phase"].data, model=str(tiny_checkpoint), device="cpu",
+        viewer.layers["GFP"].data,
+        viewer.layers["phase"].data,
+        model=str(tiny_checkpoint),
+        device="cpu",
         **network,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
@@ -122,9 +125,7 @@ def test_model_picker_lists_shipped_and_user_models_without_building_networks(
     assert not _shown(widget.checkpoint, widget)
 
 
-def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(
-    make_napari_viewer, qtbot, tmp_path
-):
+def test_a_model_registered_after_the_widget_opened_appears_when_the_list_opens(make_napari_viewer, qtbot, tmp_path):
     from qtpy.QtCore import Qt
 
     from napari_fusionmamba.model import build_model
@@ -250,7 +251,9 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
     rng = np.random.default_rng(3)
     sources = []
     for name in ("a", "b"):
-        array = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=(2, 192, 160), chunks=(1, 64, 64), dtype="uint16")
+        array = zarr.create_array(
+            str(tmp_path / f"{name}.zarr"), shape=(2, 192, 160), chunks=(1, 64, 64), dtype="uint16"
+        )
         array[:] = rng.integers(0, 60000, size=array.shape, dtype=np.uint16)
         sources.append(da.from_zarr(str(tmp_path / f"{name}.zarr")))
     viewer = make_napari_viewer()
@@ -359,8 +362,8 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
 
 
 def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
-    from napari_fusionmamba.napari.widgets._common import save_settings
     from napari_fusionmamba.model.devices import available_devices
+    from napari_fusionmamba.napari.widgets._common import save_settings
 
     missing = [name for name in ("cuda", "mps") if name not in available_devices()]
     if not missing:
@@ -371,7 +374,9 @@ def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer
     assert widget.device.value == "auto" and widget.tile.value == 128
 
 
-def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(make_napari_viewer, qtbot, tmp_path, monkeypatch, notes):
+def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, notes
+):
     from napari_fusionmamba.quality import baselines
 
     slow = {"on": True}

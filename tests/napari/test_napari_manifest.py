@@ -19,7 +19,10 @@ def _env():
 def test_npe2_validate_with_imports():
     result = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", "napari-fusionmamba", "--imports"],
-        capture_output=True, text=True, env=_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout

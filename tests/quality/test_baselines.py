@@ -36,7 +36,7 @@ def test_two_different_sources_give_a_valid_plane_without_shift(method):
     background = np.full(shape, 0.05, np.float32)
     fused = BASELINES[method](blob * 0.9 + 0.05, background)
     assert fused.shape == shape and np.isfinite(fused).all()
-    assert 0.0 <= fused.min() and fused.max() <= 1.0
+    assert fused.min() >= 0.0 and fused.max() <= 1.0
     weight = np.clip(fused - np.median(fused), 0, None)
     centre = np.array(ndimage.center_of_mass(weight))
     assert np.abs(centre - [30.0, 71.0]).max() < 0.5  # the blob stays where it was

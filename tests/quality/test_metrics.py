@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from _fmi_reference import fmi as reference_fmi
 from scipy import ndimage
 from skimage.metrics import structural_similarity as skimage_ssim
 
 from napari_fusionmamba.quality import metrics as M
 from napari_fusionmamba.quality.metrics import METRICS, evaluate, to_gray8
-
-from _fmi_reference import fmi as reference_fmi
 
 KEYS = ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "SSIM", "MS-SSIM", "CC", "PSNR"]
 
@@ -148,9 +147,7 @@ def test_scd_cc_psnr_by_hand(triple):
 
 def test_ssim_matches_scikit_image_and_is_one_on_a_copy(triple):
     fused, a, _ = triple
-    expected = skimage_ssim(
-        fused, a, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
-    )
+    expected = skimage_ssim(fused, a, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     assert M.structural_similarity(fused, a) == pytest.approx(expected, abs=1e-9)
     assert M.ssim(a, a, a) == pytest.approx(1.0)
 
@@ -195,9 +192,7 @@ def test_evaluate_ranges_on_a_real_fusion(triple):
 def test_evaluate_a_subset_colour_sources_and_errors(triple):
     fused, a, b = triple
     rgb = np.repeat(a[..., None], 3, axis=2).astype(np.uint8)  # gray in colour: Y = gray
-    assert evaluate(fused, rgb, b, metrics=["CC", "SCD"]) == pytest.approx(
-        evaluate(fused, a, b, metrics=["CC", "SCD"])
-    )
+    assert evaluate(fused, rgb, b, metrics=["CC", "SCD"]) == pytest.approx(evaluate(fused, a, b, metrics=["CC", "SCD"]))
     assert list(evaluate(fused, a, b, metrics=["PSNR", "EN"])) == ["PSNR", "EN"]
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate(fused, a, b, metrics=["NOPE"])
@@ -210,15 +205,18 @@ def test_evaluate_a_subset_colour_sources_and_errors(triple):
 
 
 def test_compare_methods_scores_each_method_on_the_same_planes(triple):
+    from napari_fusionmamba.errors import FusionCancelled
     from napari_fusionmamba.quality.baselines import BASELINES
     from napari_fusionmamba.quality.metrics import compare_methods
-    from napari_fusionmamba.errors import FusionCancelled
 
     _, a, b = triple
     a8, b8 = a.astype(np.uint8), b.astype(np.uint8)
     seconds, steps = {}, []
     results = compare_methods(
-        a8, b8, {"max": BASELINES["max"], "first": lambda x, y: x}, seconds=seconds,
+        a8,
+        b8,
+        {"max": BASELINES["max"], "first": lambda x, y: x},
+        seconds=seconds,
         progress=lambda done, total: steps.append((done, total)),
     )
     assert list(results) == ["max", "first"] and set(seconds) == {"max", "first"}
@@ -235,7 +233,7 @@ def test_compare_methods_scores_each_method_on_the_same_planes(triple):
 def test_wins_counts_strict_wins_over_every_other_method():
     from napari_fusionmamba.quality.metrics import SCORED_METRICS, wins
 
-    base = {key: 1.0 for key in SCORED_METRICS}
+    base = dict.fromkeys(SCORED_METRICS, 1.0)
     results = {
         "net": {**base, "EN": 2.0, "SD": 1.5, "MI": None},
         "max": {**base, "SD": 1.6},

@@ -39,7 +39,10 @@ def folder(tmp_path):
 
 def run(*args):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -60,8 +63,7 @@ def test_benchmark_json_and_table(folder, tmp_path):
     for key in ("MI", "Qabf", "SSIM"):
         expected = np.mean([scores[key] for scores in per_pair])
         assert report["results"]["max"][key] == pytest.approx(expected, rel=1e-6)
-        assert report["std"]["max"][key] == pytest.approx(
-            np.std([s[key] for s in per_pair], ddof=1), rel=1e-6)
+        assert report["std"]["max"][key] == pytest.approx(np.std([s[key] for s in per_pair], ddof=1), rel=1e-6)
     assert "| metric | average | max |" in result.stdout
     assert "unpaired" in result.stderr
 
@@ -75,13 +77,21 @@ def test_limit_and_every_baseline_by_default(folder, tmp_path):
 
 
 def test_bad_folders_are_clear_errors(folder, tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--model", "none"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(tmp_path), "--model", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "expected DIR/A and DIR/B" in result.stderr
     iio.imwrite(folder / "A" / "p3.png", gray(6, (30, 30)))
     iio.imwrite(folder / "B" / "p3.png", gray(7))
-    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(folder), "--model", "none",
-                             "--methods", "max"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data", str(folder), "--model", "none", "--methods", "max"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "B/p3.png has shape (40, 48) but A/p3.png has (30, 30)" in result.stderr
 
 
@@ -95,15 +105,28 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "tinynet.safetensors", build_model("tiny"))
     out = tmp_path / "q.json"
-    result = run("--data", str(folder), "--methods", "average", "max", "--model", str(checkpoint),
-                 "--limit", "1", "--json", str(out))
+    result = run(
+        "--data",
+        str(folder),
+        "--methods",
+        "average",
+        "max",
+        "--model",
+        str(checkpoint),
+        "--limit",
+        "1",
+        "--json",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["model"] == "tinynet"
     assert list(report["results"]) == ["average", "max", "tinynet"]
     assert all(v is not None for v in report["results"]["tinynet"].values())
-    won = [key for key in ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
-           if report["results"]["tinynet"][key]
-           > max(report["results"][m][key] for m in ("average", "max"))]
+    won = [
+        key
+        for key in ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
+        if report["results"]["tinynet"][key] > max(report["results"][m][key] for m in ("average", "max"))
+    ]
     assert f"tinynet wins {len(won)}/10 against the best baseline" in result.stdout
 
 
@@ -113,15 +136,13 @@ def test_loss_rows_score_each_output_with_the_training_objective(folder, tmp_pat
     from napari_fusionmamba.training.objectives import FusionLoss
 
     out = tmp_path / "q.json"
-    result = run("--data", str(folder), "--methods", "average", "max", "--model", "none",
-                 "--loss", "--json", str(out))
+    result = run("--data", str(folder), "--methods", "average", "max", "--model", "none", "--loss", "--json", str(out))
     report = json.loads(out.read_text())
     a1 = np.rint(iio.imread(folder / "A" / "p1.png")[..., 1] * 0.587) / 255
     pairs = [(a1, gray(2) / 255), (gray(3) / 255, gray(4) / 255)]
     as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))[None, None]
     for method in ("average", "max"):
-        direct = [float(FusionLoss()(*(as_tensor(x) for x in (BASELINES[method](a, b), a, b)))[0])
-                  for a, b in pairs]
+        direct = [float(FusionLoss()(*(as_tensor(x) for x in (BASELINES[method](a, b), a, b)))[0]) for a, b in pairs]
         assert report["loss"][method]["loss"] == pytest.approx(np.mean(direct), rel=1e-5)
     assert report["loss"]["max"]["intensity"] == 0  # max(a, b) is the intensity target itself
     assert "| paper loss (lower is better) |" in result.stdout
@@ -138,9 +159,24 @@ def test_loss_optimum_is_max_for_intensity_alone_and_beats_max_on_the_paper_loss
 
     out = tmp_path / "optimum.json"
     result = subprocess.run(
-        [sys.executable, str(LOSS_OPTIMUM), "--data", str(folder), "--weights", "1,0,0",
-         "--weights", "10,1,10", "--steps", "40", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            str(LOSS_OPTIMUM),
+            "--data",
+            str(folder),
+            "--weights",
+            "1,0,0",
+            "--weights",
+            "10,1,10",
+            "--steps",
+            "40",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -153,8 +189,12 @@ def test_loss_optimum_is_max_for_intensity_alone_and_beats_max_on_the_paper_loss
     pairs = [(a1, gray(2) / 255), (gray(3) / 255, gray(4) / 255)]
     as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.float32))[None, None]
     for start in ("max", "average"):
-        start_loss = np.mean([float(FusionLoss(ssim="ssim")(*(as_tensor(x) for x in (BASELINES[start](a, b), a, b)))[0])
-                              for a, b in pairs])
+        start_loss = np.mean(
+            [
+                float(FusionLoss(ssim="ssim")(*(as_tensor(x) for x in (BASELINES[start](a, b), a, b)))[0])
+                for a, b in pairs
+            ]
+        )
         assert report["minimum_loss"][paper] < start_loss - 1e-3
     assert set(report["wins"]) == {intensity_only, paper}
     assert f"{paper} (loss " in result.stdout and "| MS-SSIM |" in result.stdout

@@ -62,7 +62,17 @@ def test_the_cli_passes_the_objective(tmp_path, monkeypatch, capsys):
     a, b = _pair()
     tifffile.imwrite(tmp_path / "a.tif", a)
     tifffile.imwrite(tmp_path / "b.tif", b)
-    pair = ["--pair", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--crop", "32", "--steps", "2", "--from", "tiny"]
+    pair = [
+        "--pair",
+        str(tmp_path / "a.tif"),
+        str(tmp_path / "b.tif"),
+        "--crop",
+        "32",
+        "--steps",
+        "2",
+        "--from",
+        "tiny",
+    ]
     assert main(["finetune", *pair, "--objective", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err
     assert main(["finetune", *pair, "--objective", "l1", "--out", str(tmp_path / "run")]) == 0

@@ -4,8 +4,8 @@ weight map restricts the loss to the pixels it marks, and gradients reach the wh
 import pytest
 import torch
 
-from napari_fusionmamba.training.objectives import MS_SSIM_MIN_SIZE, FusionLoss, ms_ssim, sobel, ssim
 from napari_fusionmamba.model import build_model
+from napari_fusionmamba.training.objectives import MS_SSIM_MIN_SIZE, FusionLoss, ms_ssim, sobel, ssim
 
 
 def _pair(size=64, seed=0):
@@ -22,7 +22,9 @@ def test_gradients_reach_every_trainable_parameter():
     a, b = _pair(128)  # the deepest scan must see more than one step for A to matter
     total, _ = FusionLoss()(model(a, b), a, b)
     total.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert missing == []
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_fusionmamba.engine.sources import PERCENTILES
 from napari_fusionmamba.errors import PreflightError
+from napari_fusionmamba.registry import load_checkpoint
 from napari_fusionmamba.training import (
     CropSampler,
     Pair,
@@ -18,8 +20,6 @@ from napari_fusionmamba.training import (
     learning_rate,
     prepare_pairs,
 )
-from napari_fusionmamba.engine.sources import PERCENTILES
-from napari_fusionmamba.registry import load_checkpoint
 
 
 def _pair(size=96, seed=0):
@@ -201,13 +201,33 @@ def _thin_strip_mask(shape=(64, 160)):
         (lambda a, b: Pair(a, b[:80]), {}, r"pair 1.*differ in shape"),
         (lambda a, b: Pair(a, b), {"crop": 128}, r"crop 128 is larger than the image"),
         (lambda a, b: Pair(a, b, np.zeros(a.shape)), {}, r"mask is empty"),
-        (lambda a, b: Pair(a, b, np.pad(np.ones((20, 20)), ((0, 76), (0, 76)))), {}, r"only 400 pixels are marked, fewer than one 32 x 32"),
-        (lambda a, b: Pair(a, b, np.pad(np.ones((96, 16)), ((0, 0), (0, 80)))), {}, r"no 32 x 32 crop fits inside the marked region"),
+        (
+            lambda a, b: Pair(a, b, np.pad(np.ones((20, 20)), ((0, 76), (0, 76)))),
+            {},
+            r"only 400 pixels are marked, fewer than one 32 x 32",
+        ),
+        (
+            lambda a, b: Pair(a, b, np.pad(np.ones((96, 16)), ((0, 0), (0, 80)))),
+            {},
+            r"no 32 x 32 crop fits inside the marked region",
+        ),
         (lambda a, b: Pair(a, b, np.ones((50, 50))), {}, r"mask has shape \(50, 50\)"),
-        (lambda a, b: Pair(a * 255, b), {"normalise": False}, r"image a spans .* outside \[0, 1\]; turn normalisation on"),
+        (
+            lambda a, b: Pair(a * 255, b),
+            {"normalise": False},
+            r"image a spans .* outside \[0, 1\]; turn normalisation on",
+        ),
         (lambda a, b: Pair(a, b * 0.1), {"normalise": False}, r"intensity ranges differ .*x.*turn normalisation on"),
         (lambda a, b: Pair(np.full_like(a, 3.0), b), {}, r"image a is flat"),
-        (lambda a, b: Pair(np.zeros((64, 160)) + np.arange(160) / 160, np.ones((64, 160)) * np.arange(64)[:, None] / 64, _thin_strip_mask()), {}, r"validation region is empty"),
+        (
+            lambda a, b: Pair(
+                np.zeros((64, 160)) + np.arange(160) / 160,
+                np.ones((64, 160)) * np.arange(64)[:, None] / 64,
+                _thin_strip_mask(),
+            ),
+            {},
+            r"validation region is empty",
+        ),
         (lambda a, b: Pair(a, b), {"base": "no-such-model"}, r"base model: unknown model 'no-such-model'"),
         (lambda a, b: Pair(a, b), {"steps": 0, "crop": 8}, r"steps must be at least 1.*crop must be at least 16"),
         (lambda a, b: Pair(a, b), {"loss_weights": (0, 0, 0)}, r"loss weights"),
@@ -249,7 +269,9 @@ def test_training_from_scratch_uses_the_named_config(tmp_path):
     assert meta["provenance"]["base"] == "scratch (tiny)" and model.config.name == "tiny"
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.json")), ids=lambda p: p.stem
+)
 def test_shipped_recipes_hold_valid_settings(recipe):
     """The recipes behind the shipped weights and the model card's runs: a typo in a setting's
     name or value would only show when someone reruns them with the data beside the repo."""

@@ -9,7 +9,8 @@ run in one process, and forgotten when the run ends.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +61,14 @@ def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return block.astype(dtype, copy=False)
 
 
-def run_chunk(job: FusionJob, layout: OutputLayout, store: str, done: str,
-              plane: tuple[int, ...], region: tuple[int, int, int, int]) -> int:
+def run_chunk(
+    job: FusionJob,
+    layout: OutputLayout,
+    store: str,
+    done: str,
+    plane: tuple[int, ...],
+    region: tuple[int, int, int, int],
+) -> int:
     """Fuse one output chunk (``region`` = y0, y1, x0, x1), write it, then mark it done (a
     killed run redoes unmarked ones). Returns how many tiles it ran."""
     y0, y1, x0, x1 = region
@@ -74,8 +81,9 @@ def run_chunk(job: FusionJob, layout: OutputLayout, store: str, done: str,
     return len(job.grid().touching(y0, y1, x0, x1))
 
 
-def execute(tasks: list[Any], scheduler: Any, progress: Callable[[int], None],
-            cancel: Callable[[], bool] | None) -> int:
+def execute(
+    tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+) -> int:
     """Run delayed chunk tasks on a local scheduler name or a dask.distributed client/address;
     returns the number of tiles they ran."""
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
@@ -83,8 +91,9 @@ def execute(tasks: list[Any], scheduler: Any, progress: Callable[[int], None],
     return _execute_on_cluster(tasks, scheduler, progress, cancel)
 
 
-def _execute_locally(tasks: list[Any], scheduler: str, progress: Callable[[int], None],
-                     cancel: Callable[[], bool] | None) -> int:
+def _execute_locally(
+    tasks: list[Any], scheduler: str, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+) -> int:
     import dask
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
@@ -103,8 +112,9 @@ def _execute_locally(tasks: list[Any], scheduler: str, progress: Callable[[int],
     return int(sum(results))
 
 
-def _execute_on_cluster(tasks: list[Any], scheduler: Any, progress: Callable[[int], None],
-                        cancel: Callable[[], bool] | None) -> int:
+def _execute_on_cluster(
+    tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+) -> int:
     from distributed import Client, as_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)

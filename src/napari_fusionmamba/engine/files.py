@@ -16,8 +16,9 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +57,10 @@ class FuseReport:
 
     def summary(self) -> str:
         resumed = f", {self.chunks_skipped} already done" if self.chunks_skipped else ""
-        return (f"{self.out}: {'x'.join(map(str, self.shape))} {self.dtype} in {self.seconds:.1f} s "
-                f"({self.chunks_computed} chunks, {self.tiles_computed} tiles computed{resumed})")
+        return (
+            f"{self.out}: {'x'.join(map(str, self.shape))} {self.dtype} in {self.seconds:.1f} s "
+            f"({self.chunks_computed} chunks, {self.tiles_computed} tiles computed{resumed})"
+        )
 
 
 def default_chunk(tile: int, overlap: int) -> int:
@@ -93,8 +96,9 @@ def fuse_files(
         raise InputError(f"unknown output dtype {options.dtype!r}: choose float32 or source")
     check_scheduler(options.scheduler)
     # Open the sources before judging the output, so a missing source is named first.
-    names = tuple(str(x) if isinstance(x, (str, os.PathLike)) else n
-                  for x, n in zip((a, b), options.names or ("A", "B")))
+    names = tuple(
+        str(x) if isinstance(x, (str, os.PathLike)) else n for x, n in zip((a, b), options.names or ("A", "B"))
+    )
     job = prepare_job(a, b, FuseOptions.of(options, {"names": names}))
     kind = check_output(out, options.overwrite, [job.a, job.b])
     layout = output_layout(job, options)
@@ -107,9 +111,20 @@ def fuse_files(
     finally:
         forget_runners(job)
     finalise(out, kind, layout, partial)
-    return FuseReport(out, layout.shape, str(np.dtype(layout.dtype)), layout.axes, layout.pixel_size, layout.chunk,
-                      len(blocks), len(todo), len(blocks) - len(todo), tiles, time.perf_counter() - start,
-                      {"tile": job.tile, "overlap": job.overlap, "batch": job.batch, "engine": job.engine.key})
+    return FuseReport(
+        out,
+        layout.shape,
+        str(np.dtype(layout.dtype)),
+        layout.axes,
+        layout.pixel_size,
+        layout.chunk,
+        len(blocks),
+        len(todo),
+        len(blocks) - len(todo),
+        tiles,
+        time.perf_counter() - start,
+        {"tile": job.tile, "overlap": job.overlap, "batch": job.batch, "engine": job.engine.key},
+    )
 
 
 def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
@@ -138,8 +153,10 @@ def _output_dtype(job: FusionJob, dtype: str) -> np.dtype[Any]:
     if common.kind == "f":
         return np.dtype(np.float32)
     if common.itemsize > 4:
-        raise InputError(f"dtype source: {common} sources ({job.a.name}, {job.b.name}) have no "
-                         f"exact [0, 1] scaling; use dtype float32")
+        raise InputError(
+            f"dtype source: {common} sources ({job.a.name}, {job.b.name}) have no "
+            f"exact [0, 1] scaling; use dtype float32"
+        )
     return common
 
 
@@ -151,29 +168,47 @@ def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
     out_dtype = _output_dtype(job, options.dtype)
     a, b = job.a, job.b
-    if a.pixel_size is not None and b.pixel_size is not None and not np.allclose(
-        a.pixel_size[-2:], b.pixel_size[-2:], rtol=1e-2
+    if (
+        a.pixel_size is not None
+        and b.pixel_size is not None
+        and not np.allclose(a.pixel_size[-2:], b.pixel_size[-2:], rtol=1e-2)
     ):
         warnings.warn(f"pixel sizes differ ({a.pixel_size} and {b.pixel_size}); using {a.name}'s", stacklevel=3)
     spatial = len(job.out_axes.rstrip("S"))
     pixel_source = a if a.pixel_size is not None else b
-    pixel = pixel_source.pixel_size if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == spatial else None
+    pixel = (
+        pixel_source.pixel_size
+        if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == spatial
+        else None
+    )
     place = a if a.origin is not None else b
     origin = place.origin if place.origin is not None and len(place.origin) == spatial else None
-    return OutputLayout(job.out_shape, job.out_axes, out_dtype.str, chunk, pixel,
-                        pixel_source.unit if pixel else None, origin)
+    return OutputLayout(
+        job.out_shape, job.out_axes, out_dtype.str, chunk, pixel, pixel_source.unit if pixel else None, origin
+    )
 
 
 def plan_blocks(job: FusionJob, chunk: int) -> list[Block]:
     """Every output chunk of every plane, in order."""
     height, width = job.plane_shape
-    return [(plane, (y, min(y + chunk, height), x, min(x + chunk, width)))
-            for plane in np.ndindex(*job.lead)  # one () for a single plane
-            for y in range(0, height, chunk) for x in range(0, width, chunk)]
+    return [
+        (plane, (y, min(y + chunk, height), x, min(x + chunk, width)))
+        for plane in np.ndindex(*job.lead)  # one () for a single plane
+        for y in range(0, height, chunk)
+        for x in range(0, width, chunk)
+    ]
 
 
-def _run_blocks(job: FusionJob, layout: OutputLayout, partial: PartialRun, todo: list[Block], total: int,
-                scheduler: Any, progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None) -> int:
+def _run_blocks(
+    job: FusionJob,
+    layout: OutputLayout,
+    partial: PartialRun,
+    todo: list[Block],
+    total: int,
+    scheduler: Any,
+    progress: Callable[[int, int], None] | None,
+    cancel: Callable[[], bool] | None,
+) -> int:
     """Run the chunks not done yet as dask tasks; returns the number of tiles they ran."""
     import dask
 

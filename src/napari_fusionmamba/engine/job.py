@@ -7,8 +7,9 @@ colour of A (or of the colour source) is put back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -100,8 +101,16 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     batch = options.batch
     if int(batch) != batch or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch}")
-    return FusionJob(sa, sb, normalisation_of(sa, options.normalise), normalisation_of(sb, options.normalise),
-                     engine, int(options.tile), int(options.overlap), int(batch))
+    return FusionJob(
+        sa,
+        sb,
+        normalisation_of(sa, options.normalise),
+        normalisation_of(sb, options.normalise),
+        engine,
+        int(options.tile),
+        int(options.overlap),
+        int(batch),
+    )
 
 
 def fuse(
@@ -138,7 +147,16 @@ def fuse(
                 progress(i * per_plane + round(done / max(total, 1) * per_plane), len(planes) * per_plane)
 
         la, lb, chroma = job.inputs(plane, 0, height, 0, width)
-        fused, settings = tiled_fuse(predict, la, lb, settings["tile"], settings["overlap"], settings["batch"],
-                                     multiple, progress=report, cancel=cancel)
+        fused, settings = tiled_fuse(
+            predict,
+            la,
+            lb,
+            settings["tile"],
+            settings["overlap"],
+            settings["batch"],
+            multiple,
+            progress=report,
+            cancel=cancel,
+        )
         out[plane] = job.finish(fused, chroma)
     return out

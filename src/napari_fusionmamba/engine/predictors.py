@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,8 @@ def _model_key(name: str) -> str:
 
 def choose_engine(model, method: str | None, device: str) -> Engine:
     """Check the model / method / device choice in the caller's process (clear errors early)."""
-    from ..quality.baselines import BASELINES
     from ..model.devices import resolve_device
+    from ..quality.baselines import BASELINES
 
     resolve_device(device)  # a device that is not there fails here, before any output
     if method is not None:

@@ -57,10 +57,16 @@ def source_identity(source: Source) -> dict[str, Any]:
     path = os.path.abspath(source.ref)
     metadata = (".zarray", ".zattrs", ".zgroup", "zarr.json")
     # A store's metadata (its own and its arrays', one level down), never its many chunk files.
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(folder, name) for folder in [path] + [e.path for e in os.scandir(path) if e.is_dir()]
-        for name in metadata if os.path.isfile(os.path.join(folder, name))
-    ]
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else [
+            os.path.join(folder, name)
+            for folder in [path] + [e.path for e in os.scandir(path) if e.is_dir()]
+            for name in metadata
+            if os.path.isfile(os.path.join(folder, name))
+        ]
+    )
     return {"path": path, "files": sorted((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files)}
 
 
@@ -94,8 +100,12 @@ def open_partial(out: str, record: dict[str, Any], layout: OutputLayout, overwri
             shutil.rmtree(partial.folder)
     if not os.path.exists(partial.folder):
         os.makedirs(partial.done)
-        create_ome_zarr(partial.store, layout, attrs={"fusionmamba": {"run": run_hash, "complete": False}},
-                        name=os.path.basename(out))
+        create_ome_zarr(
+            partial.store,
+            layout,
+            attrs={"fusionmamba": {"run": run_hash, "complete": False}},
+            name=os.path.basename(out),
+        )
         with atomic_path(partial.record) as tmp:
             tmp.write_text(json.dumps({"hash": run_hash, "run": record}, indent=1, default=str))
     return partial

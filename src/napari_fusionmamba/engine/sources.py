@@ -87,11 +87,27 @@ def as_source(value, name: str) -> Source:
     if isinstance(value, (str, os.PathLike)):
         path = str(value)
         image = _opened(path)
-        source = Source(path, path, image.axes, tuple(image.data.shape), np.dtype(image.data.dtype),
-                        image.pixel_size, image.unit, image.origin)
+        source = Source(
+            path,
+            path,
+            image.axes,
+            tuple(image.data.shape),
+            np.dtype(image.data.dtype),
+            image.pixel_size,
+            image.unit,
+            image.origin,
+        )
     elif isinstance(value, OpenedImage):
-        source = Source(value.path, value.data, value.axes, tuple(value.data.shape),
-                        np.dtype(value.data.dtype), value.pixel_size, value.unit, value.origin)
+        source = Source(
+            value.path,
+            value.data,
+            value.axes,
+            tuple(value.data.shape),
+            np.dtype(value.data.dtype),
+            value.pixel_size,
+            value.unit,
+            value.origin,
+        )
     else:
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
             value = np.asarray(value)
@@ -122,9 +138,7 @@ def check_pair(a: Source, b: Source) -> None:
             f"{b.name} is {b.plane_shape[0]}x{b.plane_shape[1]} (the sources must be registered)"
         )
     if a.lead != b.lead:
-        raise InputError(
-            f"different numbers of planes: {a.name} has {_planes(a)}, {b.name} has {_planes(b)}"
-        )
+        raise InputError(f"different numbers of planes: {a.name} has {_planes(a)}, {b.name} has {_planes(b)}")
 
 
 def _planes(source: Source) -> str:
@@ -182,7 +196,7 @@ def normalisation_of(source: Source, mode: str | None, percentiles=PERCENTILES) 
             stacklevel=3,
         )
     values = sample[finite]
-    lo, hi = (np.percentile(values, percentiles) if mode == "percentile" else (values.min(), values.max()))
+    lo, hi = np.percentile(values, percentiles) if mode == "percentile" else (values.min(), values.max())
     if hi <= lo:  # a mostly flat image: fall back to the full range of the sample
         lo, hi = values.min(), values.max()
     if hi <= lo:  # constant: it carries no information, map it to 0

@@ -22,8 +22,16 @@ from ..errors import InputError
 LEADING = {0: "", 1: "Z", 2: "TZ", 3: "TCZ"}
 
 #: OME-Zarr unit names for the spellings found in TIFF metadata.
-OME_UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer",
-          "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+OME_UNITS = {
+    "µm": "micrometer",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "\\u00B5m": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+}
 #: TIFF unit spellings of the OME-Zarr unit names.
 TIFF_UNITS = {v: k for k, v in OME_UNITS.items() if k in ("µm", "nm", "mm", "cm", "m")}
 

@@ -33,7 +33,7 @@ class OpenedImage:
     the layer's ``translate``; None when the file says nothing.
     """
 
-    data: "object"  # dask.array.Array
+    data: object  # dask.array.Array
     pixel_size: tuple[float, ...] | None
     axes: str
     path: str
@@ -52,7 +52,7 @@ def is_zarr_path(path: str | os.PathLike) -> bool:
 
 
 def kind_of(path: str | os.PathLike) -> str:
-    """"zarr", "tiff" or "picture" from a path's name; a clear error otherwise."""
+    """ "zarr", "tiff" or "picture" from a path's name; a clear error otherwise."""
     name = str(path).lower().rstrip("/")
     if is_zarr_path(path):
         return "zarr"
@@ -199,7 +199,9 @@ def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) 
     levels = [da.from_zarr(group[name]) for name in names[first:]]
     axes_meta = meta.get("axes") or []
     names_axes = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
-    axes = "".join(n.upper()[0] for n in names_axes) if len(names_axes) == levels[0].ndim else guess_axes(levels[0].shape)
+    axes = (
+        "".join(n.upper()[0] for n in names_axes) if len(names_axes) == levels[0].ndim else guess_axes(levels[0].shape)
+    )
     transforms = {t.get("type"): t for t in datasets[first].get("coordinateTransformations", [])}
 
     def per_axis(values):
@@ -207,7 +209,9 @@ def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) 
 
     pixel = per_axis(transforms.get("scale", {}).get("scale"))
     origin = per_axis(transforms.get("translation", {}).get("translation"))
-    unit = next((a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None)
+    unit = next(
+        (a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None
+    )
     return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None, origin)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .axes import TIFF_UNITS, Planes, ome_axis
 
+
 @dataclass(frozen=True)
 class OutputLayout(Planes):
     """Shape and metadata of a fused output: planes (``lead`` shape) of (Y, X), plus a colour
@@ -44,8 +45,10 @@ class OutputLayout(Planes):
         return tuple(self.shape[i] for i in self._store_order())
 
     def store_chunks(self) -> tuple[int, ...]:
-        chunks = [1] * len(self.lead) + [min(self.chunk, self.shape[len(self.lead)]),
-                                         min(self.chunk, self.shape[len(self.lead) + 1])]
+        chunks = [1] * len(self.lead) + [
+            min(self.chunk, self.shape[len(self.lead)]),
+            min(self.chunk, self.shape[len(self.lead) + 1]),
+        ]
         if self.colour:
             chunks.append(3)
         return tuple(chunks[i] for i in self._store_order())
@@ -68,8 +71,7 @@ def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, 
     import zarr
 
     group = zarr.open_group(path, mode="w", zarr_format=2)
-    group.create_array("0", shape=layout.store_shape(), chunks=layout.store_chunks(),
-                       dtype=layout.dtype, fill_value=0)
+    group.create_array("0", shape=layout.store_shape(), chunks=layout.store_chunks(), dtype=layout.dtype, fill_value=0)
     spatial = [i for i, ax in enumerate(layout.axes) if ax != "S"]
 
     def in_store_order(values, default: float) -> list[float]:
@@ -81,12 +83,14 @@ def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, 
     transforms = [{"type": "scale", "scale": in_store_order(layout.pixel_size, 1.0)}]
     if layout.origin is not None:
         transforms.append({"type": "translation", "translation": in_store_order(layout.origin, 0.0)})
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "name": name or os.path.basename(path.rstrip("/")),
-        "axes": layout.ome_axes(),
-        "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name or os.path.basename(path.rstrip("/")),
+            "axes": layout.ome_axes(),
+            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
+        }
+    ]
     if attrs:
         group.attrs.update(attrs)
     return group
@@ -112,14 +116,16 @@ def add_pyramid(path: str, layout: OutputLayout, smallest: int = PYRAMID_MIN) ->
         level += 1
         shape = previous.shape[:-2] + tuple(-(-n // 2) for n in previous.shape[-2:])
         chunks = previous.chunks[:-2] + tuple(min(c, n) for c, n in zip(previous.chunks[-2:], shape[-2:]))
-        current = group.create_array(str(level), shape=shape, chunks=chunks, dtype=previous.dtype,
-                                     fill_value=0, overwrite=True)
+        current = group.create_array(
+            str(level), shape=shape, chunks=chunks, dtype=previous.dtype, fill_value=0, overwrite=True
+        )
         cy, cx = chunks[-2:]
         for lead in np.ndindex(*shape[:-2]):
             for y in range(0, shape[-2], cy):
                 for x in range(0, shape[-1], cx):
-                    block = np.asarray(previous[lead + (slice(2 * y, 2 * (y + cy)), slice(2 * x, 2 * (x + cx)))],
-                                       dtype=np.float32)  # exact for means of 8/16-bit values
+                    block = np.asarray(
+                        previous[lead + (slice(2 * y, 2 * (y + cy)), slice(2 * x, 2 * (x + cx)))], dtype=np.float32
+                    )  # exact for means of 8/16-bit values
                     h, w = -(-block.shape[0] // 2), -(-block.shape[1] // 2)
                     block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1])), mode="edge")
                     mean = block.reshape(h, 2, w, 2).mean(axis=(1, 3))
@@ -198,9 +204,17 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
                         yield rows[y : y + TIFF_TILE, x : x + TIFF_TILE]
 
     unit = TIFF_UNITS.get(layout.unit or "micrometer", layout.unit or "µm")
-    metadata = {"axes": layout.axes,
-                **ome_tiff_placement(layout.axes, layout.lead, layout.pixel_size, layout.origin, unit)}
+    metadata = {
+        "axes": layout.axes,
+        **ome_tiff_placement(layout.axes, layout.lead, layout.pixel_size, layout.origin, unit),
+    }
     tifffile.imwrite(
-        tiff_path, tiles(), shape=layout.shape, dtype=layout.dtype, tile=(TIFF_TILE, TIFF_TILE),
-        photometric="rgb" if layout.colour else "minisblack", ome=True, metadata=metadata,
+        tiff_path,
+        tiles(),
+        shape=layout.shape,
+        dtype=layout.dtype,
+        tile=(TIFF_TILE, TIFF_TILE),
+        photometric="rgb" if layout.colour else "minisblack",
+        ome=True,
+        metadata=metadata,
     )

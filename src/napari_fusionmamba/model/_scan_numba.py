@@ -166,7 +166,7 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, dt, A, B, C = ctx.arrays
-        batch, channels, length = u.shape
+        batch, channels, _ = u.shape
         groups, n = B.shape[1], A.shape[1]
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         # enough (batch, group, block) items to keep every thread busy
@@ -178,8 +178,10 @@ class _NumbaScan(torch.autograd.Function):
         with _LOCK:
             _set_threads()
             _backward(u, dt, A, B, C, _np(grad), blocks, du, ddt, dA, dB, dC)
-        return tuple(torch.from_numpy(g) for g in (
-            du, ddt, dA.sum(0), dB.sum(0).transpose(0, 1, 3, 2), dC.sum(0).transpose(0, 1, 3, 2)))
+        return tuple(
+            torch.from_numpy(g)
+            for g in (du, ddt, dA.sum(0), dB.sum(0).transpose(0, 1, 3, 2), dC.sum(0).transpose(0, 1, 3, 2))
+        )
 
 
 def numba_scan(u, dt, A, B, C):

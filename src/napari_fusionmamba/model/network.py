@@ -39,7 +39,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         return from_json(cls, values, "model config keys")
 
     @property
@@ -51,9 +51,7 @@ class ModelConfig:
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny"),
     "small": ModelConfig(name="small", embed_dim=32, encoder_depths=(1, 1, 2, 1), decoder_depths=(1, 2, 1, 1)),
-    "paper": ModelConfig(
-        name="paper", embed_dim=96, encoder_depths=(2, 2, 9, 2), decoder_depths=(2, 9, 2, 2)
-    ),
+    "paper": ModelConfig(name="paper", embed_dim=96, encoder_depths=(2, 2, 9, 2), decoder_depths=(2, 9, 2, 2)),
     "paper-lite": ModelConfig(
         name="paper-lite", embed_dim=96, encoder_depths=(2, 2, 1, 2), decoder_depths=(2, 1, 2, 2)
     ),
@@ -143,7 +141,9 @@ class FusionMamba(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
-            raise ValueError(f"expected two (B, 1, H, W) images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"expected two (B, 1, H, W) images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         height, width = a.shape[-2:]
         pa, pb = pad_to_multiple(a, self.stride), pad_to_multiple(b, self.stride)
         batch = a.shape[0]

@@ -74,7 +74,9 @@ def resolve_backend(backend: str | None = "auto", device="cpu") -> str:
             )
     if name == "numba":
         if device.type != "cpu":
-            raise UnavailableError(f"the numba selective-scan backend runs on the CPU, these tensors are on {device.type}")
+            raise UnavailableError(
+                f"the numba selective-scan backend runs on the CPU, these tensors are on {device.type}"
+            )
         if not _numba_importable():
             raise UnavailableError("the numba selective-scan backend needs numba (pip install numba)")
     return name
@@ -122,12 +124,12 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
             raise ValueError(f"{label} must be (channels={channels},); got {tuple(t.shape)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba_importable() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mamba_error() -> str:
     """'' when mamba-ssm's scan imports, else why not; imports it, so only called for CUDA."""
     try:
@@ -246,8 +248,13 @@ def _scan_cuda(u, delta, A, B, C, D, delta_bias, softplus):
         return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
     return selective_scan_fn(
-        last_contiguous(u), last_contiguous(delta), A.float(), last_contiguous(B), last_contiguous(C),
-        D=None if D is None else D.float(), z=None,
+        last_contiguous(u),
+        last_contiguous(delta),
+        A.float(),
+        last_contiguous(B),
+        last_contiguous(C),
+        D=None if D is None else D.float(),
+        z=None,
         delta_bias=None if delta_bias is None else delta_bias.float(),
         delta_softplus=softplus,
     )

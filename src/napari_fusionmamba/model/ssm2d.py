@@ -52,8 +52,15 @@ class SelectiveScan2D(nn.Module):
 
     directions = len(PHASES)
 
-    def __init__(self, channels: int, d_state: int, dt_rank: int,
-                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4):
+    def __init__(
+        self,
+        channels: int,
+        d_state: int,
+        dt_rank: int,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_floor: float = 1e-4,
+    ):
         super().__init__()
         k, e, n, r = self.directions, channels, d_state, dt_rank
         self.d_state, self.dt_rank = n, r
@@ -64,8 +71,8 @@ class SelectiveScan2D(nn.Module):
         self.D = nn.Parameter(torch.ones(k * e))
         self.out_norm = nn.LayerNorm(e)
 
-        nn.init.uniform_(self.x_proj, -e**-0.5, e**-0.5)
-        nn.init.uniform_(self.dt_proj, -r**-0.5, r**-0.5)
+        nn.init.uniform_(self.x_proj, -(e**-0.5), e**-0.5)
+        nn.init.uniform_(self.dt_proj, -(r**-0.5), r**-0.5)
         with torch.no_grad():
             # softplus(dt_bias) log-uniform in [dt_min, dt_max]: the inverse of softplus.
             dt = torch.exp(torch.rand(k * e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))

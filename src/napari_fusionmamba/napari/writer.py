@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import guess_axes, ome_axis, ome_tiff_placement
 
+
 def _levels(data, meta: dict) -> tuple[list, str]:
     """Resolution levels as OME wants them (RGB(A) channels first) and their axis letters."""
     import dask.array as da
@@ -42,7 +43,6 @@ def write_ome_zarr(path: str, data, meta: dict) -> list[str]:
     import dask.array as da
     import zarr
 
-
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
     if temporary.exists():
@@ -59,19 +59,23 @@ def write_ome_zarr(path: str, data, meta: dict) -> list[str]:
             chunks = tuple(min(n, 1 if name in "tcz" else 1024) for n, name in zip(level.shape, axes))
             array = group.create_array(str(index), shape=level.shape, dtype=level.dtype, chunks=chunks)
             da.store(level.rechunk(chunks), array, lock=False)
-            datasets.append({
-                "path": str(index),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [s * f for s, f in zip(scale, factor)]},
-                    {"type": "translation", "translation": translate},
-                ],
-            })
-        group.attrs["multiscales"] = [{
-            "version": "0.4",
-            "name": meta.get("name", target.stem),
-            "axes": [ome_axis(a) for a in axes],
-            "datasets": datasets,
-        }]
+            datasets.append(
+                {
+                    "path": str(index),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [s * f for s, f in zip(scale, factor)]},
+                        {"type": "translation", "translation": translate},
+                    ],
+                }
+            )
+        group.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "name": meta.get("name", target.stem),
+                "axes": [ome_axis(a) for a in axes],
+                "datasets": datasets,
+            }
+        ]
         _replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -83,22 +87,26 @@ def write_ome_tiff(path: str, data, meta: dict) -> list[str]:
     """Save one image layer (its full resolution) as an OME-TIFF, one plane in memory at a time."""
     import tifffile
 
-
     target = Path(path)
     temporary = target.with_name(f".{target.name}.partial")
     level = data[0] if meta.get("multiscale") else data
     rgb = bool(meta.get("rgb"))
     spatial = level.shape[:-1] if rgb else level.shape
     axes = guess_axes(level.shape, colour=rgb)
-    scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial):]
-    translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial):]
+    scale = [float(s) for s in meta.get("scale", [1.0] * len(spatial))][-len(spatial) :]
+    translate = [float(t) for t in meta.get("translate", [0.0] * len(spatial))][-len(spatial) :]
     placement = ome_tiff_placement(axes, spatial[:-2], scale, translate)
     planes = (np.asarray(level[index]) for index in np.ndindex(*spatial[:-2]))
     nbytes = int(np.prod(level.shape, dtype=np.int64)) * np.dtype(level.dtype).itemsize
     try:
         tifffile.imwrite(
-            temporary, data=planes, shape=level.shape, dtype=level.dtype, ome=True,
-            photometric="rgb" if rgb else "minisblack", bigtiff=nbytes > 2**31 - 2**25,
+            temporary,
+            data=planes,
+            shape=level.shape,
+            dtype=level.dtype,
+            ome=True,
+            photometric="rgb" if rgb else "minisblack",
+            bigtiff=nbytes > 2**31 - 2**25,
             metadata={"axes": axes, "Name": meta.get("name", target.stem), **placement},
         )
         _replace(temporary, target)

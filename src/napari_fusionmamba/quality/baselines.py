@@ -7,7 +7,7 @@ the tiled engine, the CLI (``--method``) and the widgets can run any of them lik
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -162,17 +162,13 @@ def gff(
     bases = [_box(x, base_radius) for x in (a64, b64)]
     details = [x - base for x, base in zip((a64, b64), bases)]
     saliency = [
-        ndimage.gaussian_filter(np.abs(ndimage.laplace(x, mode="reflect")), 5.0, truncate=1.0)
-        for x in (a64, b64)
+        ndimage.gaussian_filter(np.abs(ndimage.laplace(x, mode="reflect")), 5.0, truncate=1.0) for x in (a64, b64)
     ]
     choose_a = (saliency[0] >= saliency[1]).astype(np.float64)
     choose_b = (saliency[1] >= saliency[0]).astype(np.float64)  # ties count for both
     fused = np.zeros_like(a64)
     for radius, eps, parts in ((r1, eps1, bases), (r2, eps2, details)):
-        weights = [
-            np.clip(guided_filter(x, p, radius, eps), 0.0, None)
-            for x, p in ((a64, choose_a), (b64, choose_b))
-        ]
+        weights = [np.clip(guided_filter(x, p, radius, eps), 0.0, None) for x, p in ((a64, choose_a), (b64, choose_b))]
         total = weights[0] + weights[1]
         even = total <= 1e-12
         total[even] = 1.0

@@ -14,14 +14,14 @@ all call it.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from ..io.colour import rgb_to_ycrcb
 from ..errors import FusionCancelled, InputError
+from ..io.colour import rgb_to_ycrcb
 
 PEAK = 255.0
 """Data range of every metric input (8-bit gray)."""
@@ -48,9 +48,7 @@ def to_gray8(image: np.ndarray, name: str = "image") -> np.ndarray:
     elif data.ndim == 2:
         values = data.astype(np.float64)
     else:
-        raise InputError(
-            f"{name}: expected one 2-D gray or (H, W, 3) colour plane, got shape {data.shape}"
-        )
+        raise InputError(f"{name}: expected one 2-D gray or (H, W, 3) colour plane, got shape {data.shape}")
     if values.size == 0:
         raise InputError(f"{name}: image is empty")
     if not np.all(np.isfinite(values)):
@@ -149,9 +147,7 @@ def average_gradient(fused: np.ndarray) -> float:
 
 def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
     """MI (bits) of two 8-bit images from their 256x256 joint histogram."""
-    joint = np.bincount(
-        (x.astype(np.intp) * 256 + y.astype(np.intp)).ravel(), minlength=256 * 256
-    ).reshape(256, 256)
+    joint = np.bincount((x.astype(np.intp) * 256 + y.astype(np.intp)).ravel(), minlength=256 * 256).reshape(256, 256)
     joint = joint / joint.sum()
     px = joint.sum(axis=1)
     py = joint.sum(axis=0)
@@ -229,9 +225,7 @@ def _fmi_differing_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     h_x, h_f = _pdf_entropy(px), _pdf_entropy(pf)
     information = h_x + h_f - h_joint
     total = h_x + h_f
-    return np.where(
-        (information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0)
-    )
+    return np.where((information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0))
 
 
 def _nelsen_joint_entropy(px, pf, cx, cf, c, sd_product) -> np.ndarray:
@@ -366,7 +360,8 @@ def _edge_preservation(g_s, a_s, g_f, a_f) -> np.ndarray:
     """Q^{SF}: how well F keeps the edge strength and orientation of source S, per pixel."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(
-            g_s > g_f, g_f / np.where(g_s > 0, g_s, 1.0),
+            g_s > g_f,
+            g_f / np.where(g_s > 0, g_s, 1.0),
             np.where(g_s == g_f, g_f, g_s / np.where(g_f > 0, g_f, 1.0)),
         )
     angle = 1.0 - np.abs(a_s - a_f) / (np.pi / 2)
@@ -414,9 +409,7 @@ _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 def _ssim_and_cs(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term over the 'valid' 11x11 Gaussian windows."""
     if min(x.shape) < _SSIM_WINDOW.size:
-        raise InputError(
-            f"SSIM needs images of at least {_SSIM_WINDOW.size}x{_SSIM_WINDOW.size} pixels, got {x.shape}"
-        )
+        raise InputError(f"SSIM needs images of at least {_SSIM_WINDOW.size}x{_SSIM_WINDOW.size} pixels, got {x.shape}")
     mu_x, mu_y = _filter_valid(x, _SSIM_WINDOW), _filter_valid(y, _SSIM_WINDOW)
     var_x = _filter_valid(x * x, _SSIM_WINDOW) - mu_x * mu_x
     var_y = _filter_valid(y * y, _SSIM_WINDOW) - mu_y * mu_y

@@ -133,8 +133,17 @@ def prepare_pairs(pairs: list[Pair], settings: TrainSettings) -> list[_PairData]
             val_valid = valid if held_out else np.zeros_like(valid)
         else:
             train_valid, val_valid = _band_split(used, where, settings)
-        prepared.append(_PairData(label, a, b, weight, np.flatnonzero(train_valid),
-                                  _grid_positions(val_valid, settings.crop), float(pair.weight)))
+        prepared.append(
+            _PairData(
+                label,
+                a,
+                b,
+                weight,
+                np.flatnonzero(train_valid),
+                _grid_positions(val_valid, settings.crop),
+                float(pair.weight),
+            )
+        )
     if not any(p.val_positions for p in prepared):
         raise PreflightError(
             f"the validation region is empty: no {settings.crop} x {settings.crop} crop fits in the held-out part "
@@ -161,8 +170,9 @@ def _read_pair(index: int, pair: Pair, settings: TrainSettings) -> tuple[str, st
     return label, where, a, b
 
 
-def _read_mask(pair: Pair, shape: tuple[int, ...], where: str,
-               settings: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_mask(
+    pair: Pair, shape: tuple[int, ...], where: str, settings: TrainSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pair's mask (all ones without one), the pixels it marks, and the valid crop corners."""
     crop = settings.crop
     if pair.mask is None:
@@ -229,13 +239,17 @@ def _normalised_sources(
         if not np.isfinite(image).all():
             raise PreflightError(f"{where}: image {which} has NaN or infinite pixels")
         if image.max() <= image.min():
-            raise PreflightError(f"{where}: image {which} is flat (constant intensity {image.min():g}); nothing to learn from")
+            raise PreflightError(
+                f"{where}: image {which} is flat (constant intensity {image.min():g}); nothing to learn from"
+            )
         ranges.append(normalisation_of(as_source(image, which), "percentile", settings.percentiles))
     if settings.normalise:
         return np.clip(ranges[0](a), 0, 1), np.clip(ranges[1](b), 0, 1)
     for n, which in zip(ranges, "ab"):
         if n.lo < -1e-3 or n.hi > 1 + 1e-3:
-            raise PreflightError(f"{where}: image {which} spans {n.lo:g}..{n.hi:g}, outside [0, 1]; turn normalisation on")
+            raise PreflightError(
+                f"{where}: image {which} spans {n.lo:g}..{n.hi:g}, outside [0, 1]; turn normalisation on"
+            )
     spans = [max(n.hi - n.lo, 1e-12) for n in ranges]
     if max(spans) / min(spans) > MAX_RANGE_RATIO:
         raise PreflightError(
@@ -267,7 +281,7 @@ class CropSampler:
                 tile = np.rot90(src[y : y + self.crop, x : x + self.crop], k)
                 out.append(tile[:, ::-1] if flip else tile)
             origins.append((index, y, x))
-        stack = lambda tiles: np.ascontiguousarray(np.stack(tiles)[:, None])  # noqa: E731
+        stack = lambda tiles: np.ascontiguousarray(np.stack(tiles)[:, None])
         return stack(out_a), stack(out_b), stack(out_w), origins
 
 

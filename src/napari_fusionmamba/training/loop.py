@@ -10,9 +10,10 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from .settings import StepInfo, TrainResult, TrainSettings, check_settings, lear
 
 if TYPE_CHECKING:
     import torch
+
 
 def finetune(
     pairs: list[Pair] | None,
@@ -48,8 +50,9 @@ def finetune(
     return trainer.run(on_step, is_cancelled)
 
 
-def _open_run(run_dir: Path, pairs: list[Pair] | None, settings: TrainSettings | None,
-              resume: bool) -> tuple[TrainSettings, list[Pair]]:
+def _open_run(
+    run_dir: Path, pairs: list[Pair] | None, settings: TrainSettings | None, resume: bool
+) -> tuple[TrainSettings, list[Pair]]:
     """The settings and pairs of a new run, or of the stopped run in ``run_dir`` (whose saved
     settings win, but for the device)."""
     if not resume:
@@ -105,8 +108,14 @@ class _Trainer:
     data: list[_PairData]
 
     @classmethod
-    def start_run(cls, run_dir: Path, settings: TrainSettings, device: torch.device, data: list[_PairData],
-                  pairs: list[Pair] | None) -> _Trainer:
+    def start_run(
+        cls,
+        run_dir: Path,
+        settings: TrainSettings,
+        device: torch.device,
+        data: list[_PairData],
+        pairs: list[Pair] | None,
+    ) -> _Trainer:
         """A new run (``pairs`` given: its config.json is written) or the stopped one resumed."""
         import torch
 
@@ -149,11 +158,13 @@ class _Trainer:
     def save(self, name: str, step: int) -> Path:
         from ..registry import save_checkpoint
 
-        return save_checkpoint(self.run_dir / name, self.model, provenance=self.provenance,
-                               normalisation=self.normalisation, step=step)
+        return save_checkpoint(
+            self.run_dir / name, self.model, provenance=self.provenance, normalisation=self.normalisation, step=step
+        )
 
-    def loss(self, a: torch.Tensor, b: torch.Tensor,
-             w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def loss(
+        self, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         import torch
 
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -214,7 +225,9 @@ class _Trainer:
                     break
                 row = self.train_step(step)
                 step += 1
-                info = StepInfo(step, settings.steps, row["lr"], {k: v for k, v in row.items() if k not in ("step", "lr")})
+                info = StepInfo(
+                    step, settings.steps, row["lr"], {k: v for k, v in row.items() if k not in ("step", "lr")}
+                )
                 if step % settings.val_every == 0 or step == settings.steps:
                     self._validate_into(row, info, step)
                 row["seconds"] = info.elapsed = time.perf_counter() - began
@@ -228,8 +241,9 @@ class _Trainer:
         finally:
             log.close()
             self._save_at_end(step)
-        return TrainResult(run_dir, step, run_dir / "last.safetensors", run_dir / "best.safetensors",
-                           self.best_val, cancelled, history)
+        return TrainResult(
+            run_dir, step, run_dir / "last.safetensors", run_dir / "best.safetensors", self.best_val, cancelled, history
+        )
 
     def _terms(self, history: list[dict[str, float]]) -> list[str]:
         """The objective's term names: from the earlier rows of a resumed run, or one evaluation."""

@@ -30,8 +30,14 @@ def default_run_dir(name: str | None = None) -> Path:
 
 def pair_record(pair: Pair) -> dict[str, Any]:
     """A pair as the run's config.json keeps it: file paths (None for in-memory arrays)."""
-    as_path = lambda v: str(Path(v).resolve()) if isinstance(v, (str, Path)) else None  # noqa: E731
-    return {"a": as_path(pair.a), "b": as_path(pair.b), "mask": as_path(pair.mask), "name": pair.name, "weight": pair.weight}
+    as_path = lambda v: str(Path(v).resolve()) if isinstance(v, (str, Path)) else None
+    return {
+        "a": as_path(pair.a),
+        "b": as_path(pair.b),
+        "mask": as_path(pair.mask),
+        "name": pair.name,
+        "weight": pair.weight,
+    }
 
 
 def pairs_from_config(run_dir: Path) -> list[Pair]:
@@ -125,7 +131,7 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
     except (OSError, json.JSONDecodeError) as error:
         raise PreflightError(f"{path}: cannot read the recipe ({error})") from None
     base = path.parent
-    here = lambda p: None if p is None else (base / p if not Path(p).is_absolute() else Path(p))  # noqa: E731
+    here = lambda p: None if p is None else (base / p if not Path(p).is_absolute() else Path(p))
     pairs = []
     for item in recipe.get("pairs", []):
         if isinstance(item, str):
@@ -162,7 +168,7 @@ class RunLog:
     def __init__(self, path: Path, history: list[dict[str, float]], terms: list[str]):
         self.path = path
         self.columns = log_columns(terms)
-        self._file = open(path, "w", newline="")
+        self._file = open(path, "w", newline="")  # noqa: SIM115 (open for the run; closed by close())
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, restval="", extrasaction="ignore")
         self._writer.writeheader()
         self._writer.writerows(history)

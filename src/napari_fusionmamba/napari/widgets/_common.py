@@ -7,18 +7,20 @@ The job never touches the viewer; only the callbacks here, on the UI thread, do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Signal
 
-from ...io.files import atomic_path
 from ...errors import FusionCancelled, FusionMambaError, InputError
+from ...io.files import atomic_path
 
 SETTINGS_ENV = "NAPARI_FUSIONMAMBA_SETTINGS_DIR"
 
@@ -35,7 +37,7 @@ def current_plane(viewer, layer) -> tuple[int, ...]:
     """Data indices, on ``layer``'s leading (non-spatial) axes, of the plane the viewer shows."""
     shape = full_resolution(layer).shape
     leading = len(shape) - 2 - bool(getattr(layer, "rgb", False))
-    point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    point = layer.world_to_data(viewer.dims.point[-layer.ndim :])
     return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
 
 
@@ -102,7 +104,7 @@ class _RefreshOnOpen(QObject):
         super().__init__(combo.native)  # lives and dies with the Qt widget
         self._combo = combo
 
-    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+    def eventFilter(self, watched, event):
         if event.type() in (QEvent.MouseButtonPress, QEvent.KeyPress):
             self._combo.reset_choices()
         return False
@@ -153,10 +155,8 @@ def persist(container: Container, name: str, fields: list[str]) -> None:
     saved = load_settings(name)
     for field in fields:
         if field in saved:
-            try:
+            with contextlib.suppress(ValueError, TypeError):
                 getattr(container, field).value = saved[field]
-            except (ValueError, TypeError):
-                pass
 
     def save(_event=None):
         values = {}

@@ -15,8 +15,8 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
-from ...io.files import atomic_path
 from ...errors import FusionMambaError, InputError
+from ...io.files import atomic_path
 from ._common import Runner, current_plane, full_resolution, layer_picker
 
 
@@ -42,10 +42,20 @@ class EvaluateWidget(Container):
         self.table.min_height = 500  # all 14 metric rows without scrolling
         self.csv_path = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
         self.export_button = PushButton(text="Export CSV", enabled=False)
-        self.extend([
-            self.fused, self.a, self.b, self.run_button, self.compare_button, self.progress,
-            self.note, self.table, self.csv_path, self.export_button,
-        ])
+        self.extend(
+            [
+                self.fused,
+                self.a,
+                self.b,
+                self.run_button,
+                self.compare_button,
+                self.progress,
+                self.note,
+                self.table,
+                self.csv_path,
+                self.export_button,
+            ]
+        )
         self.results: dict[str, dict[str, float]] = {}
         self.runner = Runner(self.run_button, self.progress, name="Evaluate")
         self.run_button.changed.connect(lambda: self._on_run(with_methods=False))
@@ -128,10 +138,16 @@ def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, d
     results = {names[0]: evaluate(fused, a, b, names=names)}
     progress(1, steps)
     if with_methods:
-        results.update(compare_methods(
-            a, b, _methods(), names=names[1:], cancel=cancelled,
-            progress=lambda done, total: progress(1 + done, steps),
-        ))
+        results.update(
+            compare_methods(
+                a,
+                b,
+                _methods(),
+                names=names[1:],
+                cancel=cancelled,
+                progress=lambda done, total: progress(1 + done, steps),
+            )
+        )
     return results
 
 

@@ -74,9 +74,12 @@ class PairRow(Container):
         self.a = layer_picker(viewer, "A", "Functional image (GFP, CT, PET, SPECT, infrared).")
         self.b = layer_picker(viewer, "B", "Structural image registered to A (phase contrast, MRI, visible).")
         self.mask = layer_picker(
-            viewer, "Mask", "Region to train on: a Labels layer (label 2 = important detail, weighted more) or "
+            viewer,
+            "Mask",
+            "Region to train on: a Labels layer (label 2 = important detail, weighted more) or "
             "a Shapes layer of rectangles / polygons. Crops are taken only inside it.",
-            layer_type=(Labels, Shapes), none=NO_MASK,
+            layer_type=(Labels, Shapes),
+            none=NO_MASK,
         )
         self.remove = PushButton(text="Remove")
         self.remove.changed.connect(lambda _v=None: on_remove(self))
@@ -92,27 +95,51 @@ class FinetuneWidget(Container):
         self.rows = Container(labels=False)
         self.add_pair = PushButton(text="Add pair", tooltip="Train on one more pair of image layers.")
         self.base = ComboBox(
-            label="Start from", choices=lambda _w=None: base_choices(),
+            label="Start from",
+            choices=lambda _w=None: base_choices(),
             tooltip="A shipped or fine-tuned model, or 'scratch' (a new network of the 'tiny' config).",
         )
         self.steps = SpinBox(label="Steps", min=1, max=1_000_000, value=300, tooltip="Training steps.")
-        self.crop = SpinBox(label="Crop", min=32, max=1024, step=32, value=128,
-                            tooltip="Edge of the square training crops, in pixels.")
+        self.crop = SpinBox(
+            label="Crop", min=32, max=1024, step=32, value=128, tooltip="Edge of the square training crops, in pixels."
+        )
         self.batch = SpinBox(label="Batch", min=1, max=64, value=2, tooltip="Crops per step.")
         self.lr = LineEdit(label="Learning rate", value="2e-4", tooltip="Peak learning rate (after warm-up).")
-        self.run_dir = FileEdit(label="Run folder", mode="d", nullable=True,
-                                tooltip="Where checkpoints and the log go (default: a new folder in your user data folder).")
-        self.model_name = LineEdit(label="Save as", value="", tooltip="Name of the fine-tuned model in every model list.")
+        self.run_dir = FileEdit(
+            label="Run folder",
+            mode="d",
+            nullable=True,
+            tooltip="Where checkpoints and the log go (default: a new folder in your user data folder).",
+        )
+        self.model_name = LineEdit(
+            label="Save as", value="", tooltip="Name of the fine-tuned model in every model list."
+        )
         self.expert = CheckBox(text="Expert settings", value=False)
         self.loss_intensity = FloatSpinBox(label="Intensity weight", min=0, max=1000, value=10.0)
         self.loss_texture = FloatSpinBox(label="Texture weight", min=0, max=1000, value=1.0)
         self.loss_structure = FloatSpinBox(label="Structure weight", min=0, max=1000, value=10.0)
-        self.region_weight = FloatSpinBox(label="Label 2 weight", min=0.1, max=100, value=2.0,
-                                          tooltip="Loss weight of pixels labelled 2 ('important detail').")
-        self.val_fraction = FloatSpinBox(label="Validation share", min=0.05, max=0.45, step=0.05, value=0.15,
-                                         tooltip="Share of each marked region held out for validation.")
-        self.val_every = SpinBox(label="Validate every", min=1, max=100_000, value=25,
-                                 tooltip="Steps between validations (and preview updates).")
+        self.region_weight = FloatSpinBox(
+            label="Label 2 weight",
+            min=0.1,
+            max=100,
+            value=2.0,
+            tooltip="Loss weight of pixels labelled 2 ('important detail').",
+        )
+        self.val_fraction = FloatSpinBox(
+            label="Validation share",
+            min=0.05,
+            max=0.45,
+            step=0.05,
+            value=0.15,
+            tooltip="Share of each marked region held out for validation.",
+        )
+        self.val_every = SpinBox(
+            label="Validate every",
+            min=1,
+            max=100_000,
+            value=25,
+            tooltip="Steps between validations (and preview updates).",
+        )
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.expert_box = Container(widgets=[
             self.loss_intensity, self.loss_texture, self.loss_structure, self.region_weight,
@@ -120,7 +147,8 @@ class FinetuneWidget(Container):
         ], visible=False)  # fmt: skip
         self.train_button = PushButton(text="Train", tooltip="Start training; press again to stop (the run is saved).")
         self.resume_button = PushButton(
-            text="Resume", visible=False,
+            text="Resume",
+            visible=False,
             tooltip="Continue the stopped run from its last save, with the pairs and settings it started with.",
         )
         self.progress = ProgressBar(label="Progress")
@@ -163,8 +191,8 @@ class FinetuneWidget(Container):
 
     def _request(self) -> FinetuneRequest:
         """Layers to arrays and settings, checked on the UI thread; an ``InputError`` says what is wrong."""
-        from ...training import Pair, TrainSettings, check_settings
         from ...registry import check_model_name, list_models
+        from ...training import Pair, TrainSettings, check_settings
 
         request = FinetuneRequest()
         for index, row in enumerate(self.rows):
@@ -230,8 +258,10 @@ class FinetuneWidget(Container):
             return outcome["result"]
 
         self.runner.start(
-            job, on_result=lambda _result: None,
-            on_stop=lambda: self._finish(request, outcome.get("result"), replace=resume), what="Fine-tuning",
+            job,
+            on_result=lambda _result: None,
+            on_stop=lambda: self._finish(request, outcome.get("result"), replace=resume),
+            what="Fine-tuning",
         )
         self.train_button.text = "Stop"
         self.status.value = f"training into {out}"
@@ -297,7 +327,7 @@ def _mask_array(layer, shape, plane: tuple[int, ...] = ()) -> np.ndarray | None:
     if isinstance(layer, Shapes):
         if not len(layer.data):
             raise InputError(f"Fine-tune: the Shapes layer '{layer.name}' has no shapes.")
-        data = np.any(layer.to_masks(mask_shape=shape[-layer.ndim:]), axis=0).astype(np.uint8)
+        data = np.any(layer.to_masks(mask_shape=shape[-layer.ndim :]), axis=0).astype(np.uint8)
     else:
         data = full_resolution(layer)
     if data.shape not in (tuple(shape), tuple(shape[-2:])):
@@ -337,8 +367,9 @@ class LossPlot:
         if term not in self.train:
             self.train[term] = line = self.axes.plot([], [], label=term, lw=1)[0]
             self.val[term] = self.axes.plot([], [], "o--", color=line.get_color(), ms=3, lw=0.8)[0]
-            self.axes.legend(fontsize="x-small", loc="upper right", title="lines: train, dots: validation",
-                             title_fontsize="x-small")
+            self.axes.legend(
+                fontsize="x-small", loc="upper right", title="lines: train, dots: validation", title_fontsize="x-small"
+            )
         return self.train[term], self.val[term]
 
     def add(self, info) -> None:
@@ -347,8 +378,9 @@ class LossPlot:
             line, dots = self._lines(term)
             line.set_data([*line.get_xdata(), info.step], [*line.get_ydata(), max(value * weight, 1e-8)])
             if info.val_terms and term in info.val_terms:
-                dots.set_data([*dots.get_xdata(), info.step],
-                              [*dots.get_ydata(), max(info.val_terms[term] * weight, 1e-8)])
+                dots.set_data(
+                    [*dots.get_xdata(), info.step], [*dots.get_ydata(), max(info.val_terms[term] * weight, 1e-8)]
+                )
         now = time.perf_counter()
         if now - self._drawn > 0.25 or info.step == info.steps or info.val_terms:
             self.axes.relim()

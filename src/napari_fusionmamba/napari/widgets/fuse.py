@@ -33,7 +33,9 @@ def model_choices() -> list[tuple[str, str]]:
     from ...registry import list_models
 
     kinds = {"bundled": "shipped", "user": "your model", "config": "untrained"}
-    choices = [(f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()]
+    choices = [
+        (f"{entry.name} ({kinds.get(entry.source, entry.source)})", f"model:{entry.name}") for entry in list_models()
+    ]
     choices += [(f"{name} (classical)", f"method:{name}") for name in BASELINES]
     return choices + [("from file...", FROM_FILE)]
 
@@ -86,11 +88,13 @@ class FuseWidget(Container):
         self.b = layer_picker(
             viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
-        self.model = refresh_on_open(ComboBox(
-            label="Model",
-            choices=lambda _widget=None: model_choices(),
-            tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
-        ))
+        self.model = refresh_on_open(
+            ComboBox(
+                label="Model",
+                choices=lambda _widget=None: model_choices(),
+                tooltip="Shipped models, models you fine-tuned, classical methods, or a checkpoint file.",
+            )
+        )
         self.checkpoint = FileEdit(
             label="Checkpoint",
             mode="r",
@@ -107,15 +111,26 @@ class FuseWidget(Container):
         )
         self.backend = Label(label="Scan backend", tooltip="The selective-scan implementation the device will use.")
         self.tile = SpinBox(
-            label="Tile", min=32, max=4096, step=32, value=256,
+            label="Tile",
+            min=32,
+            max=4096,
+            step=32,
+            value=256,
             tooltip="Tile edge in pixels (a multiple of 32); bigger tiles are faster but need more memory.",
         )
         self.overlap = SpinBox(
-            label="Overlap", min=0, max=1024, step=8, value=64,
+            label="Overlap",
+            min=0,
+            max=1024,
+            step=8,
+            value=64,
             tooltip="Pixels shared by neighbouring tiles, blended smoothly so no seams show.",
         )
         self.batch = SpinBox(
-            label="Batch", min=1, max=256, value=4,
+            label="Batch",
+            min=1,
+            max=256,
+            value=4,
             tooltip="Tiles run together; Cancel takes effect after the current batch.",
         )
         self.stack = ComboBox(
@@ -140,12 +155,28 @@ class FuseWidget(Container):
         )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
         self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
-        self.extend([
-            self.a, self.b, self.model, self.checkpoint, self.device, self.backend, self.tile,
-            self.overlap, self.batch, self.stack, self.output, self.out_path, self.run_button, self.progress,
-        ])
+        self.extend(
+            [
+                self.a,
+                self.b,
+                self.model,
+                self.checkpoint,
+                self.device,
+                self.backend,
+                self.tile,
+                self.overlap,
+                self.batch,
+                self.stack,
+                self.output,
+                self.out_path,
+                self.run_button,
+                self.progress,
+            ]
+        )
         self.runner = Runner(self.run_button, self.progress, name="Run")
-        persist(self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"])
+        persist(
+            self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"]
+        )
         self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
         self.model.changed.connect(self._on_model)
         self.device.changed.connect(self._on_device)
@@ -199,15 +230,23 @@ class FuseWidget(Container):
         if self.stack.value == PLANE and len(shape_a) > 2:
             plane = current_plane(self._viewer, a)
             # one plane, kept where it was: its leading axes become length 1, its translate moves
-            data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane):])
-            data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane):])
+            data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane) :])
+            data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane) :])
             for axis, index in enumerate(plane):
                 translate[axis] += index * scale[axis]
         choice = str(self.model.value)
         request = FuseRequest(
-            a=data_a, b=data_b, name=f"fused({a.name}, {b.name})", scale=scale, translate=tuple(translate),
-            tile=self.tile.value, overlap=self.overlap.value, batch=self.batch.value, device=self.device.value,
-            rgb=a.rgb, names=(a.name, b.name),
+            a=data_a,
+            b=data_b,
+            name=f"fused({a.name}, {b.name})",
+            scale=scale,
+            translate=tuple(translate),
+            tile=self.tile.value,
+            overlap=self.overlap.value,
+            batch=self.batch.value,
+            device=self.device.value,
+            rgb=a.rgb,
+            names=(a.name, b.name),
         )
         if choice.startswith("method:"):
             request.method = choice.split(":", 1)[1]
@@ -233,7 +272,9 @@ class FuseWidget(Container):
         request.metadata = {
             "fused_from": [a.name, b.name],
             "model": choice if request.checkpoint is None else str(request.checkpoint),
-            "tile": request.tile, "overlap": request.overlap, "batch": request.batch,
+            "tile": request.tile,
+            "overlap": request.overlap,
+            "batch": request.batch,
         }
         return request
 
@@ -292,13 +333,20 @@ def run_fusion(request: FuseRequest, progress, cancelled):
     from ...engine import fuse, fuse_files
 
     options = dict(
-        tile=request.tile, overlap=request.overlap, batch=request.batch, device=request.device,
-        progress=progress, cancel=cancelled, method=request.method,
+        tile=request.tile,
+        overlap=request.overlap,
+        batch=request.batch,
+        device=request.device,
+        progress=progress,
+        cancel=cancelled,
+        method=request.method,
         model=None if request.method else str(request.checkpoint or request.model),
     )
     # Named, placed sources: errors name the layers, a zarr output keeps the scale and translate.
-    a, b = (_as_image(data, name, request.scale, request.translate, rgb) for data, name, rgb in
-            zip((request.a, request.b), request.names, (request.rgb, False)))
+    a, b = (
+        _as_image(data, name, request.scale, request.translate, rgb)
+        for data, name, rgb in zip((request.a, request.b), request.names, (request.rgb, False))
+    )
     if request.out is not None:
         return fuse_files(a, b, str(request.out), **options)
     return fuse(a, b, **options)
@@ -312,15 +360,25 @@ def _as_image(data, name: str, scale, translate, rgb: bool):
         axes = guess_axes(data.shape, colour=rgb)
     except InputError as error:
         raise InputError(f"layer '{name}': {error}") from None
-    return OpenedImage(data=data, pixel_size=tuple(float(s) for s in scale), axes=axes, path=name,
-                       origin=tuple(float(t) for t in translate))
+    return OpenedImage(
+        data=data,
+        pixel_size=tuple(float(s) for s in scale),
+        axes=axes,
+        path=name,
+        origin=tuple(float(t) for t in translate),
+    )
 
 
 def _layer_options(request: FuseRequest, data=None) -> dict:
     return dict(
         multiscale=isinstance(data, list),
-        name=request.name, scale=request.scale, translate=request.translate, rgb=request.rgb,
-        metadata=request.metadata, contrast_limits=(0, 1), colormap="gray",
+        name=request.name,
+        scale=request.scale,
+        translate=request.translate,
+        rgb=request.rgb,
+        metadata=request.metadata,
+        contrast_limits=(0, 1),
+        colormap="gray",
     )
 
 
