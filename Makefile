@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: test demo bench system-deps clean
+.PHONY: test check demo bench system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 system-deps:
@@ -19,6 +19,12 @@ system-deps:
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest
+
+# Lint, format and types: what .ci/run and the pre-commit hooks run.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Fuses the package's sample pair with the shipped model: demo/fused.tif, demo/side_by_side.png
 # and the metric table against the classical methods.

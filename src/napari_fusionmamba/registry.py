@@ -21,9 +21,15 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, InputError
 from .io.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import FusionMamba
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -54,7 +60,7 @@ def models_dir() -> Path:
 # --- safetensors files --------------------------------------------------------------------------
 
 
-def _read_header(path: Path) -> tuple[dict, dict]:
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the file's layout and return (tensor index, metadata) without reading tensors."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -89,7 +95,7 @@ def _read_header(path: Path) -> tuple[dict, dict]:
     return header, metadata
 
 
-def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, object]) -> Path:
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write tensors with JSON-encoded metadata atomically: a crash or a cancel never leaves a
     half-written file under ``path``."""
     from safetensors.torch import save_file
@@ -102,7 +108,7 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, objec
     return path
 
 
-def read_safetensors(path: str | Path) -> tuple[dict, dict[str, object]]:
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (on the CPU) and decoded metadata of a file written by ``write_safetensors``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -120,7 +126,14 @@ def read_safetensors(path: str | Path) -> tuple[dict, dict[str, object]]:
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path, model, *, provenance=None, normalisation=None, step=None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: FusionMamba,
+    *,
+    provenance: dict[str, Any] | None = None,
+    normalisation: dict[str, Any] | None = None,
+    step: int | None = None,
+) -> Path:
     """Save ``model`` (a FusionMamba) with its config and how it was made."""
     metadata = {
         "format": FORMAT,
@@ -133,7 +146,7 @@ def save_checkpoint(path, model, *, provenance=None, normalisation=None, step=No
     return write_safetensors(path, model.state_dict(), metadata)
 
 
-def _check_metadata(path: Path, metadata: dict) -> None:
+def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise CheckpointError(f"{path}: a safetensors file without napari-fusionmamba metadata (no model config)")
     version = metadata.get("format_version")
@@ -144,7 +157,7 @@ def _check_metadata(path: Path, metadata: dict) -> None:
         )
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionMamba, dict[str, Any]]:
     """(model in eval mode on the CPU, metadata) from a checkpoint file."""
     from .model import FusionMamba, ModelConfig
 
@@ -201,7 +214,7 @@ class ModelEntry:
             return self.name
         _, metadata = _read_header(self.path)
         try:
-            return json.loads(metadata["config"])["name"]
+            return str(json.loads(metadata["config"])["name"])
         except (KeyError, TypeError, json.JSONDecodeError):
             return "?"
 
@@ -238,14 +251,14 @@ def find_model(name: str) -> ModelEntry:
     raise InputError(f"unknown model {name!r}: choose one of {names}, or give a .safetensors path")
 
 
-def _looks_like_path(name_or_path) -> bool:
+def _looks_like_path(name_or_path: str | os.PathLike[str]) -> bool:
     if isinstance(name_or_path, Path):
         return True
     text = str(name_or_path)
     return text.endswith((".safetensors", ".pt", ".pth", ".ckpt")) or os.sep in text or Path(text).is_file()
 
 
-def load_model(name_or_path="default", device="cpu"):
+def load_model(name_or_path: str | os.PathLike[str] = "default", device: str | torch.device = "cpu") -> FusionMamba:
     """A FusionMamba in eval mode on ``device``, from a model name (see ``list_models``), a
     checkpoint path, or "default"."""
     from .model import build_model
@@ -278,7 +291,7 @@ def check_model_name(name: str) -> None:
         raise InputError(f"model name {name!r} is taken by a shipped model; choose another name")
 
 
-def register_model(path, name: str, overwrite: bool = False) -> ModelEntry:
+def register_model(path: str | Path, name: str, overwrite: bool = False) -> ModelEntry:
     """Copy a checkpoint into the user models folder under ``name`` so every widget and the CLI
     can pick it by name. The file is checked first (it must load)."""
     path = Path(path)

@@ -20,6 +20,9 @@ from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
 from .tiling import BatchRunner, TileGrid, blend_region, check_tiling, tiled_fuse
 
+#: The Cr and Cb planes of a colour source, put back around the fused luminance.
+Chroma = tuple[np.ndarray, np.ndarray]
+
 
 @dataclass
 class FusionJob:
@@ -58,9 +61,11 @@ class FusionJob:
     def grid(self) -> TileGrid:
         return TileGrid(*self.plane_shape, self.tile, self.overlap)
 
-    def inputs(self, plane, y0, y1, x0, x1) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    def inputs(
+        self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int
+    ) -> tuple[np.ndarray, np.ndarray, Chroma | None]:
         """Normalised luminance windows of both sources, and the chroma to put back."""
-        chroma = None
+        chroma: Chroma | None = None
         planes = []
         for source, norm in ((self.a, self.norm_a), (self.b, self.norm_b)):
             window = norm(source.read(plane, y0, y1, x0, x1))
@@ -73,19 +78,20 @@ class FusionJob:
         return planes[0], planes[1], chroma
 
     @staticmethod
-    def finish(fused: np.ndarray, chroma: tuple | None) -> np.ndarray:
+    def finish(fused: np.ndarray, chroma: Chroma | None) -> np.ndarray:
         if chroma is None:
             return fused.astype(np.float32, copy=False)
-        return np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0)
+        return np.asarray(np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0), dtype=np.float32)
 
-    def region(self, runner: BatchRunner, plane, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def region(self, runner: BatchRunner, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The fused block [y0, y1) x [x0, x1) of one plane (float32 in [0, 1])."""
         grid = self.grid()
         ry0, ry1, rx0, rx1 = grid.reach(y0, y1, x0, x1)
         a, b, chroma = self.inputs(plane, ry0, ry1, rx0, rx1)
         fused = blend_region(runner, a, b, grid, (y0, y1, x0, x1), origin=(ry0, rx0))
         if chroma is not None:
-            chroma = tuple(c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
+            cr, cb = (c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
+            chroma = (cr, cb)
         return self.finish(fused, chroma)
 
 

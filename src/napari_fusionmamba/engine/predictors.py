@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
 from .sources import remember
+from .tiling import Predictor
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,10 @@ class Engine:
 
 
 #: Networks loaded in this process, by (engine key, device): each process loads a model once.
-_PREDICTORS: dict[tuple[str, str], tuple[Callable, int]] = {}
+_PREDICTORS: dict[tuple[str, str], tuple[Predictor, int]] = {}
 
 
-def _load_network(name: str, device):
+def _load_network(name: str, device: torch.device) -> Any:
     """The network for a model name or checkpoint path, in eval mode on ``device``."""
     from ..registry import load_model
 
@@ -64,7 +67,7 @@ def _model_key(name: str) -> str:
     return f"model:{name}:{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def choose_engine(model, method: str | None, device: str) -> Engine:
+def choose_engine(model: Any, method: str | None, device: str) -> Engine:
     """Check the model / method / device choice in the caller's process (clear errors early)."""
     from ..model.devices import resolve_device
     from ..quality.baselines import BASELINES
@@ -88,7 +91,7 @@ def choose_engine(model, method: str | None, device: str) -> Engine:
     return Engine(key=f"module:{digest.hexdigest()[:16]}", module=model, device=device)
 
 
-def predictor(engine: Engine) -> tuple[Callable, int]:
+def predictor(engine: Engine) -> tuple[Predictor, int]:
     """(predict(a_batch, b_batch) -> fused batch, tile multiple), built once per process."""
     cache_key = (engine.key, engine.device)
     if cache_key in _PREDICTORS:
@@ -98,22 +101,23 @@ def predictor(engine: Engine) -> tuple[Callable, int]:
 
         method = BASELINES[engine.method]
 
-        def predict(a, b):
+        def run_method(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return np.stack([method(x, y) for x, y in zip(a, b)])
 
-        return remember(_PREDICTORS, cache_key, (predict, 1))
+        return remember(_PREDICTORS, cache_key, (run_method, 1))
 
     import torch
 
     from ..model.devices import resolve_device
 
     device = resolve_device(engine.device)
-    network = engine.module.eval().to(device) if engine.module is not None else _load_network(engine.model, device)
+    network = engine.module.eval().to(device) if engine.module is not None else _load_network(str(engine.model), device)
 
-    def predict(a, b):
+    def predict(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             ta = torch.from_numpy(np.ascontiguousarray(a)).to(device)[:, None]
             tb = torch.from_numpy(np.ascontiguousarray(b)).to(device)[:, None]
-            return network(ta, tb)[:, 0].float().cpu().numpy()
+            fused: np.ndarray = network(ta, tb)[:, 0].float().cpu().numpy()
+            return fused
 
-    return remember(_PREDICTORS, cache_key, (predict, network.stride))
+    return remember(_PREDICTORS, cache_key, (predict, int(network.stride)))

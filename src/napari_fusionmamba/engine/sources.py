@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ PERCENTILES = (0.1, 99.9)
 #: At most this many pixels per source are read to estimate the percentiles.
 PERCENTILE_SAMPLE = 1 << 21
 NORMALISE = ("percentile", "range", None)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Source(Planes):
     unit: str | None = None
     origin: tuple[float, ...] | None = None
 
-    def data(self):
+    def data(self) -> Any:
         """The lazy array (opened once per process for paths)."""
         if isinstance(self.ref, str):
             return _opened(self.ref).data
@@ -58,12 +61,12 @@ class Source(Planes):
         return np.asarray(window, dtype=np.float32)
 
 
-_OPENED: dict[tuple, OpenedImage] = {}
+_OPENED: dict[tuple[str, int, int], OpenedImage] = {}
 #: Entries kept in the per-process caches (a napari session or a cluster worker lives long).
 CACHE_SIZE = 4
 
 
-def remember(cache: dict, key, value):
+def remember(cache: dict[K, V], key: K, value: V) -> V:
     """Put ``value`` in a small insertion-ordered cache, forgetting the oldest entries."""
     cache[key] = value
     while len(cache) > CACHE_SIZE:
@@ -82,7 +85,7 @@ def _opened(path: str) -> OpenedImage:
     return remember(_OPENED, key, open_image(path))
 
 
-def as_source(value, name: str) -> Source:
+def as_source(value: Any, name: str) -> Source:
     """Wrap a path, an ``OpenedImage`` or an array, refusing data that cannot be fused."""
     if isinstance(value, (str, os.PathLike)):
         path = str(value)
@@ -156,7 +159,7 @@ class Normalisation:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = (x - np.float32(self.lo)) / np.float32(self.hi - self.lo)
         y = np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0)
-        return y.astype(np.float32, copy=False)
+        return np.asarray(y, dtype=np.float32)
 
 
 def _sample(source: Source) -> np.ndarray:
@@ -164,19 +167,17 @@ def _sample(source: Source) -> np.ndarray:
     height, width = source.plane_shape
     planes = max(1, math.prod(source.lead))
     step = max(1, math.ceil(math.sqrt(height * width * planes / PERCENTILE_SAMPLE)))
-    index = (Ellipsis, slice(None, None, step), slice(None, None, step))
+    index: tuple[Any, ...] = (Ellipsis, slice(None, None, step), slice(None, None, step))
     if source.colour:
         index = index + (slice(0, 3),)
     sample = source.data()[index]
     if hasattr(sample, "compute"):
         sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
-    sample = np.asarray(sample, dtype=np.float64)
-    if source.colour:
-        sample = rgb_to_ycrcb(sample)[0]
-    return sample
+    values = np.asarray(sample, dtype=np.float64)
+    return rgb_to_ycrcb(values)[0] if source.colour else values
 
 
-def normalisation_of(source: Source, mode: str | None, percentiles=PERCENTILES) -> Normalisation:
+def normalisation_of(source: Source, mode: str | None, percentiles: tuple[float, float] = PERCENTILES) -> Normalisation:
     """One mapping to [0, 1] for a whole source (image or stack), so tiles and planes agree;
     training uses the same one."""
     if mode not in NORMALISE:

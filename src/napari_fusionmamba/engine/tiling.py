@@ -232,7 +232,7 @@ def tiled_fuse(
     multiple: int = 1,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, dict[str, int]]:
     """Fuse two whole float32 planes tile by tile.
 
     Returns the fused plane and the settings actually used: on out-of-memory the batch halves,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary file beside ``path`` (same folder, so the final move is atomic) to write
     into: it replaces ``path`` when the block ends without error and is removed otherwise."""
     path = Path(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +34,11 @@ class OpenedImage:
     the layer's ``translate``; None when the file says nothing.
     """
 
-    data: object  # dask.array.Array
+    data: Any  # a dask array (or any array napari or numpy can index)
     pixel_size: tuple[float, ...] | None
     axes: str
     path: str
-    levels: list = field(default_factory=list)
+    levels: list[Any] = field(default_factory=list)
     unit: str | None = None
     origin: tuple[float, ...] | None = None
 
@@ -46,12 +47,12 @@ class OpenedImage:
         return self.axes.endswith("S")
 
 
-def is_zarr_path(path: str | os.PathLike) -> bool:
+def is_zarr_path(path: str | os.PathLike[str]) -> bool:
     """``X.zarr``, ``X.ome.zarr`` and arrays inside them (``X.zarr/ARRAY``)."""
     return any(part.endswith(ZARR_SUFFIXES) for part in Path(path).parts)
 
 
-def kind_of(path: str | os.PathLike) -> str:
+def kind_of(path: str | os.PathLike[str]) -> str:
     """ "zarr", "tiff" or "picture" from a path's name; a clear error otherwise."""
     name = str(path).lower().rstrip("/")
     if is_zarr_path(path):
@@ -65,7 +66,7 @@ def kind_of(path: str | os.PathLike) -> str:
     )
 
 
-def open_image(path: str | os.PathLike) -> OpenedImage:
+def open_image(path: str | os.PathLike[str]) -> OpenedImage:
     """Open an image file or store lazily. Raises ``FileNotFoundError`` or ``ImageReadError``
     naming the path."""
     path = str(path)
@@ -94,7 +95,7 @@ def _squeeze(image: OpenedImage) -> OpenedImage:
     index = tuple(slice(None) if i in keep else 0 for i in range(image.data.ndim))
     spatial = [i for i, ax in enumerate(image.axes) if ax != "S"]
 
-    def kept(values):  # pixel sizes and origins: one value per non-colour axis
+    def kept(values: tuple[float, ...] | None) -> tuple[float, ...] | None:  # one value per non-colour axis
         return None if values is None else tuple(v for i, v in zip(spatial, values) if i in keep)
 
     return OpenedImage(
@@ -111,7 +112,7 @@ def _squeeze(image: OpenedImage) -> OpenedImage:
 def _per_axis(axes: str, sizes: dict[str, float]) -> tuple[float, ...] | None:
     if "X" not in sizes and "Y" not in sizes:
         return None
-    sx = sizes.get("X", sizes.get("Y"))
+    sx = sizes.get("X", sizes.get("Y", 1.0))
     sizes = {"Y": sizes.get("Y", sx), "X": sx, **{k: v for k, v in sizes.items() if k not in "YX"}}
     return tuple(float(sizes.get(ax, 1.0)) for ax in axes if ax != "S")
 
@@ -141,7 +142,7 @@ def _open_tiff(path: str) -> OpenedImage:
     return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
 
 
-def _ome_pixels(tif) -> dict | None:
+def _ome_pixels(tif: Any) -> dict[str, Any] | None:
     """The OME-XML ``Pixels`` element of the first image, parsed once (it can list thousands of
     planes), or None for a TIFF without OME metadata."""
     import tifffile
@@ -149,10 +150,11 @@ def _ome_pixels(tif) -> dict | None:
     if not (tif.is_ome and tif.ome_metadata):
         return None
     image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-    return (image[0] if isinstance(image, list) else image)["Pixels"]
+    pixels: dict[str, Any] = (image[0] if isinstance(image, list) else image)["Pixels"]
+    return pixels
 
 
-def _tiff_positions(pixels: dict | None) -> dict[str, float]:
+def _tiff_positions(pixels: dict[str, Any] | None) -> dict[str, float]:
     """The first plane's OME PositionX / Y / Z (each plane has its own; the first is where the
     image starts), or nothing."""
     planes = (pixels or {}).get("Plane")
@@ -160,7 +162,7 @@ def _tiff_positions(pixels: dict | None) -> dict[str, float]:
     return {ax: float(first[f"Position{ax}"]) for ax in "XYZ" if f"Position{ax}" in first}
 
 
-def _tiff_calibration(tif, pixels: dict | None) -> tuple[dict[str, float], str | None]:
+def _tiff_calibration(tif: Any, pixels: dict[str, Any] | None) -> tuple[dict[str, float], str | None]:
     """Pixel sizes from OME-XML (``pixels``), else from ImageJ's description and resolution tags."""
     if pixels is not None:
         sizes = {ax: float(pixels[f"PhysicalSize{ax}"]) for ax in "XYZ" if f"PhysicalSize{ax}" in pixels}
@@ -184,13 +186,13 @@ def _tiff_calibration(tif, pixels: dict | None) -> tuple[dict[str, float], str |
     return {}, None
 
 
-def _multiscales(group) -> dict | None:
+def _multiscales(group: Any) -> dict[str, Any] | None:
     attrs = dict(group.attrs)
     meta = attrs.get("ome", attrs).get("multiscales")
-    return meta[0] if meta else None
+    return dict(meta[0]) if meta else None
 
 
-def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) -> OpenedImage:
+def _from_multiscales(path: str, meta: dict[str, Any], group: Any, dataset: str | None = None) -> OpenedImage:
     import dask.array as da
 
     datasets = meta["datasets"]
@@ -204,7 +206,7 @@ def _from_multiscales(path: str, meta: dict, group, dataset: str | None = None) 
     )
     transforms = {t.get("type"): t for t in datasets[first].get("coordinateTransformations", [])}
 
-    def per_axis(values):
+    def per_axis(values: list[float] | None) -> tuple[float, ...] | None:
         return tuple(float(v) for v in values) if values is not None and len(values) == len(axes) else None
 
     pixel = per_axis(transforms.get("scale", {}).get("scale"))

@@ -7,7 +7,9 @@ a channel axis in the store (OME-Zarr 0.4 has no sample axis): ``OutputLayout`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,7 @@ class OutputLayout(Planes):
             order.insert(position, len(self.axes) - 1)
         return order
 
-    def ome_axes(self) -> list[dict]:
+    def ome_axes(self) -> list[dict[str, str]]:
         return [ome_axis(self.axes[i], self.unit) for i in self._store_order()]
 
     def store_shape(self) -> tuple[int, ...]:
@@ -57,7 +59,7 @@ class OutputLayout(Planes):
         """A memory-order block (Y, X[, 3]) of one plane as the store wants it."""
         return np.moveaxis(block, -1, 0) if self.colour else block
 
-    def store_index(self, plane: tuple[int, ...], *region: slice) -> tuple:
+    def store_index(self, plane: tuple[int, ...], *region: slice) -> tuple[int | slice, ...]:
         """The store index of ``region`` (slices of Y[, X]) of one plane; colour, a channel axis
         in the store, is taken whole."""
         if not self.colour:
@@ -66,7 +68,9 @@ class OutputLayout(Planes):
         return (*plane[:position], slice(None), *plane[position:], *region)
 
 
-def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, name: str | None = None):
+def create_ome_zarr(
+    path: str, layout: OutputLayout, attrs: dict[str, Any] | None = None, name: str | None = None
+) -> Any:
     """An empty OME-Zarr 0.4 image (one full-resolution level "0") ready for block writes."""
     import zarr
 
@@ -74,7 +78,7 @@ def create_ome_zarr(path: str, layout: OutputLayout, attrs: dict | None = None, 
     group.create_array("0", shape=layout.store_shape(), chunks=layout.store_chunks(), dtype=layout.dtype, fill_value=0)
     spatial = [i for i, ax in enumerate(layout.axes) if ax != "S"]
 
-    def in_store_order(values, default: float) -> list[float]:
+    def in_store_order(values: tuple[float, ...] | None, default: float) -> list[float]:
         full = [default] * len(layout.shape)
         for i, value in zip(spatial, values or ()):
             full[i] = value
@@ -163,13 +167,19 @@ def read_plane_region(path: str, layout: OutputLayout, plane: tuple[int, ...], y
 TIFF_TILE = 256
 
 
-def ome_tiff_placement(axes: str, lead: tuple[int, ...], pixel_size=None, origin=None, unit=None) -> dict:
+def ome_tiff_placement(
+    axes: str,
+    lead: tuple[int, ...],
+    pixel_size: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    unit: str | None = None,
+) -> dict[str, Any]:
     """OME-TIFF metadata that places an image: the physical size of X, Y and Z (in ``unit``,
     tifffile's µm when None) and every plane's position in storage order (X and Y the origin's,
     Z stepping by the Z pixel size). ``pixel_size`` and ``origin`` have one value per axis of
     ``axes`` other than S; either may be None."""
     spatial = [ax for ax in axes if ax != "S"]
-    metadata = {}
+    metadata: dict[str, Any] = {}
     for ax, value in zip(spatial, pixel_size or ()):
         if ax in "XYZ":
             metadata[f"PhysicalSize{ax}"] = value
@@ -195,7 +205,7 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
     height, width = layout.shape[len(layout.lead)], layout.shape[len(layout.lead) + 1]
     band = 4 * TIFF_TILE
 
-    def tiles():
+    def tiles() -> Iterator[np.ndarray]:
         for plane in np.ndindex(*layout.lead):  # one () for a single plane
             for top in range(0, height, band):
                 rows = read_plane_region(zarr_path, layout, plane, top, min(top + band, height))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from typing import Any
 
 import numba
 import numpy as np
@@ -27,7 +28,7 @@ _LOCK = threading.Lock()
 
 
 @njit(inline="always", fastmath=True)
-def _exp(x):
+def _exp(x: float) -> float:
     """float32 exp, ~1 ulp, in plain arithmetic so that loops over the N states vectorise.
 
     (math.exp is a libm call per element, about 20x slower here.) Cody-Waite reduction
@@ -51,7 +52,7 @@ _BLOCK = 32  # steps whose decays _forward computes ahead of the recurrence
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _forward(u, dt, A, B, C, y):
+def _forward(u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, y: np.ndarray) -> None:
     """B, C come time-major, (batch, groups, L, N), so each step reads N contiguous values.
 
     The decays of a block of steps are computed first, off the recurrence's dependency chain
@@ -83,7 +84,20 @@ def _forward(u, dt, A, B, C, y):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _backward(u, dt, A, B, C, dy, blocks, du, ddt, dA, dB, dC):
+def _backward(
+    u: np.ndarray,
+    dt: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    C: np.ndarray,
+    dy: np.ndarray,
+    blocks: int,
+    du: np.ndarray,
+    ddt: np.ndarray,
+    dA: np.ndarray,
+    dB: np.ndarray,
+    dC: np.ndarray,
+) -> None:
     """Gradients; dB, dC get one partial sum per (block of channels) to avoid write races.
 
     Work items are (batch, group, block); each walks its channels one after another, so the
@@ -154,7 +168,9 @@ class _NumbaScan(torch.autograd.Function):
     """The core recurrence on float32 CPU tensors: (u, dt, A, B, C) -> sum_n C h."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C):
+    def forward(
+        ctx: Any, u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+    ) -> torch.Tensor:
         arrays = [_np(t) for t in (u, dt, A, B.transpose(2, 3), C.transpose(2, 3))]
         y = np.empty(u.shape, np.float32)
         with _LOCK:
@@ -164,7 +180,7 @@ class _NumbaScan(torch.autograd.Function):
         return torch.from_numpy(y)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
         u, dt, A, B, C = ctx.arrays
         batch, channels, _ = u.shape
         groups, n = B.shape[1], A.shape[1]
@@ -184,6 +200,7 @@ class _NumbaScan(torch.autograd.Function):
         )
 
 
-def numba_scan(u, dt, A, B, C):
+def numba_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """sum_n C_t h_t for float32 CPU tensors; delta_bias, softplus and D are the caller's."""
-    return _NumbaScan.apply(u, dt, A, B, C)
+    y: torch.Tensor = _NumbaScan.apply(u, dt, A, B, C)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
+    return y

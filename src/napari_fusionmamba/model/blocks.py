@@ -26,7 +26,7 @@ class LDC(nn.Module):
     modulated by the sum of its own taps, W_c * (1 - theta * M * S), so it can learn
     difference (edge) operators as well as plain smoothing."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
@@ -44,7 +44,7 @@ class LDC(nn.Module):
 class ECA(nn.Module):
     """Efficient channel attention: a 3-tap 1D convolution across the pooled channels."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
 
@@ -57,7 +57,7 @@ class ECA(nn.Module):
 class SEGate(nn.Module):
     """Squeeze-and-excitation on the normalised map; the gate scales the raw input."""
 
-    def __init__(self, dim: int, reduction: int = 8):
+    def __init__(self, dim: int, reduction: int = 8) -> None:
         super().__init__()
         hidden = max(dim // reduction, 1)
         self.norm = nn.LayerNorm(dim)
@@ -70,7 +70,7 @@ class SEGate(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch of a sample while training."""
 
-    def __init__(self, p: float = 0.0):
+    def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
 
@@ -85,7 +85,7 @@ class DVSSBlock(nn.Module):
     """Dynamic vision state-space block: ESSM, ECA and LDC branches merged by one SE gate,
     then an MLP, each with a residual (the authors' code, see MODEL.md)."""
 
-    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, drop_path: float = 0.0):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.essm = ESSM(dim, d_state, expand)
@@ -106,7 +106,7 @@ class DVSSBlock(nn.Module):
 class PatchEmbed(nn.Module):
     """(B, 1, H, W) -> (B, H/p, W/p, C) by a p x p stride-p convolution and LayerNorm."""
 
-    def __init__(self, dim: int, patch_size: int = 4):
+    def __init__(self, dim: int, patch_size: int = 4) -> None:
         super().__init__()
         self.proj = nn.Conv2d(1, dim, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(dim)
@@ -118,7 +118,7 @@ class PatchEmbed(nn.Module):
 class PatchMerge(nn.Module):
     """Halve H and W, double C: concatenate the four 2x2 phases, LayerNorm, linear 4C -> 2C."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
@@ -134,7 +134,7 @@ class PatchExpand(nn.Module):
     ``scale=2`` (decoder): C -> C/2 channels. ``scale=4`` (head): C -> C channels.
     """
 
-    def __init__(self, dim: int, scale: int = 2):
+    def __init__(self, dim: int, scale: int = 2) -> None:
         super().__init__()
         out_dim = dim // 2 if scale == 2 else dim
         self.scale = scale

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import InputError, UnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -20,7 +25,7 @@ def available_devices() -> list[str]:
     return found + ["cpu"]
 
 
-def resolve_device(device: str = "auto"):
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn "auto" / "cpu" / "cuda[:N]" / "mps" into a ``torch.device``.
 
     "auto" picks the best device present; naming a device that is not there is an error

@@ -20,7 +20,7 @@ class DFEM(nn.Module):
     differs from the other modality (sigmoid of the mean difference, per channel).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.ldc_a = LDC(dim, dim)
         self.ldc_b = LDC(dim, dim)
@@ -38,7 +38,7 @@ class CMFM(nn.Module):
     """Cross-modality fusion Mamba: one selective scan over x_a * x_b + x_a + x_b, gated by both
     modalities (MODEL.md: the second gate uses z_b, not the authors' z_a twice)."""
 
-    def __init__(self, dim: int, d_state: int = 16, expand: int = 2):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2) -> None:
         super().__init__()
         inner = expand * dim
         self.norm_a = nn.LayerNorm(dim)
@@ -62,7 +62,7 @@ class DFFM(nn.Module):
     """One level's fusion: DFEM on both skips, CMFM on the enhanced maps, plus the sum of the
     skips and a channel-attended copy of the fused features."""
 
-    def __init__(self, dim: int, d_state: int = 16, expand: int = 2):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2) -> None:
         super().__init__()
         self.dfem = DFEM(dim)
         self.cmfm = CMFM(dim, d_state, expand)

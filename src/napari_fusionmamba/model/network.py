@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +36,17 @@ class ModelConfig:
     # before the final 4x expansion, as a U-Net would.
     shallow_skip: bool = True
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         return from_json(cls, values, "model config keys")
 
     @property
     def stride(self) -> int:
         """Input sizes are padded to a multiple of this (patch size times three 2x merges)."""
-        return self.patch_size * 2 ** (len(self.encoder_depths) - 1)
+        return int(self.patch_size) << (len(self.encoder_depths) - 1)
 
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
@@ -94,7 +95,7 @@ class FusionMamba(nn.Module):
     clamped to [0, 1] as the network is trained.
     """
 
-    def __init__(self, config: ModelConfig = MODEL_CONFIGS["tiny"]):
+    def __init__(self, config: ModelConfig = MODEL_CONFIGS["tiny"]) -> None:
         super().__init__()
         if config.residual not in RESIDUALS:
             raise InputError(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
@@ -123,7 +124,7 @@ class FusionMamba(nn.Module):
         self.head_expand = PatchExpand(c0, scale=config.patch_size)
         self.head = nn.Conv2d(c0, 1, 1)
         nn.init.zeros_(self.head.weight)  # training starts from the residual, not from noise
-        nn.init.zeros_(self.head.bias)
+        nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]  # a Conv2d made with bias=True has one
 
     @property
     def stride(self) -> int:

@@ -32,14 +32,24 @@ BACKENDS = ("cuda", "numba", "torch", "reference")
 ENV_VAR = "FUSIONMAMBA_SCAN_BACKEND"
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """y = selective scan of ``u`` (same dtype and shape as ``u``), differentiable in every input."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(backend, u.device)
     return _RUNNERS[name](u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
 
 
-def resolve_backend(backend: str | None = "auto", device="cpu") -> str:
+def resolve_backend(backend: str | None = "auto", device: str | torch.device = "cpu") -> str:
     """The backend that runs for tensors on ``device``; errors say why a named one cannot run.
 
     An explicit ``backend`` wins; ``"auto"`` defers to ``$FUSIONMAMBA_SCAN_BACKEND`` when set.
@@ -105,7 +115,15 @@ def describe_backends() -> list[str]:
     return lines
 
 
-def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
+def _check_shapes(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(
             f"u and delta must both be (batch, channels, L); got {tuple(u.shape)} and {tuple(delta.shape)}"
@@ -119,9 +137,9 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:
             raise ValueError(f"{label} must be (batch={batch}, groups, N={n}, L={length}); got {tuple(t.shape)}")
         if channels % t.shape[1]:
             raise ValueError(f"{label} has {t.shape[1]} groups, which does not divide {channels} channels")
-    for label, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and tuple(t.shape) != (channels,):
-            raise ValueError(f"{label} must be (channels={channels},); got {tuple(t.shape)}")
+    for label, optional in (("D", D), ("delta_bias", delta_bias)):
+        if optional is not None and tuple(optional.shape) != (channels,):
+            raise ValueError(f"{label} must be (channels={channels},); got {tuple(optional.shape)}")
 
 
 @functools.cache
@@ -143,25 +161,34 @@ def _mamba_importable() -> bool:
     return importlib.util.find_spec("mamba_ssm") is not None and not _mamba_error()
 
 
-def _dt(delta, delta_bias, softplus):
+def _dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     return F.softplus(delta) if softplus else delta
 
 
-def _by_channel(t, channels):
+def _by_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
     """(batch, groups, N, L) -> (batch, channels, N, L) without copying."""
     batch, groups, n, length = t.shape
     return t[:, :, None].expand(batch, groups, channels // groups, n, length).reshape(batch, channels, n, length)
 
 
-def _finish(y, u, D, dtype):
+def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     if D is not None:
         y = y + u * D.float()[:, None]
     return y.to(dtype)
 
 
-def _scan_reference(u, delta, A, B, C, D, delta_bias, softplus):
+def _scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+) -> torch.Tensor:
     """One step at a time: slow, and obviously the definition."""
     dtype = u.dtype
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
@@ -179,10 +206,20 @@ def _scan_reference(u, delta, A, B, C, D, delta_bias, softplus):
 
 def _chunk_length(length: int) -> int:
     """About sqrt(L): the Python loop runs ~3 sqrt(L) steps on (L / T)-wide slices."""
-    return max(1, min(length, 2 ** round(math.log2(max(math.sqrt(length), 1)))))
+    return max(1, min(length, 1 << round(math.log2(max(math.sqrt(length), 1)))))
 
 
-def _scan_torch(u, delta, A, B, C, D, delta_bias, softplus, chunk=None):
+def _scan_torch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """Chunked scan: all chunks advance together, then chunk start states are carried across.
 
     The sequence is cut into L / T chunks of T steps. Pass 1 runs the recurrence inside every
@@ -211,13 +248,13 @@ def _scan_torch(u, delta, A, B, C, D, delta_bias, softplus, chunk=None):
     C = C.view(batch, groups, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3)
     a = A.view(groups, per, 1, n)
     decay = torch.exp(dt.sum(0) * a)  # over a whole chunk: (batch, groups, per, nc, N)
-    dt, x, B, C = (t.unbind(0) for t in (dt, x, B, C))  # (unbind: see _scan_reference)
+    dts, xs, Bs, Cs = (t.unbind(0) for t in (dt, x, B, C))  # (unbind: see _scan_reference)
 
     # each step's decay is used by both passes (and autograd keeps it anyway): compute it once
-    decays = [torch.exp(dt_t * a) for dt_t in dt]
-    h = x[0] * B[0]
+    decays = [torch.exp(dt_t * a) for dt_t in dts]
+    h = xs[0] * Bs[0]
     for t in range(1, T):
-        h = torch.addcmul(decays[t] * h, x[t], B[t])
+        h = torch.addcmul(decays[t] * h, xs[t], Bs[t])
     starts = [torch.zeros_like(h[..., 0, :])]
     for c in range(nc - 1):
         starts.append(decay[..., c, :] * starts[-1] + h[..., c, :])
@@ -225,13 +262,22 @@ def _scan_torch(u, delta, A, B, C, D, delta_bias, softplus, chunk=None):
 
     ys = []
     for t in range(T):
-        h = torch.addcmul(decays[t] * h, x[t], B[t])
-        ys.append((h * C[t]).sum(-1))
+        h = torch.addcmul(decays[t] * h, xs[t], Bs[t])
+        ys.append((h * Cs[t]).sum(-1))
     y = torch.stack(ys, dim=-1).reshape(batch, channels, nc * T)[..., :length]
     return _finish(y, u, D, dtype)
 
 
-def _scan_numba(u, delta, A, B, C, D, delta_bias, softplus):
+def _scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+) -> torch.Tensor:
     """The fused kernel runs the recurrence; torch does the cheap (B, D, L) parts around it."""
     from ._scan_numba import numba_scan
 
@@ -241,10 +287,19 @@ def _scan_numba(u, delta, A, B, C, D, delta_bias, softplus):
     return _finish(y, u, D, dtype)
 
 
-def _scan_cuda(u, delta, A, B, C, D, delta_bias, softplus):
+def _scan_cuda(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+) -> torch.Tensor:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    def last_contiguous(t):
+    def last_contiguous(t: torch.Tensor) -> torch.Tensor:
         return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
     return selective_scan_fn(

@@ -60,7 +60,7 @@ class SelectiveScan2D(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
         dt_floor: float = 1e-4,
-    ):
+    ) -> None:
         super().__init__()
         k, e, n, r = self.directions, channels, d_state, dt_rank
         self.d_state, self.dt_rank = n, r
@@ -105,7 +105,7 @@ class SelectiveScan2D(nn.Module):
 class ESSM(nn.Module):
     """Efficient 2D selective-scan module on a channels-last map (B, H, W, C) -> same shape."""
 
-    def __init__(self, dim: int, d_state: int = 16, expand: int = 2):
+    def __init__(self, dim: int, d_state: int = 16, expand: int = 2) -> None:
         super().__init__()
         inner = expand * dim
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)

@@ -18,7 +18,8 @@ def load_sample_pair() -> tuple[np.ndarray, np.ndarray]:
     import imageio.v3 as iio
 
     data = files("napari_fusionmamba") / "data"
-    return tuple(iio.imread(data.joinpath(name).read_bytes(), extension=".png") for name in SAMPLE_FILES.values())
+    gfp, phase = (iio.imread(data.joinpath(name).read_bytes(), extension=".png") for name in SAMPLE_FILES.values())
+    return gfp, phase
 
 
 def gfp_phase_pair() -> list[tuple]:

@@ -27,12 +27,12 @@ def _planes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = _planes(a, b)
-    return ((a + b) / 2).astype(np.float32)
+    return np.asarray(((a + b) / 2), dtype=np.float32)
 
 
 def maximum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = _planes(a, b)
-    return np.maximum(a, b)
+    return np.asarray(np.maximum(a, b))
 
 
 def _max_abs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ _BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 
 def _blur(x: np.ndarray) -> np.ndarray:
     x = ndimage.correlate1d(x, _BINOMIAL, axis=0, mode="reflect")
-    return ndimage.correlate1d(x, _BINOMIAL, axis=1, mode="reflect")
+    return np.asarray(ndimage.correlate1d(x, _BINOMIAL, axis=1, mode="reflect"))
 
 
 def _reduce(x: np.ndarray) -> np.ndarray:
@@ -96,7 +96,7 @@ def laplacian_pyramid(a: np.ndarray, b: np.ndarray, levels: int = 4) -> np.ndarr
     fused = (a + b) / 2.0
     for detail in reversed(fused_details):
         fused = _expand(fused, detail.shape) + detail
-    return np.clip(fused, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(fused, 0.0, 1.0), dtype=np.float32)
 
 
 # Discrete wavelet transform -----------------------------------------------------------------
@@ -120,14 +120,14 @@ def dwt(a: np.ndarray, b: np.ndarray, wavelet: str = "db2", levels: int = 3) -> 
     for bands_a, bands_b in zip(coeffs_a[1:], coeffs_b[1:]):
         fused.append(tuple(_max_abs(x, y) for x, y in zip(bands_a, bands_b)))
     out = pywt.waverec2(fused, wavelet, mode="symmetric")[: a.shape[0], : a.shape[1]]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
 # Guided-filter fusion -----------------------------------------------------------------------
 
 
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
-    return ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect")
+    return np.asarray(ndimage.uniform_filter(x, size=2 * radius + 1, mode="reflect"))
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -137,7 +137,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     cov_ip = _box(guide * src, radius) - mean_i * mean_p
     slope = cov_ip / (var_i + eps)
     offset = mean_p - slope * mean_i
-    return _box(slope, radius) * guide + _box(offset, radius)
+    return np.asarray(_box(slope, radius) * guide + _box(offset, radius))
 
 
 def gff(

@@ -76,7 +76,7 @@ def fusion_input(image: np.ndarray, name: str = "image") -> np.ndarray:
 def _histogram(x: np.ndarray) -> np.ndarray:
     """Probability of each of the 256 gray levels."""
     counts = np.bincount(x.astype(np.intp).ravel(), minlength=256)
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum())
 
 
 def _entropy_bits(p: np.ndarray) -> float:
@@ -97,7 +97,7 @@ def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
     r = (size - 1) / 2.0
     x = np.arange(size) - r
     g = np.exp(-(x * x) / (2.0 * sigma * sigma))
-    return g / g.sum()
+    return np.asarray(g / g.sum())
 
 
 def _filter_valid(x: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def _filter_valid(x: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
     y = ndimage.correlate1d(x, kernel_1d, axis=0, mode="constant")
     y = ndimage.correlate1d(y, kernel_1d, axis=1, mode="constant")
     lo, hi = (k - 1) // 2, k // 2
-    return y[lo : y.shape[0] - hi, lo : y.shape[1] - hi]
+    return np.asarray(y[lo : y.shape[0] - hi, lo : y.shape[1] - hi])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def _window_pdfs(windows: np.ndarray) -> np.ndarray:
     flat = span == 0
     normalised = (windows - low) / np.where(flat, 1.0, span)
     normalised[:, flat] = 1.0
-    return normalised / normalised.sum(axis=0)
+    return np.asarray(normalised / normalised.sum(axis=0))
 
 
 def _pdf_entropy(p: np.ndarray) -> np.ndarray:
@@ -181,7 +181,7 @@ def _pdf_entropy(p: np.ndarray) -> np.ndarray:
     terms += np.finfo(p.dtype).tiny  # log2 of a zero cell stays finite; 0 * finite = 0
     np.log2(terms, out=terms)
     terms *= p
-    return -terms.sum(axis=0)
+    return np.asarray(-terms.sum(axis=0))
 
 
 def _fmi_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -228,7 +228,9 @@ def _fmi_differing_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     return np.where((information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0))
 
 
-def _nelsen_joint_entropy(px, pf, cx, cf, c, sd_product) -> np.ndarray:
+def _nelsen_joint_entropy(
+    px: np.ndarray, pf: np.ndarray, cx: np.ndarray, cf: np.ndarray, c: np.ndarray, sd_product: np.ndarray
+) -> np.ndarray:
     """Entropy of the joint distribution of windows whose correlations c share one sign."""
     cf32, cx32 = cf.astype(np.float32)[:, None, :], cx.astype(np.float32)[None, :, :]
     if c[0] >= 0:  # Frechet upper bound of the joint CDF (first axis indexes f)
@@ -257,7 +259,7 @@ def _column_major_windows(feature: np.ndarray, rows: slice, size: int) -> np.nda
     """size x size windows whose top-left row is in ``rows``: one per column, its values read
     column by column (the reference code's order), shape (size * size, n)."""
     view = sliding_window_view(feature, (size, size))[rows]
-    return view.transpose(3, 2, 0, 1).reshape(size * size, -1)
+    return np.asarray(view.transpose(3, 2, 0, 1).reshape(size * size, -1))
 
 
 def feature_mutual_information(
@@ -356,7 +358,7 @@ def _sobel_strength_orientation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return strength, orientation
 
 
-def _edge_preservation(g_s, a_s, g_f, a_f) -> np.ndarray:
+def _edge_preservation(g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
     """Q^{SF}: how well F keeps the edge strength and orientation of source S, per pixel."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(
@@ -368,7 +370,7 @@ def _edge_preservation(g_s, a_s, g_f, a_f) -> np.ndarray:
     q = _QABF
     q_strength = q["tg"] / (1.0 + np.exp(q["kg"] * (ratio - q["dg"])))
     q_angle = q["ta"] / (1.0 + np.exp(q["ka"] * (angle - q["da"])))
-    return q_strength * q_angle
+    return np.asarray(q_strength * q_angle)
 
 
 def qabf(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -430,7 +432,7 @@ def _halve(x: np.ndarray) -> np.ndarray:
         x = np.concatenate([x, x[-1:]], axis=0)
     if x.shape[1] % 2:
         x = np.concatenate([x, x[:, -1:]], axis=1)
-    return (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4.0
+    return np.asarray((x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4.0)
 
 
 def multiscale_ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -501,7 +503,7 @@ def wins(results: Mapping[str, Mapping[str, float | None]], method: str) -> list
     won = []
     for key in SCORED_METRICS:
         ours = results[method][key]
-        others = [r[key] for m, r in results.items() if m != method and r[key] is not None]
+        others = [value for m, r in results.items() if m != method and (value := r[key]) is not None]
         if ours is not None and others and ours > max(others):
             won.append(key)
     return won
@@ -536,7 +538,7 @@ def evaluate(
 def compare_methods(
     a: np.ndarray,
     b: np.ndarray,
-    methods: Sequence[str] | Mapping[str, Callable] | None = None,
+    methods: Sequence[str] | Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
     metrics: Sequence[str] | None = None,
     names: Sequence[str] = ("A", "B"),
     progress: Callable[[int, int], None] | None = None,

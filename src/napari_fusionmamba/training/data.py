@@ -270,7 +270,10 @@ class CropSampler:
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
         """(a, b, weight) arrays of shape (batch, 1, crop, crop) and each crop's (pair, row, col)."""
-        out_a, out_b, out_w, origins = [], [], [], []
+        out_a: list[np.ndarray] = []
+        out_b: list[np.ndarray] = []
+        out_w: list[np.ndarray] = []
+        origins = []
         for _ in range(batch):
             index = int(self.rng.choice(len(self.data), p=self.probabilities))
             d = self.data[index]
@@ -281,8 +284,12 @@ class CropSampler:
                 tile = np.rot90(src[y : y + self.crop, x : x + self.crop], k)
                 out.append(tile[:, ::-1] if flip else tile)
             origins.append((index, y, x))
-        stack = lambda tiles: np.ascontiguousarray(np.stack(tiles)[:, None])
-        return stack(out_a), stack(out_b), stack(out_w), origins
+        return _stack(out_a), _stack(out_b), _stack(out_w), origins
+
+
+def _stack(tiles: list[np.ndarray]) -> np.ndarray:
+    """Crops as one contiguous (N, 1, crop, crop) batch."""
+    return np.ascontiguousarray(np.stack(tiles)[:, None])
 
 
 def validation_crops(

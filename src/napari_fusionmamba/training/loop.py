@@ -46,7 +46,7 @@ def finetune(
     device = _device(settings)
     data = prepare_pairs(pairs, settings)
     trainer = _Trainer.start_run(run_dir, settings, device, data, pairs if not resume else None)
-    is_cancelled = (cancel.is_set if hasattr(cancel, "is_set") else cancel) or (lambda: False)
+    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel or (lambda: False)
     return trainer.run(on_step, is_cancelled)
 
 
@@ -205,7 +205,7 @@ class _Trainer:
         ta, tb, tw = (torch.from_numpy(x).to(self.device) for x in (a, b, w))
         total, terms, _ = self.loss(ta, tb, tw)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        total.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         if settings.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip)
         self.optimizer.step()

@@ -12,6 +12,7 @@ regions a user marked count more (or not at all).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -142,7 +143,7 @@ class FusionLoss(nn.Module):
         """The loss a run's ``loss_weights``, ``ssim_weights`` and ``ssim`` ask for."""
         return cls(*settings.loss_weights, *settings.ssim_weights, ssim=settings.ssim)
 
-    def _structure_measure(self, shape: torch.Size):
+    def _structure_measure(self, shape: torch.Size) -> Callable[..., torch.Tensor]:
         if self.ssim_mode == "ms-ssim" or (self.ssim_mode == "auto" and min(shape[-2:]) >= MS_SSIM_MIN_SIZE):
             return ms_ssim
         return ssim

@@ -28,13 +28,16 @@ def default_run_dir(name: str | None = None) -> Path:
     return data_dir() / "runs" / (name or time.strftime("%Y%m%d-%H%M%S"))
 
 
+def _resolved(value: Any) -> str | None:
+    return str(Path(value).resolve()) if isinstance(value, (str, Path)) else None
+
+
 def pair_record(pair: Pair) -> dict[str, Any]:
     """A pair as the run's config.json keeps it: file paths (None for in-memory arrays)."""
-    as_path = lambda v: str(Path(v).resolve()) if isinstance(v, (str, Path)) else None
     return {
-        "a": as_path(pair.a),
-        "b": as_path(pair.b),
-        "mask": as_path(pair.mask),
+        "a": _resolved(pair.a),
+        "b": _resolved(pair.b),
+        "mask": _resolved(pair.mask),
         "name": pair.name,
         "weight": pair.weight,
     }
@@ -85,7 +88,7 @@ def load_state(run_dir: Path, model: Any, optimizer: Any) -> tuple[int, float, d
                 "exp_avg": tensors[f"{name}/exp_avg"].to(p.device),
                 "exp_avg_sq": tensors[f"{name}/exp_avg_sq"].to(p.device),
             }
-    return int(meta["step"]), float(meta["best_val_loss"]), meta["numpy_rng"]
+    return int(meta["step"]), float(meta["best_val_loss"]), dict(meta["numpy_rng"])
 
 
 def read_log(path: Path, upto: int) -> list[dict[str, float]]:
@@ -131,7 +134,10 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
     except (OSError, json.JSONDecodeError) as error:
         raise PreflightError(f"{path}: cannot read the recipe ({error})") from None
     base = path.parent
-    here = lambda p: None if p is None else (base / p if not Path(p).is_absolute() else Path(p))
+
+    def here(p: Any) -> Any:  # a recipe's relative paths are relative to the recipe
+        return None if p is None else (base / p if not Path(p).is_absolute() else Path(p))
+
     pairs = []
     for item in recipe.get("pairs", []):
         if isinstance(item, str):

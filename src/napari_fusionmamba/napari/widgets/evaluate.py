@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
@@ -19,11 +20,14 @@ from ...errors import FusionMambaError, InputError
 from ...io.files import atomic_path
 from ._common import Runner, current_plane, full_resolution, layer_picker
 
+if TYPE_CHECKING:
+    import napari
+
 
 class EvaluateWidget(Container):
     """Score a fused layer against its two sources, and compare it with the classical methods."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
+    def __init__(self, viewer: napari.viewer.Viewer):  # napari injects the viewer by this annotation
         super().__init__()
         self._viewer = viewer
         self.fused = layer_picker(viewer, "Fused", "The fused image to score.")
