@@ -37,7 +37,7 @@ def held_out_scores(model, pairs: list[Pair], label: str) -> dict[str, float]:
     return {key: float(np.nanmean([row[key] for row in rows])) for key in METRICS}
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with A/ and B/ of one kind of pairs")
     parser.add_argument("--budget", type=float, default=600.0, help="training budget, seconds of CPU time (600)")
@@ -49,41 +49,29 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from napari_fusionmamba.training import pairs_from_folder
 
-    pairs = pairs_from_folder(args.data)
-    if len(pairs) < 2:
-        raise SystemExit(f"finetune_gain: {args.data} has {len(pairs)} pair(s); at least 2 are needed")
-    held = args.held_out or max(1, round(0.2 * len(pairs)))
-    train_pairs, eval_pairs = pairs[:-held], pairs[-held:]
-    print(f"{args.data}: training on {len(train_pairs)} pair(s), evaluating on {len(eval_pairs)} held-back pair(s)")
-
-    base = load_model(args.model)
-    before = held_out_scores(base, eval_pairs, "before")
-
-    # Steps from a short probe, so the cosine schedule ends near the budget; a CPU-time check
-    # stops the run if the estimate was short.
-    probe_settings = TrainSettings(
-        steps=4, crop=args.crop, batch=args.batch, lr=args.lr, base=args.model, seed=args.seed, device="cpu", warmup=1
+def _settings(args: argparse.Namespace, steps: int, **more) -> TrainSettings:
+    return TrainSettings(
+        steps=steps, crop=args.crop, batch=args.batch, lr=args.lr, base=args.model, seed=args.seed, device="cpu", **more
     )
+
+
+def _steps_for_budget(train_pairs: list, args: argparse.Namespace) -> int:
+    """Steps from a short probe, so the cosine schedule ends near the budget (a CPU-time check
+    stops the run if the estimate was short)."""
     stamps = []
     with tempfile.TemporaryDirectory() as probe:
-        finetune(train_pairs, probe_settings, Path(probe) / "run", on_step=lambda i: stamps.append(time.process_time()))
+        finetune(train_pairs, _settings(args, 4, warmup=1), Path(probe) / "run",
+                 on_step=lambda i: stamps.append(time.process_time()))  # fmt: skip
     per_step = float(np.median(np.diff(stamps)))
-    steps = max(10, int(args.budget / per_step))
-    settings = TrainSettings(
-        steps=steps,
-        crop=args.crop,
-        batch=args.batch,
-        lr=args.lr,
-        base=args.model,
-        seed=args.seed,
-        device="cpu",
-        warmup=max(1, steps // 20),
-        val_every=max(1, steps // 10),
-    )
+    return max(10, int(args.budget / per_step))
+
+
+def _train(train_pairs: list, args: argparse.Namespace, steps: int):
+    """Fine-tune within the CPU budget: (result, training losses, CPU s, wall s, the best model)."""
+    settings = _settings(args, steps, warmup=max(1, steps // 20), val_every=max(1, steps // 10))
     losses = []
     with tempfile.TemporaryDirectory() as folder:
         started_cpu, started_wall = time.process_time(), time.perf_counter()
@@ -96,6 +84,22 @@ def main() -> int:
         )
         cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started_wall
         tuned, _ = load_checkpoint(result.best)
+    return result, losses, cpu, wall, tuned
+
+
+def main() -> int:
+    args = _arguments()
+    from napari_fusionmamba.training import pairs_from_folder
+
+    pairs = pairs_from_folder(args.data)
+    if len(pairs) < 2:
+        raise SystemExit(f"finetune_gain: {args.data} has {len(pairs)} pair(s); at least 2 are needed")
+    held = args.held_out or max(1, round(0.2 * len(pairs)))
+    train_pairs, eval_pairs = pairs[:-held], pairs[-held:]
+    print(f"{args.data}: training on {len(train_pairs)} pair(s), evaluating on {len(eval_pairs)} held-back pair(s)")
+
+    before = held_out_scores(load_model(args.model), eval_pairs, "before")
+    result, losses, cpu, wall, tuned = _train(train_pairs, args, _steps_for_budget(train_pairs, args))
     after = held_out_scores(tuned, eval_pairs, "after")
 
     print(

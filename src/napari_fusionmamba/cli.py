@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .errors import FusionMambaError, InputError
 
@@ -78,8 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .quality.metrics import evaluate
 
     paths = (args.fused, args.a, args.b)
-    images = [read_plane(path) for path in paths]
-    scores = evaluate(*images, metrics=args.metrics, names=paths)
+    fused, a, b = (read_plane(path) for path in paths)
+    scores = evaluate(fused, a, b, metrics=args.metrics, names=paths)
     if args.json:
         print(json.dumps({key: json_number(value) for key, value in scores.items()}))
     else:
@@ -137,8 +139,6 @@ def _add_finetune_parser(commands) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .registry import check_model_name, register_model
     from .training import Pair, TrainSettings, default_run_dir, finetune, load_recipe
 
@@ -159,13 +159,7 @@ def _finetune(args: argparse.Namespace) -> int:
         raise InputError("--resume continues the run with its saved pairs and settings: give only --out (and --device)")
     values.update(given)
     if args.loss_weights:
-        try:
-            weights = tuple(float(w) for w in args.loss_weights.split(","))
-        except ValueError:
-            raise InputError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}") from None
-        if len(weights) != 3:
-            raise InputError(f"--loss-weights wants three numbers like 10,1,10, got {args.loss_weights!r}")
-        values["loss_weights"] = weights
+        values["loss_weights"] = _loss_weights(args.loss_weights)
     out = args.out or extra.get("out")
     name = args.name or extra.get("name")
     if args.resume and out is None:
@@ -175,18 +169,7 @@ def _finetune(args: argparse.Namespace) -> int:
         check_model_name(name)
     settings = TrainSettings.from_dict(values)
 
-    bar = tqdm(total=settings.steps, unit="step", dynamic_ncols=True)
-
-    def on_step(info) -> None:
-        if bar.total != info.steps:
-            bar.total = info.steps
-        bar.n = info.step
-        text = f"loss {info.terms['loss']:.4f}"
-        if info.val_terms:
-            text += f" val {info.val_terms['loss']:.4f}"
-        bar.set_postfix_str(text, refresh=False)
-        bar.refresh()
-
+    bar, on_step = _step_bar(settings.steps)
     try:
         result = finetune(pairs or None, settings, out, resume=args.resume, on_step=on_step)
     except KeyboardInterrupt:
@@ -200,6 +183,36 @@ def _finetune(args: argparse.Namespace) -> int:
         entry = register_model(result.best, name, overwrite=True)
         print(f"registered as model {entry.name!r}: {entry.path}")
     return 0
+
+
+def _loss_weights(text: str) -> tuple[float, ...]:
+    """``--loss-weights A1,A2,A3`` as three numbers."""
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3:
+        raise InputError(f"--loss-weights wants three numbers like 10,1,10, got {text!r}")
+    return weights
+
+
+def _step_bar(steps: int) -> tuple[Any, Callable[[Any], None]]:
+    """A progress bar of training steps showing the loss, and the ``on_step`` that moves it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, unit="step", dynamic_ncols=True)
+
+    def on_step(info: Any) -> None:
+        if bar.total != info.steps:
+            bar.total = info.steps
+        bar.n = info.step
+        text = f"loss {info.terms['loss']:.4f}"
+        if info.val_terms:
+            text += f" val {info.val_terms['loss']:.4f}"
+        bar.set_postfix_str(text, refresh=False)
+        bar.refresh()
+
+    return bar, on_step
 
 
 def _add_fuse_parser(commands) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -35,6 +35,11 @@ from qtpy.QtCore import QObject, Signal
 from ...errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
 
+if TYPE_CHECKING:
+    import napari
+
+    from ...training import Pair, TrainResult, TrainSettings
+
 NO_MASK = "(whole image)"
 SCRATCH = "scratch"
 PREVIEW = "fine-tune preview"
@@ -51,9 +56,9 @@ def base_choices() -> list[str]:
 class FinetuneRequest:
     """What the worker needs, taken from the viewer on the UI thread."""
 
-    pairs: list = field(default_factory=list)  # train.Pair with arrays
-    places: list = field(default_factory=list)  # (scale, translate) of each pair's A layer
-    settings: object = None  # train.TrainSettings
+    pairs: list[Pair] = field(default_factory=list)  # with arrays
+    places: list[Any] = field(default_factory=list)  # (scale, translate) of each pair's A layer
+    settings: TrainSettings | None = None
     out: Path | None = None
     name: str = ""
 
@@ -89,7 +94,7 @@ class PairRow(Container):
 class FinetuneWidget(Container):
     """Fine-tune a model on pairs of image layers, with optional region masks."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
+    def __init__(self, viewer: napari.viewer.Viewer):  # napari injects the viewer by this annotation
         super().__init__()
         self._viewer = viewer
         self.rows = Container(labels=False)
@@ -115,6 +120,37 @@ class FinetuneWidget(Container):
             label="Save as", value="", tooltip="Name of the fine-tuned model in every model list."
         )
         self.expert = CheckBox(text="Expert settings", value=False)
+        self.expert_box = self._expert_settings()
+        self.train_button = PushButton(text="Train", tooltip="Start training; press again to stop (the run is saved).")
+        self.resume_button = PushButton(
+            text="Resume",
+            visible=False,
+            tooltip="Continue the stopped run from its last save, with the pairs and settings it started with.",
+        )
+        self.progress = ProgressBar(label="Progress")
+        self.status = Label(value="")
+        self.extend([
+            self.rows, self.add_pair, self.base, self.steps, self.crop, self.batch, self.lr,
+            self.run_dir, self.model_name, self.expert, self.expert_box, self.train_button, self.resume_button,
+            self.progress, self.status,
+        ])  # fmt: skip
+        self._plot = LossPlot()
+        self.native.layout().addWidget(self._plot.canvas)
+
+        self.runner = Runner(self.train_button, self.progress, name="Train", stopping="Stopping...")
+        self.history: list = []  # StepInfo of the current run
+        self.result: TrainResult | None = None  # the last run's
+        self._steps = _Steps()
+        self._steps.step.connect(self._on_step)
+        self.add_pair.changed.connect(lambda _v=None: self._add_row())
+        self.expert.changed.connect(lambda value: setattr(self.expert_box, "visible", bool(value)))
+        self.train_button.changed.connect(self._on_train)
+        self.resume_button.changed.connect(self._on_resume)
+        persist(self, "finetune", ["base", "steps", "crop", "batch", "lr", "device", "val_every"])
+        self._add_row()
+
+    def _expert_settings(self) -> Container:
+        """The objective weights, validation and device: hidden until "Expert settings" is ticked."""
         self.loss_intensity = FloatSpinBox(label="Intensity weight", min=0, max=1000, value=10.0)
         self.loss_texture = FloatSpinBox(label="Texture weight", min=0, max=1000, value=1.0)
         self.loss_structure = FloatSpinBox(label="Structure weight", min=0, max=1000, value=10.0)
@@ -141,37 +177,10 @@ class FinetuneWidget(Container):
             tooltip="Steps between validations (and preview updates).",
         )
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.expert_box = Container(widgets=[
+        return Container(widgets=[
             self.loss_intensity, self.loss_texture, self.loss_structure, self.region_weight,
             self.val_fraction, self.val_every, self.device,
         ], visible=False)  # fmt: skip
-        self.train_button = PushButton(text="Train", tooltip="Start training; press again to stop (the run is saved).")
-        self.resume_button = PushButton(
-            text="Resume",
-            visible=False,
-            tooltip="Continue the stopped run from its last save, with the pairs and settings it started with.",
-        )
-        self.progress = ProgressBar(label="Progress")
-        self.status = Label(value="")
-        self.extend([
-            self.rows, self.add_pair, self.base, self.steps, self.crop, self.batch, self.lr,
-            self.run_dir, self.model_name, self.expert, self.expert_box, self.train_button, self.resume_button,
-            self.progress, self.status,
-        ])  # fmt: skip
-        self._plot = LossPlot()
-        self.native.layout().addWidget(self._plot.canvas)
-
-        self.runner = Runner(self.train_button, self.progress, name="Train", stopping="Stopping...")
-        self.history: list = []  # StepInfo of the current run
-        self.result = None  # the last run's TrainResult
-        self._steps = _Steps()
-        self._steps.step.connect(self._on_step)
-        self.add_pair.changed.connect(lambda _v=None: self._add_row())
-        self.expert.changed.connect(lambda value: setattr(self.expert_box, "visible", bool(value)))
-        self.train_button.changed.connect(self._on_train)
-        self.resume_button.changed.connect(self._on_resume)
-        persist(self, "finetune", ["base", "steps", "crop", "batch", "lr", "device", "val_every"])
-        self._add_row()
 
     # --- pairs ----------------------------------------------------------------------------
 
@@ -236,8 +245,10 @@ class FinetuneWidget(Container):
         from ...training import default_run_dir, finetune
 
         if resume:
+            assert self.result is not None  # Resume shows only after a stopped run
             out = self.result.run_dir
         else:
+            assert request.settings is not None  # prepare() always sets them
             self.history = []
             self.result = None
             self._request_now = request

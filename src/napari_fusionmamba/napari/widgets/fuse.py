@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
@@ -17,6 +18,9 @@ from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
 from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
+
+if TYPE_CHECKING:
+    import napari
 
 FROM_FILE = "file:"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -79,15 +83,38 @@ class FuseWidget(Container):
     #: Results larger than this (bytes of float32 output) must go to a zarr file.
     in_memory_limit = 2 * 1024**3
 
-    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (napari injects the viewer by this annotation)
+    def __init__(self, viewer: napari.viewer.Viewer):  # napari injects the viewer by this annotation
         super().__init__()
         self._viewer = viewer
+        self._add_sources()
+        self._add_engine()
+        self._add_tiling()
+        self._add_output()
+        self.runner = Runner(self.run_button, self.progress, name="Run")
+        persist(
+            self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"]
+        )
+        self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
+        self.model.changed.connect(self._on_model)
+        self.device.changed.connect(self._on_device)
+        self.output.changed.connect(self._on_output)
+        self.run_button.changed.connect(self._on_run)
+        self._on_model()
+        self._on_device()
+        self._on_output()
+
+    def _add_sources(self) -> None:
+        """Pick the two registered layers."""
         self.a = layer_picker(
-            viewer, "Fluorescence (A)", "Functional image: GFP fluorescence, CT / PET / SPECT, infrared."
+            self._viewer, "Fluorescence (A)", "Functional image: GFP fluorescence, CT / PET / SPECT, infrared."
         )
         self.b = layer_picker(
-            viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
+            self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
+        self.extend([self.a, self.b])
+
+    def _add_engine(self) -> None:
+        """The model (or classical method) and where it runs."""
         self.model = refresh_on_open(
             ComboBox(
                 label="Model",
@@ -110,6 +137,10 @@ class FuseWidget(Container):
             tooltip="Where the network runs; devices missing on this machine are greyed out.",
         )
         self.backend = Label(label="Scan backend", tooltip="The selective-scan implementation the device will use.")
+        self.extend([self.model, self.checkpoint, self.device, self.backend])
+
+    def _add_tiling(self) -> None:
+        """How the planes are cut into tiles, and which planes run."""
         self.tile = SpinBox(
             label="Tile",
             min=32,
@@ -139,6 +170,10 @@ class FuseWidget(Container):
             value=WHOLE,
             tooltip="For T / Z stacks: fuse every plane, or only the plane the viewer shows now.",
         )
+        self.extend([self.tile, self.overlap, self.batch, self.stack])
+
+    def _add_output(self) -> None:
+        """Where the result goes, and the Run button."""
         self.output = ComboBox(
             label="Output",
             choices=(IN_MEMORY, TO_ZARR),
@@ -155,36 +190,7 @@ class FuseWidget(Container):
         )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
         self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
-        self.extend(
-            [
-                self.a,
-                self.b,
-                self.model,
-                self.checkpoint,
-                self.device,
-                self.backend,
-                self.tile,
-                self.overlap,
-                self.batch,
-                self.stack,
-                self.output,
-                self.out_path,
-                self.run_button,
-                self.progress,
-            ]
-        )
-        self.runner = Runner(self.run_button, self.progress, name="Run")
-        persist(
-            self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"]
-        )
-        self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
-        self.model.changed.connect(self._on_model)
-        self.device.changed.connect(self._on_device)
-        self.output.changed.connect(self._on_output)
-        self.run_button.changed.connect(self._on_run)
-        self._on_model()
-        self._on_device()
-        self._on_output()
+        self.extend([self.output, self.out_path, self.run_button, self.progress])
 
     # --- view updates ---------------------------------------------------------------------
 
