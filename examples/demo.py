@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tifffile
 
-from napari_fusionmamba.engine import fuse
+from napari_fusionmamba import fuse
 from napari_fusionmamba.napari.sample_data import load_sample_pair
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, compare_methods, fusion_input, wins

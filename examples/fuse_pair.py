@@ -10,7 +10,7 @@ import argparse
 
 import tifffile
 
-from napari_fusionmamba.engine import fuse
+from napari_fusionmamba import fuse
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("a", nargs="?", help="fluorescence / functional image (default: the sample GFP)")

@@ -11,7 +11,7 @@ import argparse
 
 from dask.distributed import Client, LocalCluster
 
-from napari_fusionmamba.engine import fuse_files
+from napari_fusionmamba import fuse_files
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("a")

@@ -86,6 +86,18 @@ def test_missing_source_is_named(files, tmp_path, capsys):
     assert "gone.tif: no such file" in capsys.readouterr().err
 
 
+def test_a_bug_is_not_dressed_as_bad_input(files, tmp_path, monkeypatch):
+    """Only the package's user-facing errors become a one-line message and exit code 2."""
+    import napari_fusionmamba.engine as engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the engine")
+
+    monkeypatch.setattr(engine, "fuse_files", broken)
+    with pytest.raises(ValueError, match="a bug in the engine"):
+        main(["fuse", *files, "-o", str(tmp_path / "o.zarr"), "--no-progress"])
+
+
 @pytest.mark.slow
 def test_console_entry_shows_a_progress_bar(files, tmp_path):
     out = str(tmp_path / "fused.zarr")

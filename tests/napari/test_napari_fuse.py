@@ -355,6 +355,7 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
     _run(widget, qtbot)
     assert len(viewer.layers) == 2
     assert any(severity == "error" and "the method broke" in message for severity, message in notes)
+    assert any("unexpected RuntimeError" in message and "a bug" in message for _, message in notes)
 
     widget.model.value = "method:max"
     _run(widget, qtbot)

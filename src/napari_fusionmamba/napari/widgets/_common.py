@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,8 +255,13 @@ class Runner:
         def errored(error):
             if isinstance(error, FusionCancelled) or cancel.is_set():
                 show_info(f"{what} cancelled")
-            else:
+            elif isinstance(error, FusionMambaError):  # the user can fix it: the message says how
                 show_error(f"{what} failed: {error}")
+            else:  # a bug: say so, with the traceback in the console
+                traceback.print_exception(error)
+                show_error(
+                    f"{what} failed: unexpected {type(error).__name__}: {error} (a bug; traceback in the console)"
+                )
 
         def finished():
             self.worker = None
