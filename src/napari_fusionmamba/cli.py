@@ -1,7 +1,9 @@
 """The ``fusionmamba`` command: ``fuse | finetune | evaluate | info``.
 
 Each subcommand is a thin shell over the public Python function of the same job; heavy imports
-happen inside the handlers so ``fusionmamba --help`` answers at once.
+happen inside the handlers so ``fusionmamba --help`` answers at once. It catches only the
+package's user-facing errors (``errors.FusionMambaError``): a one-line message and exit code 2;
+anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Models are found by name in three places, first match wins:
 - bundled: ``*.safetensors`` shipped in ``napari_fusionmamba/bundled_weights/`` (file stem = name);
 - user: ``*.safetensors`` in ``models_dir()`` (fine-tuned models registered with ``register_model``);
 - config: the untrained named configs of ``model.MODEL_CONFIGS``.
+
+Imports ``model``, ``io.files`` (atomic writes) and ``errors``; torch and safetensors load inside
+the functions that need them.
 """
 
 from __future__ import annotations

@@ -254,27 +254,8 @@ class FuseWidget(Container):
             rgb=a.rgb,
             names=(a.name, b.name),
         )
-        if choice.startswith("method:"):
-            request.method = choice.split(":", 1)[1]
-        elif choice == FROM_FILE:
-            if not self.checkpoint.value or not Path(self.checkpoint.value).is_file():
-                raise InputError(f"Fuse: checkpoint file '{self.checkpoint.value or ''}' not found.")
-            request.checkpoint = Path(self.checkpoint.value)
-        else:
-            request.model = choice.split(":", 1)[1]
-        if self.output.value == TO_ZARR:
-            if not self.out_path.value:
-                raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
-            request.out = Path(self.out_path.value)
-            if request.out.exists():
-                raise InputError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
-        else:
-            size = int(np.prod(shape_a, dtype=np.int64)) * 4 * (3 if a.rgb else 1)
-            if size > self.in_memory_limit:
-                raise InputError(
-                    f"Fuse: fused({a.name}, {b.name}) would take {size / 1024**2:.0f} MB, more than the "
-                    f"in-memory limit of {self.in_memory_limit / 1024**2:.0f} MB; choose Output: zarr file."
-                )
+        self._choose_engine(request, choice)
+        self._choose_output(request, shape_a)
         request.metadata = {
             "fused_from": [a.name, b.name],
             "model": choice if request.checkpoint is None else str(request.checkpoint),
@@ -283,6 +264,33 @@ class FuseWidget(Container):
             "batch": request.batch,
         }
         return request
+
+    def _choose_engine(self, request: FuseRequest, choice: str) -> None:
+        """The model, checkpoint file or classical method picked in the Model list."""
+        if choice.startswith("method:"):
+            request.method = choice.split(":", 1)[1]
+        elif choice == FROM_FILE:
+            if not self.checkpoint.value or not Path(self.checkpoint.value).is_file():
+                raise InputError(f"Fuse: checkpoint file '{self.checkpoint.value or ''}' not found.")
+            request.checkpoint = Path(self.checkpoint.value)
+        else:
+            request.model = choice.split(":", 1)[1]
+
+    def _choose_output(self, request: FuseRequest, shape: tuple[int, ...]) -> None:
+        """A new zarr path, or a new layer when the result fits the in-memory limit."""
+        if self.output.value == TO_ZARR:
+            if not self.out_path.value:
+                raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
+            request.out = Path(self.out_path.value)
+            if request.out.exists():
+                raise InputError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
+            return
+        size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.rgb else 1)
+        if size > self.in_memory_limit:
+            raise InputError(
+                f"Fuse: {request.name} would take {size / 1024**2:.0f} MB, more than the "
+                f"in-memory limit of {self.in_memory_limit / 1024**2:.0f} MB; choose Output: zarr file."
+            )
 
     def _start(self, request: FuseRequest) -> None:
         self._live = None
