@@ -1,16 +1,19 @@
-"""Fusion quality of every classical method, and of the network, on a folder of image pairs.
+"""Fusion quality of the network against each classical method, judged by paired tests over images.
 
 The folder is laid out like the development data: ``DIR/A/NAME`` and ``DIR/B/NAME`` are one
 registered pair (A: GFP / CT / PET / infrared, B: phase contrast / MRI / visible). As in the
 fusion literature, a colour source is reduced to its luminance Y, both sources go in as 8-bit
 gray scaled to [0, 1], and every method fuses exactly those two planes; the metrics
-(docs/metrics.md) compare the fused plane with them. Prints a Markdown table of mean ± SD per
-metric and method (best per row in bold) and, for the network, how many of the ten
-paper-style metrics it wins against the best baseline. With ``--loss`` it also prints the
-training objective (the paper's loss, lower is better) of every method's output, which shows
-what the loss itself prefers next to what the metrics prefer.
+(docs/metrics.md) compare the fused plane with them.
 
-    python benchmarks/quality.py --data ../shared/data/gfp_pc --json gfp_pc.json --loss
+A mean over pairs hides whether a method is better on most images or on a few, so the model is
+compared with each classical method on its own, metric by metric, by a two-sided Wilcoxon
+signed-rank test over the per-image values: significant at p < 0.01 and in its favour is a win,
+against it a loss, anything else a tie. A method that is at least as good on the means of all ten
+scored metrics Pareto-dominates the model. ``--validation RECIPE`` restricts the pairs to a
+recipe's held-out validation wells. ``--loss`` also scores every output with the paper's loss.
+
+    python benchmarks/quality.py --data ../shared/data/gfp_pc --validation recipes/gfp-pc.json --json q.json
     python benchmarks/quality.py --data ../shared/data/ct_mri --limit 40 --model my-model
 """
 
@@ -23,15 +26,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from napari_fusionmamba.cli import json_number, read_plane
 from napari_fusionmamba.io.files import atomic_path
 from napari_fusionmamba.quality.baselines import BASELINES
-from napari_fusionmamba.quality.metrics import METRICS, SCORED_METRICS, compare_methods, wins
+from napari_fusionmamba.quality.metrics import METRICS, SCORED_METRICS, compare_methods
+
+ALPHA = 0.01
+"""Significance level of the paired test: a difference with a larger p-value is a tie."""
 
 
-def find_pairs(data: Path) -> list[str]:
-    """Names present in both DIR/A and DIR/B, sorted; names on one side only are reported."""
+def find_pairs(data: Path, only: list[str] | None = None) -> list[str]:
+    """Names present in both DIR/A and DIR/B (those of ``only`` when given), sorted; names on
+    one side only are reported."""
     folders = [data / "A", data / "B"]
     for folder in folders:
         if not folder.is_dir():
@@ -42,9 +50,22 @@ def find_pairs(data: Path) -> list[str]:
     if unpaired:
         print(f"quality: skipping {len(unpaired)} unpaired file(s), e.g. {unpaired[0]}", file=sys.stderr)
     names = sorted(names_a & names_b)
+    if only is not None:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise SystemExit(f"quality: {len(missing)} validation pair(s) not in {data}, e.g. {missing[0]}")
+        names = sorted(only)
     if not names:
         raise SystemExit(f"quality: no pair in {data} (same file name under A/ and B/)")
     return names
+
+
+def validation_names(recipe: Path) -> list[str]:
+    """The pair names a training recipe holds out for validation (its ``"validation"`` list)."""
+    entry = json.loads(recipe.read_text()).get("validation")
+    if not entry or not entry.get("names"):
+        raise SystemExit(f'quality: {recipe} names no validation pairs ("validation": {{"names": [...]}})')
+    return list(entry["names"])
 
 
 def resolve_model(name: str | None):
@@ -68,15 +89,16 @@ def resolve_model(name: str | None):
 
 
 def network_method(model):
-    """The network as a ``fuse(a, b)`` method, through the same tiled engine users run."""
+    """The network as a ``fuse(a, b)`` method, through the same tiled engine users run, on the
+    same [0, 1] planes every classical method gets (no normalisation of its own)."""
     from napari_fusionmamba.engine import fuse
 
     return lambda a, b: fuse(a, b, model=model, device="cpu", normalise=None)
 
 
 def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """The training objective (the paper's loss and weights) of one fused plane, and its terms;
-    the structure measure is the one training picks for that size (MS-SSIM from 161 px)."""
+    """The paper's loss (and weights) of one fused plane, and its terms; the structure measure
+    is the one training picks for that size (MS-SSIM from 161 px)."""
     import torch
 
     from napari_fusionmamba.training.objectives import FusionLoss
@@ -85,6 +107,32 @@ def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, flo
     with torch.no_grad():
         total, terms = FusionLoss()(*planes)
     return {"loss": float(total), **{key: float(value) for key, value in terms.items()}}
+
+
+def paired_outcome(ours, theirs, alpha: float = ALPHA) -> str:
+    """ "win", "tie" or "loss" of per-image values ``ours`` against ``theirs`` (same pairs, same
+    order, higher is better) by a two-sided Wilcoxon signed-rank test at ``alpha``."""
+    differences = np.asarray(ours, np.float64) - np.asarray(theirs, np.float64)
+    differences = differences[np.isfinite(differences) & (differences != 0)]
+    if differences.size == 0 or stats.wilcoxon(differences).pvalue >= alpha:
+        return "tie"
+    ranks = stats.rankdata(np.abs(differences))
+    return "win" if ranks[differences > 0].sum() > ranks[differences < 0].sum() else "loss"
+
+
+def compare(report: dict, model: str, method: str) -> dict:
+    """The model against one method: the scored metrics it wins, ties and loses, and whether
+    that method Pareto-dominates it (at least as good on every scored mean)."""
+    outcome: dict = {"wins": [], "ties": [], "losses": []}
+    for key in SCORED_METRICS:
+        result = paired_outcome(report["per_image"][model][key], report["per_image"][method][key])
+        outcome[{"win": "wins", "tie": "ties", "loss": "losses"}[result]].append(key)
+    means = report["results"]
+    outcome["dominated"] = all(
+        means[method][key] is not None and means[model][key] is not None and means[method][key] >= means[model][key]
+        for key in SCORED_METRICS
+    )
+    return outcome
 
 
 def _capturing(method, store: dict, name: str):
@@ -98,8 +146,7 @@ def _capturing(method, store: dict, name: str):
     return fuse
 
 
-def run(data: Path, methods: list[str], model_name: str | None, limit: int | None, loss: bool = False) -> dict:
-    names = find_pairs(data)[:limit]
+def run(data: Path, methods: list[str], model_name: str | None, names: list[str], loss: bool = False) -> dict:
     label, model = resolve_model(model_name)
     fusers = {method: BASELINES[method] for method in methods}
     if label:
@@ -107,7 +154,7 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
     last: dict[str, tuple] = {}
     if loss:
         fusers = {method: _capturing(fuse, last, method) for method, fuse in fusers.items()}
-    rows: dict[str, list[dict[str, float]]] = {method: [] for method in fusers}
+    per_image: dict[str, dict[str, list]] = {method: {key: [] for key in METRICS} for method in fusers}
     losses: dict[str, list[dict[str, float]]] = {method: [] for method in fusers}
     seconds: dict[str, float] = {}
     for index, name in enumerate(names, 1):
@@ -115,34 +162,43 @@ def run(data: Path, methods: list[str], model_name: str | None, limit: int | Non
         a, b = read_plane(data / "A" / name), read_plane(data / "B" / name)
         scores = compare_methods(a, b, fusers, names=(f"A/{name}", f"B/{name}"), seconds=seconds)
         for method, values in scores.items():
-            rows[method].append(values)
+            for key, value in values.items():
+                per_image[method][key].append(json_number(float(value)))
             if loss:
                 losses[method].append(paper_loss(*last[method]))
         print(f"pair {index}/{len(names)} {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
-    keys = list(METRICS)
-    results, spread = {}, {}
-    for method, table in rows.items():
-        values = np.array([[row[key] for key in keys] for row in table], dtype=np.float64)
-        means = values.mean(axis=0)
-        sds = values.std(axis=0, ddof=1) if len(table) > 1 else np.zeros(len(keys))
-        results[method] = {key: json_number(float(v)) for key, v in zip(keys, means)}
-        spread[method] = {key: json_number(float(v)) for key, v in zip(keys, sds)}
     report = {
         "model": label,
-        "metrics": keys,
-        "results": results,
-        "std": spread,
+        "metrics": list(METRICS),
+        "scored": list(SCORED_METRICS),
+        "alpha": ALPHA,
+        "names": names,
+        "results": {m: {k: _summary(v, np.mean) for k, v in table.items()} for m, table in per_image.items()},
+        "std": {m: {k: _summary(v, _sd) for k, v in table.items()} for m, table in per_image.items()},
+        "per_image": per_image,
         "pairs": len(names),
         "data": str(data),
         "seconds": {method: seconds[method] / len(names) for method in fusers},
     }
+    if label:
+        report["comparisons"] = {method: compare(report, label, method) for method in methods}
     if loss:
         report["loss"] = {
             method: {key: float(np.mean([row[key] for row in table])) for key in table[0]}
             for method, table in losses.items()
         }
     return report
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+
+
+def _summary(values: list, statistic) -> float | None:
+    """``statistic`` of the finite per-image values (None when there are none)."""
+    finite = np.array([v for v in values if v is not None], np.float64)
+    return json_number(float(statistic(finite))) if finite.size else None
 
 
 def format_table(report: dict) -> str:
@@ -156,7 +212,7 @@ def format_table(report: dict) -> str:
     for key in report["metrics"]:
         means = [report["results"][m][key] for m in methods]
         finite = [v for v in means if v is not None]
-        best = max(finite) if finite else None  # every metric: higher is better
+        best = max(finite) if finite else None
         cells = []
         for method, mean in zip(methods, means):
             if mean is None:
@@ -171,13 +227,23 @@ def format_table(report: dict) -> str:
         cells = [f"**{v:.4g}**" if v == best else f"{v:.4g}" for v in values]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append("| seconds / pair | " + " | ".join(f"{report['seconds'][m]:.3f}" for m in methods) + " |")
-    if report["model"]:
-        won = wins(report["results"], report["model"])
-        lines += [
-            "",
-            f"{report['model']} wins {len(won)}/{len(SCORED_METRICS)} against the best "
-            f"baseline: {', '.join(won) or 'none'}",
-        ]
+    if "comparisons" in report:
+        lines += ["", comparison_table(report)]
+    return "\n".join(lines)
+
+
+def comparison_table(report: dict) -> str:
+    """One row per classical method: what the model wins, ties and loses against it."""
+    lines = [
+        f"{report['model']} against each method, Wilcoxon signed-rank over {report['pairs']} pairs, "
+        f"p < {report['alpha']}:",
+        "",
+        "| against | wins | ties | losses | dominated |",
+        "|---|---|---|---|---|",
+    ]
+    for method, outcome in report["comparisons"].items():
+        cells = [f"{len(outcome[k])}: {', '.join(outcome[k]) or '-'}" for k in ("wins", "ties", "losses")]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'yes' if outcome['dominated'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -212,16 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         help="network: a model name or .safetensors path, or 'none' "
         "(default: the shipped default model when trained weights ship)",
     )
+    parser.add_argument(
+        "--validation", type=Path, metavar="RECIPE", help="only the pairs a training recipe holds out for validation"
+    )
     parser.add_argument("--limit", type=int, help="use only the first N pairs (sorted by name)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
-    parser.add_argument(
-        "--loss", action="store_true", help="also score every output with the training objective (the paper's loss)"
-    )
+    parser.add_argument("--loss", action="store_true", help="also score every output with the paper's loss")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
+    names = find_pairs(args.data, validation_names(args.validation) if args.validation else None)[: args.limit]
     try:
-        report = run(args.data, args.methods, args.model, args.limit, args.loss)
+        report = run(args.data, args.methods, args.model, names, args.loss)
     except (OSError, ValueError) as error:  # unreadable image, mismatched pair, unknown model
         print(f"quality: error: {error}", file=sys.stderr)
         return 2

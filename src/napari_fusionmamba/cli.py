@@ -126,11 +126,15 @@ def _add_finetune_parser(commands) -> None:
     p.add_argument("--crop", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--objective", metavar="NAME", help="training objective (default: paper, the published loss)")
+    p.add_argument(
+        "--objective",
+        metavar="NAME",
+        help="training objective: paper (the published loss, the default) or keep-both (docs/finetune.md)",
+    )
     p.add_argument(
         "--loss-weights",
         metavar="A1,A2,A3",
-        help="paper objective: intensity, texture and structure weights (default 10,1,10)",
+        help="the objective's intensity, texture and structure weights (default 10,1,10)",
     )
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument("--seed", type=int)

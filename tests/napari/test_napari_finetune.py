@@ -184,3 +184,19 @@ def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(
     # the name registered at the first stop now holds the resumed run's best
     assert widget.status.value.endswith("saved as model 'resumed'")
     assert find_model("resumed").path.read_bytes() == widget.result.best.read_bytes()
+
+
+def test_the_objective_is_chosen_in_the_expert_settings(make_napari_viewer):
+    from napari_fusionmamba.napari.widgets.finetune import OBJECTIVE_NAMES
+    from napari_fusionmamba.training import OBJECTIVES
+
+    assert list(OBJECTIVE_NAMES) == list(OBJECTIVES)  # the widget offers every registered objective
+    viewer = make_napari_viewer()
+    a, b = real_looking_pair(64, 64)
+    widget = FinetuneWidget(viewer)
+    widget.rows[0].a.value = viewer.add_image(a, name="gfp")
+    widget.rows[0].b.value = viewer.add_image(b, name="phase")
+    widget.crop.value = 32
+    assert widget._request().settings.objective == "paper"
+    widget.objective.value = "keep-both"
+    assert widget._request().settings.objective == "keep-both"

@@ -64,6 +64,9 @@ def test_benchmark_json_and_table(folder, tmp_path):
         expected = np.mean([scores[key] for scores in per_pair])
         assert report["results"]["max"][key] == pytest.approx(expected, rel=1e-6)
         assert report["std"]["max"][key] == pytest.approx(np.std([s[key] for s in per_pair], ddof=1), rel=1e-6)
+        assert report["per_image"]["max"][key] == pytest.approx([scores[key] for scores in per_pair], rel=1e-9)
+    assert report["names"] == ["p1.png", "p2.png"]
+    assert "comparisons" not in report  # no model, nothing to compare
     assert "| metric | average | max |" in result.stdout
     assert "unpaired" in result.stderr
 
@@ -122,12 +125,62 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
     assert report["model"] == "tinynet"
     assert list(report["results"]) == ["average", "max", "tinynet"]
     assert all(v is not None for v in report["results"]["tinynet"].values())
-    won = [
-        key
-        for key in ["EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM"]
-        if report["results"]["tinynet"][key] > max(report["results"][m][key] for m in ("average", "max"))
-    ]
-    assert f"tinynet wins {len(won)}/10 against the best baseline" in result.stdout
+    assert set(report["comparisons"]) == {"average", "max"}
+    for outcome in report["comparisons"].values():
+        # one pair: no paired test can be significant, every scored metric is a tie
+        assert outcome["wins"] == outcome["losses"] == [] and len(outcome["ties"]) == 10
+    # the untrained network is max(a, b) exactly (zero head): max is at least as good everywhere
+    assert report["comparisons"]["max"]["dominated"] is True
+    assert "| against | wins | ties | losses | dominated |" in result.stdout
+
+
+def _quality():
+    """benchmarks/quality.py as a module, for its statistics."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_outcomes_need_a_consistent_difference_over_images():
+    quality = _quality()
+    rng = np.random.default_rng(0)
+    base = rng.random(15)
+    assert quality.paired_outcome(base + 0.1 + 0.01 * rng.random(15), base) == "win"
+    assert quality.paired_outcome(base - 0.1, base) == "loss"
+    assert quality.paired_outcome(base, base) == "tie"
+    assert quality.paired_outcome(base + rng.normal(0, 0.1, 15), base) == "tie"  # noise
+    # a large mean gain from a few images is not a win: 12 of 15 images are slightly worse
+    lopsided = base - 0.01
+    lopsided[:3] += 5.0
+    assert lopsided.mean() > base.mean() and quality.paired_outcome(lopsided, base) != "win"
+
+
+def test_comparisons_count_wins_ties_losses_and_pareto_dominance():
+    quality = _quality()
+    rng = np.random.default_rng(1)
+    keys = quality.SCORED_METRICS
+    theirs = {key: list(rng.random(12)) for key in keys}
+    ours = {key: list(np.array(theirs[key]) + 0.2) for key in keys[:6]}  # better on six
+    ours.update({key: list(np.array(theirs[key]) - 0.2) for key in keys[6:8]})  # worse on two
+    ours.update({key: theirs[key] for key in keys[8:]})  # the same on two
+    means = lambda table: {k: float(np.mean(v)) for k, v in table.items()}
+    report = {"per_image": {"net": ours, "gff": theirs}, "results": {"net": means(ours), "gff": means(theirs)}}
+    outcome = quality.compare(report, "net", "gff")
+    assert outcome == {"wins": list(keys[:6]), "ties": list(keys[8:]), "losses": list(keys[6:8]), "dominated": False}
+    report["results"]["gff"] = {k: v + 1 for k, v in report["results"]["gff"].items()}
+    assert quality.compare(report, "net", "gff")["dominated"] is True
+
+
+def test_validation_restricts_the_pairs_to_a_recipe_s_held_out_ones(folder, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"pairs": [], "validation": {"folder": str(folder), "names": ["p2.png"]}}))
+    out = tmp_path / "q.json"
+    run("--data", str(folder), "--methods", "max", "--model", "none", "--validation", str(recipe), "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["names"] == ["p2.png"] and report["pairs"] == 1
 
 
 def test_loss_rows_score_each_output_with_the_training_objective(folder, tmp_path):

@@ -13,7 +13,7 @@ import torch
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.errors import PreflightError
 from napari_fusionmamba.training import OBJECTIVES, FusionLoss, Pair, TrainSettings, check_settings, finetune
-from napari_fusionmamba.training.objectives import make_objective
+from napari_fusionmamba.training.objectives import KeepBothLoss, keep_both_target, make_objective
 
 
 class MeanAbsolute:
@@ -78,3 +78,65 @@ def test_the_cli_passes_the_objective(tmp_path, monkeypatch, capsys):
     assert main(["finetune", *pair, "--objective", "l1", "--out", str(tmp_path / "run")]) == 0
     with open(tmp_path / "run" / "log.csv", newline="") as handle:
         assert "to_a" in next(csv.reader(handle))
+
+
+# --- keep-both ---------------------------------------------------------------------------------
+
+
+def _dim_fluorescence_pair(size=64):
+    """a: dark background (0.02) with one bright square (0.3); b: textured around 0.5."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.full((1, 1, size, size), 0.02)
+    a[..., 20:40, 20:40] = 0.3
+    b = 0.5 + 0.1 * torch.rand(1, 1, size, size, generator=g)
+    return a, b
+
+
+def test_keep_both_target_lays_the_fluorescence_on_the_structure():
+    a, b = _dim_fluorescence_pair()
+    target = keep_both_target(a, b)
+    assert torch.allclose(target[..., :10, :10], b[..., :10, :10])  # background: b, untouched
+    assert torch.allclose(target[..., 25:35, 25:35], (b + 0.28)[..., 25:35, 25:35])  # signal above a's background
+    assert torch.equal(keep_both_target(a, torch.ones_like(b)), torch.ones_like(b))  # clipped to [0, 1]
+
+
+def test_keep_both_prefers_its_target_to_max_and_to_either_source():
+    a, b = _dim_fluorescence_pair()
+    loss = KeepBothLoss()
+    target_total, terms = loss(keep_both_target(a, b), a, b)
+    assert terms["intensity"] == 0 and terms["structure"].abs() < 1e-6
+    for other in (torch.maximum(a, b), a, b, (a + b) / 2):
+        assert loss(other, a, b)[0] > target_total + 0.1
+
+
+def test_keep_both_weights_and_weight_map_act_as_stated():
+    a, b = _dim_fluorescence_pair()
+    fused = (a + b) / 2
+    total, terms = KeepBothLoss(1.0, 2.0, 3.0)(fused, a, b)
+    assert torch.allclose(total, terms["intensity"] + 2 * terms["texture"] + 3 * terms["structure"])
+    # a weight map of zeros over the fluorescent square ignores what the fusion does there
+    weight = torch.ones_like(a)
+    weight[..., 16:44, 16:44] = 0
+    changed = fused.clone()
+    changed[..., 24:36, 24:36] = 1.0
+    loss = KeepBothLoss(1.0, 1.0, 0.0)
+    assert torch.allclose(loss(fused, a, b, weight)[0], loss(changed, a, b, weight)[0])
+    assert not torch.allclose(loss(fused, a, b)[0], loss(changed, a, b)[0])
+
+
+def test_keep_both_is_registered_and_takes_the_run_s_weights():
+    objective = make_objective(TrainSettings(objective="keep-both", loss_weights=(1.0, 2.0, 3.0)))
+    assert isinstance(objective, KeepBothLoss) and (objective.a1, objective.a2, objective.a3) == (1.0, 2.0, 3.0)
+
+
+@pytest.mark.slow
+def test_keep_both_trains_a_network_towards_its_target(tmp_path):
+    """From max(a, b) (the untrained network's output), a few steps on a dim-fluorescence pair
+    lower the keep-both validation loss: the objective reaches the network's weights."""
+    a, b = (x[0, 0].numpy() for x in _dim_fluorescence_pair(96))
+    settings = TrainSettings(objective="keep-both", steps=20, crop=48, batch=2, lr=2e-3, warmup=2,
+                             val_every=10, base="scratch", val_split="band", val_fraction=0.3)  # fmt: skip
+    seen = []
+    finetune([Pair(a, b)], settings, tmp_path / "run", on_step=seen.append)
+    validations = [info.val_terms["loss"] for info in seen if info.val_terms]
+    assert validations[-1] < validations[0]

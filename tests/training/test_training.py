@@ -92,7 +92,7 @@ def test_crops_come_only_from_the_masked_quadrant():
     b = np.random.default_rng(1).random((size, size)).astype(np.float32)
     mask = np.zeros((size, size), np.uint8)
     mask[64:, :64] = 1  # the lower-left quadrant
-    settings = _settings(crop=32, normalise=False, val_fraction=0.2)
+    settings = _settings(crop=32, normalise="none", val_fraction=0.2)
     [data] = prepare_pairs([Pair(a, b, mask)], settings)
     sampler = CropSampler([data], 32, np.random.default_rng(0))
     allowed = set(a[64:, :64].ravel().tolist())
@@ -214,10 +214,10 @@ def _thin_strip_mask(shape=(64, 160)):
         (lambda a, b: Pair(a, b, np.ones((50, 50))), {}, r"mask has shape \(50, 50\)"),
         (
             lambda a, b: Pair(a * 255, b),
-            {"normalise": False},
+            {"normalise": "none"},
             r"image a spans .* outside \[0, 1\]; turn normalisation on",
         ),
-        (lambda a, b: Pair(a, b * 0.1), {"normalise": False}, r"intensity ranges differ .*x.*turn normalisation on"),
+        (lambda a, b: Pair(a, b * 0.1), {"normalise": "none"}, r"intensity ranges differ .*x.*turn normalisation on"),
         (lambda a, b: Pair(np.full_like(a, 3.0), b), {}, r"image a is flat"),
         (
             lambda a, b: Pair(
@@ -278,3 +278,62 @@ def test_shipped_recipes_hold_valid_settings(recipe):
     values = json.loads(recipe.read_text())
     check_settings(TrainSettings.from_dict(values["settings"]))
     assert all(set(item) <= {"folder", "weight"} for item in values["pairs"])
+    assert set(values.get("validation", {"folder": "", "names": []})) == {"folder", "names"}
+
+
+def test_range_normalisation_keeps_each_source_s_own_brightness():
+    """8-bit sources over 255, as fusion papers feed their methods: a dim fluorescence channel
+    stays dim (percentile normalisation would stretch it to full range)."""
+    a, b = _pair(64)
+    dim = np.rint(a * 60).astype(np.uint8)  # a dim channel: 0..60 of 255
+    phase = np.rint(b * 255).astype(np.uint8)
+    data = prepare_pairs([Pair(dim, phase)], _settings(normalise="range", val_split="band"))
+    assert np.allclose(data[0].a, dim / np.float32(255)) and np.allclose(data[0].b, phase / np.float32(255))
+    stretched = prepare_pairs([Pair(dim, phase)], _settings(val_split="band"))
+    assert stretched[0].a.max() == pytest.approx(1.0) and data[0].a.max() < 0.25
+
+
+def test_intensity_jitter_scales_each_source_of_each_crop_by_its_own_gain():
+    a, b = _textured_pair(64)
+    data = prepare_pairs([Pair(a * 0.5, b * 0.5)], _settings(val_split="band"))
+    plain = CropSampler(data, 32, np.random.default_rng(3)).sample(8)
+    jittered = CropSampler(data, 32, np.random.default_rng(3), jitter=0.25).sample(8)
+    assert [o for o in plain[3]] == [o for o in jittered[3]]  # the same crops, in the same order
+    for source in (0, 1):
+        gains = (jittered[source] / np.maximum(plain[source], 1e-6)).reshape(8, -1)
+        inside = plain[source].reshape(8, -1) > 0.05
+        per_crop = np.array([np.median(g[m]) for g, m in zip(gains, inside)])
+        assert np.all((per_crop >= 0.75 - 1e-4) & (per_crop <= 1.25 + 1e-4)) and np.ptp(per_crop) > 0.05
+    assert not np.allclose(jittered[0] / np.maximum(plain[0], 1e-6), jittered[1] / np.maximum(plain[1], 1e-6))
+    with pytest.raises(PreflightError, match="intensity jitter must be in"):
+        check_settings(_settings(intensity_jitter=1.5))
+
+
+def test_settings_saved_before_range_normalisation_still_load():
+    assert TrainSettings.from_dict({"normalise": True}).normalise == "percentile"
+    assert TrainSettings.from_dict({"normalise": False}).normalise == "none"
+    with pytest.raises(PreflightError, match="normalise must be one of percentile, range, none"):
+        check_settings(_settings(normalise="sometimes"))
+
+
+def test_a_recipe_never_trains_on_its_validation_pairs(tmp_path):
+    import imageio.v3 as iio
+
+    from napari_fusionmamba.training import load_recipe
+
+    for side in "AB":
+        (tmp_path / "data" / side).mkdir(parents=True)
+        for name in ("w1.png", "w2.png", "w3.png"):
+            iio.imwrite(tmp_path / "data" / side / name, np.zeros((8, 8), np.uint8))
+    recipe = tmp_path / "recipes" / "r.json"
+    recipe.parent.mkdir()
+    recipe.write_text(json.dumps({
+        "pairs": [{"folder": "../data"}], "validation": {"folder": "../data", "names": ["w2.png"]},
+        "settings": {"steps": 3},
+    }))  # fmt: skip
+    pairs, settings, others = load_recipe(recipe)
+    assert [Path(p.a).name for p in pairs] == ["w1.png", "w3.png"] and settings == {"steps": 3}
+    assert "validation" not in others
+    recipe.write_text(json.dumps({"pairs": [{"folder": "../data"}], "validation": ["w2.png"]}))
+    with pytest.raises(PreflightError, match='"validation" must be'):
+        load_recipe(recipe)

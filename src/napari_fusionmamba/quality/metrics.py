@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 from ..errors import FusionCancelled, InputError
 from ..io.colour import rgb_to_ycrcb
@@ -408,8 +409,8 @@ _SSIM_C2 = (0.03 * PEAK) ** 2
 _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 
 
-def _ssim_and_cs(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Mean SSIM and mean contrast-structure term over the 'valid' 11x11 Gaussian windows."""
+def _ssim_maps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM and its contrast-structure term at every 'valid' 11x11 Gaussian window position."""
     if min(x.shape) < _SSIM_WINDOW.size:
         raise InputError(f"SSIM needs images of at least {_SSIM_WINDOW.size}x{_SSIM_WINDOW.size} pixels, got {x.shape}")
     mu_x, mu_y = _filter_valid(x, _SSIM_WINDOW), _filter_valid(y, _SSIM_WINDOW)
@@ -418,7 +419,13 @@ def _ssim_and_cs(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     cov = _filter_valid(x * y, _SSIM_WINDOW) - mu_x * mu_y
     cs_map = (2.0 * cov + _SSIM_C2) / (var_x + var_y + _SSIM_C2)
     luminance = (2.0 * mu_x * mu_y + _SSIM_C1) / (mu_x * mu_x + mu_y * mu_y + _SSIM_C1)
-    return float(np.mean(luminance * cs_map)), float(np.mean(cs_map))
+    return luminance * cs_map, cs_map
+
+
+def _ssim_and_cs(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean SSIM and mean contrast-structure term over the 'valid' 11x11 Gaussian windows."""
+    ssim_map, cs_map = _ssim_maps(x, y)
+    return float(np.mean(ssim_map)), float(np.mean(cs_map))
 
 
 def structural_similarity(x: np.ndarray, y: np.ndarray) -> float:
@@ -470,6 +477,34 @@ def ms_ssim(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# What each source keeps (this package's)
+
+
+def region_fidelity(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Fidelity: how well F keeps each source where that source matters (this package's metric).
+
+    Inside a's foreground (above its Otsu threshold; a is the fluorescence / functional source) F
+    should follow a: the Pearson correlation of F and A there. Outside it F should look like b:
+    the mean SSIM(F, B) of the windows centred there. Their harmonic mean (each clamped at 0), so
+    that copying either source, or max(a, b) where a is dimmer than b, scores low. A constant a
+    has no foreground: then only the SSIM part counts.
+    """
+    foreground = a > threshold_otsu(a) if np.ptp(a) > 0 else np.zeros(a.shape, bool)
+    ssim_map = _ssim_maps(fused, b)[0]
+    top, left = (a.shape[0] - ssim_map.shape[0]) // 2, (a.shape[1] - ssim_map.shape[1]) // 2
+    outside = ~foreground[top : top + ssim_map.shape[0], left : left + ssim_map.shape[1]]
+    parts = []
+    if foreground.any():
+        parts.append(max(_correlation(fused[foreground], a[foreground]), 0.0))
+    if outside.any():
+        parts.append(max(float(ssim_map[outside].mean()), 0.0))
+    if len(parts) == 1:
+        return parts[0]
+    inside, structure = parts
+    return 0.0 if inside + structure == 0 else 2 * inside * structure / (inside + structure)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry and the public entry
 
 Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
@@ -489,6 +524,7 @@ METRICS: dict[str, Metric] = {
     "MS-SSIM": ms_ssim,
     "CC": cc,
     "PSNR": psnr,
+    "Fidelity": region_fidelity,
 }
 """Every metric by its key, each called as ``metric(fused, a, b)`` on :func:`to_gray8` images.
 All of them reward the better fusion with a larger value."""

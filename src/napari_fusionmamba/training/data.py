@@ -56,6 +56,15 @@ def _load(value: Any, what: str) -> tuple[np.ndarray, str]:
     return np.asarray(value), what
 
 
+def _by_dtype_range(image: np.ndarray) -> np.ndarray:
+    """An integer image over its dtype's range (8-bit / 255), as ``fuse(normalise="range")``
+    maps it; floats pass."""
+    if image.dtype.kind in "iu":
+        scaled: np.ndarray = image / np.float32(np.iinfo(image.dtype).max)
+        return scaled
+    return image
+
+
 def _luminance(image: np.ndarray) -> np.ndarray:
     """Gray images pass; colour (H, W, 3|4) becomes its Y, as the network fuses colour."""
     if image.ndim == 3 and image.shape[-1] in (3, 4):
@@ -159,6 +168,8 @@ def _read_pair(index: int, pair: Pair, settings: TrainSettings) -> tuple[str, st
     b, name_b = _load(pair.b, "b")
     label = pair.name or (f"{name_a} + {name_b}" if name_a != "a" else f"#{index + 1}")
     where = f"pair {index + 1} ({label})"
+    if settings.normalise == "range":
+        a, b = _by_dtype_range(a), _by_dtype_range(b)
     a, b = _luminance(a), _luminance(b)
     if a.ndim != 2 or b.ndim != 2:
         raise PreflightError(f"{where}: expected 2-D images (or colour H x W x 3), got shapes {a.shape} and {b.shape}")
@@ -233,7 +244,8 @@ def _normalised_sources(
     a: np.ndarray, b: np.ndarray, settings: TrainSettings, where: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both sources mapped to [0, 1] as the fusion pipeline maps them (robust percentiles per
-    image), or, with normalisation off, checked to be comparable already."""
+    image), or checked to lie in [0, 1] already (dtype range) and, with normalisation off, to be
+    comparable."""
     ranges = []
     for image, which in ((a, "a"), (b, "b")):
         if not np.isfinite(image).all():
@@ -243,13 +255,15 @@ def _normalised_sources(
                 f"{where}: image {which} is flat (constant intensity {image.min():g}); nothing to learn from"
             )
         ranges.append(normalisation_of(as_source(image, which), "percentile", settings.percentiles))
-    if settings.normalise:
+    if settings.normalise == "percentile":
         return np.clip(ranges[0](a), 0, 1), np.clip(ranges[1](b), 0, 1)
     for n, which in zip(ranges, "ab"):
         if n.lo < -1e-3 or n.hi > 1 + 1e-3:
             raise PreflightError(
                 f"{where}: image {which} spans {n.lo:g}..{n.hi:g}, outside [0, 1]; turn normalisation on"
             )
+    if settings.normalise == "range":  # the instruments' own ranges: a dim channel stays dim
+        return a.astype(np.float32), b.astype(np.float32)
     spans = [max(n.hi - n.lo, 1e-12) for n in ranges]
     if max(spans) / min(spans) > MAX_RANGE_RATIO:
         raise PreflightError(
@@ -260,10 +274,14 @@ def _normalised_sources(
 
 
 class CropSampler:
-    """Random training crops (with one of the 8 flips / 90-degree rotations) from valid corners."""
+    """Random training crops from valid corners, augmented: one of the 8 flips / 90-degree
+    rotations, and with ``jitter`` > 0 each source of each crop scaled by its own random gain in
+    [1 - jitter, 1 + jitter] (clipped to [0, 1]), so a model does not learn one microscope's
+    exposure."""
 
-    def __init__(self, data: list[_PairData], crop: int, rng: np.random.Generator):
+    def __init__(self, data: list[_PairData], crop: int, rng: np.random.Generator, jitter: float = 0.0):
         self.data = [d for d in data if d.train_positions.size]
+        self.jitter = jitter
         weights = np.array([d.sample_weight for d in self.data], dtype=np.float64)
         self.probabilities = weights / weights.sum()
         self.crop, self.rng = crop, rng
@@ -284,7 +302,11 @@ class CropSampler:
                 tile = np.rot90(src[y : y + self.crop, x : x + self.crop], k)
                 out.append(tile[:, ::-1] if flip else tile)
             origins.append((index, y, x))
-        return _stack(out_a), _stack(out_b), _stack(out_w), origins
+        a, b = _stack(out_a), _stack(out_b)
+        if self.jitter > 0:
+            gains = self.rng.uniform(1 - self.jitter, 1 + self.jitter, size=(2, batch, 1, 1, 1)).astype(np.float32)
+            a, b = np.clip(a * gains[0], 0, 1), np.clip(b * gains[1], 0, 1)
+        return a, b, _stack(out_w), origins
 
 
 def _stack(tiles: list[np.ndarray]) -> np.ndarray:

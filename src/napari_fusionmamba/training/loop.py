@@ -144,15 +144,15 @@ class _Trainer:
 
         settings = self.settings
         self.objective = make_objective(settings)
-        self.sampler = CropSampler(self.data, settings.crop, self.rng)
+        self.sampler = CropSampler(self.data, settings.crop, self.rng, settings.intensity_jitter)
         *val_arrays, self.val_origins = validation_crops(self.data, settings.crop)
         self.val = [torch.from_numpy(x).to(self.device) for x in val_arrays]
         self.use_amp = settings.amp and self.device.type == "cuda"
         self.provenance = _provenance(settings, self.data)
         self.normalisation = (
             {"method": "percentiles", "percentiles": list(settings.percentiles), "colour": "Y of YCrCb (BT.601)"}
-            if settings.normalise
-            else {"method": "none"}
+            if settings.normalise == "percentile"
+            else {"method": settings.normalise, "colour": "Y of YCrCb (BT.601)"}
         )
 
     def save(self, name: str, step: int) -> Path:

@@ -1,10 +1,12 @@
-"""Training objectives: the paper's unsupervised fusion loss (``FusionLoss``, the two sources are
-the only targets) and ``OBJECTIVES``, the registry a run's ``objective`` setting names.
+"""Training objectives, unsupervised (the two sources are the only targets), and ``OBJECTIVES``,
+the registry a run's ``objective`` setting names.
 
-total = a1 * intensity + a2 * texture + a3 * structure, with
-- intensity: MSE between the fused image and max(a, b), pixel by pixel;
-- texture: L1 between Sobel(fused) and max(Sobel(a), Sobel(b)), Sobel(x) = |Gx * x| + |Gy * x|;
-- structure: b * (1 - SSIM(fused, a)) + g * (1 - SSIM(fused, b)).
+- ``paper`` (``FusionLoss``), the FusionMamba paper's: a1 * intensity + a2 * texture + a3 * structure
+  with intensity the MSE to max(a, b), texture the L1 between Sobel(fused) and
+  max(Sobel(a), Sobel(b)), Sobel(x) = |Gx * x| + |Gy * x|, and structure
+  b * (1 - SSIM(fused, a)) + g * (1 - SSIM(fused, b)). Its optimum is close to max(a, b).
+- ``keep-both`` (``KeepBothLoss``): the same three kinds of term towards b with a's signal laid on
+  top (``keep_both_target``), so neither source is lost (docs/finetune.md has both formulas).
 
 An optional per-pixel weight map turns every mean into a weighted mean, so fine-tuning can make
 regions a user marked count more (or not at all).
@@ -178,10 +180,56 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+BACKGROUND_QUANTILE = 0.1
+"""Where keep-both puts a source's background: this quantile of its pixels in each crop."""
+
+
+def keep_both_target(a: torch.Tensor, b: torch.Tensor, background: float = BACKGROUND_QUANTILE) -> torch.Tensor:
+    """b plus a's signal above its background, clipped to [0, 1]: the structural image with the
+    fluorescence laid on top, so neither is lost where the other is brighter (max(a, b) drops a
+    dim GFP signal on bright phase contrast). a's background is its ``background`` quantile in
+    each image of the batch."""
+    level = torch.quantile(a.flatten(1).float(), background, dim=1).to(a.dtype).view(-1, 1, 1, 1)
+    return (b + torch.relu(a - level)).clamp(0, 1)
+
+
+class KeepBothLoss(nn.Module):
+    """Keep both sources: the fused image F should be T = ``keep_both_target(a, b)`` in intensity
+    and local structure, and at least as sharp as the sharpest of a, b and T.
+
+    total = a1 * mean((F - T)^2) + a2 * mean|S(F) - max(S(a), S(b), S(T))| + a3 * (1 - SSIM(F, T))
+
+    with S the Sobel magnitude of the paper's loss. Called like ``FusionLoss``; ``weight`` makes
+    regions count more or not at all. a is the fluorescence (functional) source, b the structural.
+    """
+
+    def __init__(self, a1: float = DEFAULT_WEIGHTS[0], a2: float = DEFAULT_WEIGHTS[1], a3: float = DEFAULT_WEIGHTS[2]):
+        super().__init__()
+        self.a1, self.a2, self.a3 = a1, a2, a3
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings) -> KeepBothLoss:
+        """The loss a run's ``loss_weights`` ask for."""
+        return cls(*settings.loss_weights)
+
+    def forward(
+        self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if weight is not None:
+            weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
+        target = keep_both_target(a, b)
+        detail = torch.maximum(torch.maximum(sobel(a), sobel(b)), sobel(target))
+        intensity = _weighted_mean((fused - target) ** 2, weight)
+        texture = _weighted_mean((sobel(fused) - detail).abs(), weight)
+        structure = 1 - ssim(fused, target, weight)
+        total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
+        return total, {"intensity": intensity, "texture": texture, "structure": structure}
+
+
 #: Training objectives by name (``TrainSettings.objective``, ``fusionmamba finetune --objective``).
 #: To add one, register a class whose instances are ``Objective``s; a ``from_settings(settings)``
 #: classmethod, when the class has one, builds it from the run's settings (else ``cls()``).
-OBJECTIVES: dict[str, type] = {"paper": FusionLoss}
+OBJECTIVES: dict[str, type] = {"paper": FusionLoss, "keep-both": KeepBothLoss}
 
 
 def make_objective(settings: TrainSettings) -> Objective:

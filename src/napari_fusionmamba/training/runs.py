@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,23 @@ def pairs_from_folder(
     return pairs
 
 
+def _validation_sources(entry: Any, here: Callable[[Any], Any], path: Path) -> set[Path]:
+    """The A files of a recipe's validation pairs, resolved."""
+    if entry is None:
+        return set()
+    if not isinstance(entry, dict) or not {"folder", "names"} <= set(entry):
+        raise PreflightError(f'{path}: "validation" must be {{"folder": ..., "names": [...]}}, got {entry!r}')
+    return {Path(str(pair.a)).resolve() for pair in pairs_from_folder(here(entry["folder"]), entry["names"])}
+
+
 def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str, Any]]:
     """(pairs, settings dict, other keys) from a recipe file.
 
     ``{"pairs": [...], "settings": {...}, "out": ..., "name": ...}``; each item of ``pairs`` is
     ``[A, B]``, ``[A, B, MASK]``, ``{"a", "b", "mask", "weight"}``, a folder path, or
     ``{"folder", "names", "limit", "weight"}``. Relative paths are relative to the recipe file.
+    The pairs of ``"validation": {"folder", "names"}`` are held out: never trained on, whatever
+    ``pairs`` lists (benchmarks/quality.py --validation scores a model on them).
     """
     path = Path(path)
     try:
@@ -152,7 +164,9 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
             pairs.append(Pair(here(item["a"]), here(item["b"]), here(item.get("mask")), weight=item.get("weight", 1.0)))
         else:
             raise PreflightError(f"{path}: cannot read pair entry {item!r}")
-    others = {k: v for k, v in recipe.items() if k not in ("pairs", "settings")}
+    held_out = _validation_sources(recipe.get("validation"), here, path)
+    pairs = [pair for pair in pairs if not (isinstance(pair.a, Path) and pair.a.resolve() in held_out)]
+    others = {k: v for k, v in recipe.items() if k not in ("pairs", "settings", "validation")}
     if "out" in others:
         others["out"] = here(others["out"])
     return pairs, dict(recipe.get("settings", {})), others

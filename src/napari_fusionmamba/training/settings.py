@@ -17,6 +17,9 @@ from ..errors import PreflightError
 from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
 
 MIN_CROP = 16
+NORMALISE = ("percentile", "range", "none")
+"""How sources are mapped to [0, 1]: as ``fuse(normalise=...)`` does (robust percentiles per
+image; an integer dtype's range, e.g. 8-bit / 255, which keeps a dim channel dim; or not at all)."""
 
 
 @dataclass
@@ -32,14 +35,15 @@ class TrainSettings:
     weight_decay: float = 1e-4
     clip: float = 1.0  # max gradient norm; 0 = no clipping
     objective: str = "paper"  # a key of objectives.OBJECTIVES
-    loss_weights: tuple[float, float, float] = DEFAULT_WEIGHTS  # paper objective: intensity, texture, structure
+    loss_weights: tuple[float, float, float] = DEFAULT_WEIGHTS  # intensity, texture, structure
     ssim_weights: tuple[float, float] = (0.5, 0.5)  # paper objective: SSIM to source a, to source b
     ssim: str = "auto"  # paper objective: the structure measure
     region_weight: float = 2.0  # loss weight of mask label 2
     mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
     val_fraction: float = 0.15
     val_split: str = "auto"  # "band" (a block of each pair), "pairs" (whole pairs) or "auto"
-    normalise: bool = True  # robust percentiles per source image
+    normalise: str = "percentile"  # NORMALISE: robust percentiles per image, dtype range, or none
+    intensity_jitter: float = 0.0  # each crop's sources scaled by their own random gain in 1 +- this
     percentiles: tuple[float, float] = PERCENTILES  # the same as the fusion pipeline's
     base: str = "default"  # model name, checkpoint path, or "scratch"
     config: str = "tiny"  # the config trained from scratch
@@ -54,6 +58,8 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        if isinstance(values.get("normalise"), bool):  # runs saved before "range" existed
+            values = {**values, "normalise": "percentile" if values["normalise"] else "none"}
         settings: TrainSettings = from_json(cls, values, "training settings", PreflightError)
         return settings
 
@@ -119,6 +125,10 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"mask coverage must be in (0, 1] (got {settings.mask_coverage})")
     if settings.objective not in OBJECTIVES:
         problems.append(f"unknown objective {settings.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if settings.normalise not in NORMALISE:
+        problems.append(f"normalise must be one of {', '.join(NORMALISE)} (got {settings.normalise!r})")
+    if not 0 <= settings.intensity_jitter < 1:
+        problems.append(f"intensity jitter must be in [0, 1) (got {settings.intensity_jitter})")
     if settings.ssim not in SSIM_MODES:
         problems.append(f"ssim must be one of {', '.join(SSIM_MODES)} (got {settings.ssim!r})")
     if settings.warmup < 0 or settings.log_every < 1 or settings.val_every < 1:

@@ -44,6 +44,8 @@ NO_MASK = "(whole image)"
 SCRATCH = "scratch"
 PREVIEW = "fine-tune preview"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``training.OBJECTIVES``' names, written out so that opening the widget does not import torch.
+OBJECTIVE_NAMES = ("paper", "keep-both")
 
 
 def base_choices() -> list[str]:
@@ -150,7 +152,15 @@ class FinetuneWidget(Container):
         self._add_row()
 
     def _expert_settings(self) -> Container:
-        """The objective weights, validation and device: hidden until "Expert settings" is ticked."""
+        """The objective, its weights, validation and device: hidden until "Expert settings" is
+        ticked."""
+        self.objective = ComboBox(
+            label="Objective",
+            choices=OBJECTIVE_NAMES,
+            value="paper",
+            tooltip="paper: the published loss (close to max(a, b)); keep-both: adds the fluorescence "
+            "to the structural image so neither is lost (docs/finetune.md).",
+        )
         self.loss_intensity = FloatSpinBox(label="Intensity weight", min=0, max=1000, value=10.0)
         self.loss_texture = FloatSpinBox(label="Texture weight", min=0, max=1000, value=1.0)
         self.loss_structure = FloatSpinBox(label="Structure weight", min=0, max=1000, value=10.0)
@@ -178,7 +188,7 @@ class FinetuneWidget(Container):
         )
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         return Container(widgets=[
-            self.loss_intensity, self.loss_texture, self.loss_structure, self.region_weight,
+            self.objective, self.loss_intensity, self.loss_texture, self.loss_structure, self.region_weight,
             self.val_fraction, self.val_every, self.device,
         ], visible=False)  # fmt: skip
 
@@ -224,6 +234,7 @@ class FinetuneWidget(Container):
             steps=self.steps.value, crop=self.crop.value, batch=self.batch.value, lr=lr,
             base=base, config="tiny", device=self.device.value, val_every=self.val_every.value,
             val_fraction=self.val_fraction.value, region_weight=self.region_weight.value,
+            objective=self.objective.value,
             loss_weights=(self.loss_intensity.value, self.loss_texture.value, self.loss_structure.value),
             log_every=1,
         )  # fmt: skip
