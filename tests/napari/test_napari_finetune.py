@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import real_looking_pair
+from napari_fusionmamba.errors import InputError
 from napari_fusionmamba.napari.widgets.finetune import PREVIEW, FinetuneWidget, _mask_array
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -184,3 +185,14 @@ def test_a_stopped_run_resumes_where_it_stopped_and_replaces_its_model(
     # the name registered at the first stop now holds the resumed run's best
     assert widget.status.value.endswith("saved as model 'resumed'")
     assert find_model("resumed").path.read_bytes() == widget.result.best.read_bytes()
+
+
+def test_pair_rows_default_to_two_layers_of_one_shape_and_refuse_one_layer_twice(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")  # phase is a stack: MAP2 and DAPI share a shape
+    widget = FinetuneWidget(viewer)
+    row = widget.rows[0]
+    assert (row.a.value.name, row.b.value.name) == ("MAP2", "DAPI")
+    row.b.value = row.a.value
+    with pytest.raises(InputError, match="layer 'MAP2' is chosen as both A and B"):
+        widget._request()

@@ -433,3 +433,38 @@ def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
         fuse(a, b, method="average", **SETTINGS)
         fuse_files(a, b, str(tmp_path / "out.zarr"), method="average", **SETTINGS)
     assert seen == []
+
+
+def test_pickers_default_to_two_fitting_layers_and_run_refuses_one_layer_twice(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    viewer.open_sample("napari-fusionmamba", "neurons")  # phase (Z stack, gray), MAP2 (magenta), DAPI (blue)
+    assert (widget.a.value.name, widget.b.value.name) == ("MAP2", "phase")
+    viewer.add_image(np.zeros((8, 8), np.float32), name="other size")
+    assert (widget.a.value.name, widget.b.value.name) == ("MAP2", "phase")  # a user's pair is kept
+
+    other = FuseWidget(viewer)  # opened after the layers: the same default
+    qtbot.addWidget(other.native)
+    assert (other.a.value.name, other.b.value.name) == ("MAP2", "phase")
+
+    widget.b.value = viewer.layers["MAP2"]
+    widget.model.value = "method:average"
+    widget.run_button.clicked.emit()
+    assert not widget.runner.running and len(viewer.layers) == 4
+    errors = [message for severity, message in notes if severity == "error"]
+    assert errors == ["Fuse: layer 'MAP2' is chosen as both A and B; choose two different layers."]
+
+
+def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napari_viewer, qtbot):
+    from napari_fusionmamba.engine import fuse
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    viewer.dims.set_point(0, 2)  # the third focal plane
+    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32)
+    _run(widget, qtbot)
+    result = viewer.layers[-1]
+    map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
+    np.testing.assert_allclose(result.data, fuse(map2, phase[2], method="average"), atol=1e-6)
+    assert not np.allclose(result.data, fuse(map2, phase[0], method="average"), atol=1e-3)

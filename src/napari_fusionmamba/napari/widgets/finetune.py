@@ -33,7 +33,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from ...errors import FusionMambaError, InputError
-from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
+from ._common import Runner, current_plane, follow_pair, full_resolution, layer_picker, persist, registered_pair
 
 if TYPE_CHECKING:
     import napari
@@ -89,6 +89,7 @@ class PairRow(Container):
         self.remove = PushButton(text="Remove")
         self.remove.changed.connect(lambda _v=None: on_remove(self))
         self.extend([self.a, self.b, self.mask, self.remove])
+        follow_pair(viewer, self.a, self.b)
 
 
 class FinetuneWidget(Container):

@@ -17,7 +17,16 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
-from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
+from ._common import (
+    Runner,
+    current_plane,
+    follow_pair,
+    layer_picker,
+    persist,
+    refresh_on_open,
+    registered_pair,
+    spatial_shape,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -112,6 +121,7 @@ class FuseWidget(Container):
             self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
         self.extend([self.a, self.b])
+        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True)
 
     def _add_engine(self) -> None:
         """The model (or classical method) and where it runs."""
@@ -226,13 +236,15 @@ class FuseWidget(Container):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a, data_b, shape_a = registered_pair(a, b, "Fuse")
-        if not np.allclose(a.scale, b.scale):
+        data_a, data_b, shape_a = registered_pair(a, b, "Fuse", self._viewer)
+        if not np.allclose(a.scale[-2:], b.scale[-2:]):
             raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
-        scale, translate = tuple(a.scale), list(a.translate)
+        # the result lies where A lies; a single image fused with a stack's plane lies where the image lies
+        placed = a if len(spatial_shape(a)) == len(shape_a) else b
+        scale, translate = tuple(placed.scale), list(placed.translate)
         if self.stack.value == PLANE and len(shape_a) > 2:
             plane = current_plane(self._viewer, a)
             # one plane, kept where it was: its leading axes become length 1, its translate moves
