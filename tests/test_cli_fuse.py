@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.engine import fuse
@@ -57,6 +62,26 @@ def test_model_checkpoint_path(files, tmp_path, network):
     )
     expected = fuse(*files, model=model, tile=64, overlap=16)
     assert np.abs(open_image(out).data.compute() - expected).max() <= 1e-5
+    # the output says which weights made it: name, version (the file's SHA-256) and size
+    engine = zarr.open_group(out, mode="r").attrs["fusionmamba"]["engine"]
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    assert engine == {
+        "model": os.path.basename(checkpoint).removesuffix(".safetensors"),
+        "version": f"sha256:{digest}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def test_a_tiff_output_names_the_shipped_model_that_made_it(files, tmp_path):
+    from napari_fusionmamba.registry import DEFAULT_MODEL, find_model
+
+    out = str(tmp_path / "fused.ome.tif")
+    assert main(["fuse", *files, "-o", out, "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
+    with tifffile.TiffFile(out) as tiff:
+        ome = tiff.ome_metadata
+    description = json.loads(re.search(r"<Description>(.*?)</Description>", ome).group(1).replace("&quot;", '"'))
+    assert description["fusionmamba"]["engine"]["model"] == DEFAULT_MODEL
+    assert description["fusionmamba"]["engine"]["parameters"] == find_model(DEFAULT_MODEL).parameter_count()
 
 
 @pytest.mark.parametrize(

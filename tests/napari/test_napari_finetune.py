@@ -60,8 +60,8 @@ def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napar
     fuse.a.value, fuse.b.value = layer_a, layer_b
     fuse.model.value = "model:lab-test"
     fuse.run_button.native.click()
-    qtbot.waitUntil(lambda: "fused(gfp, phase)" in viewer.layers, timeout=120_000)
-    fused = np.asarray(viewer.layers["fused(gfp, phase)"].data)
+    qtbot.waitUntil(lambda: "fused(gfp, phase) · lab-test" in viewer.layers, timeout=120_000)
+    fused = np.asarray(viewer.layers["fused(gfp, phase) · lab-test"].data)
     assert fused.shape == (96, 96) and np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1
     assert fused.std() > 0.01
 

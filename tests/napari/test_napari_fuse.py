@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
+from conftest import real_looking_pair
 from napari_fusionmamba.napari.widgets import fuse as fuse_widget
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -87,8 +88,8 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert "lab (your model)" in [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
     _run(widget, qtbot)
 
-    assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
-    result = viewer.layers["fused(GFP, phase)"]
+    assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase) · lab"], notes
+    result = viewer.layers["fused(GFP, phase) · lab"]
     expected = fuse(
         viewer.layers["GFP"].data,
         viewer.layers["phase"].data,
@@ -191,7 +192,7 @@ def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_vi
     monkeypatch.setattr(network.FusionMamba, "forward", forward)
     widget.tile.value, widget.overlap.value = 128, 32
     _run(widget, qtbot)
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · tiny"]
 
 
 @pytest.mark.parametrize("problem", ["shape", "scale", "empty", "checkpoint"])
@@ -272,7 +273,7 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
     viewer.layers.events.inserted.connect(lambda event: added_while_running.append(widget.runner.running))
     _run(widget, qtbot)
     assert added_while_running == [True]  # shown as soon as the store exists, filled as chunks land
-    result = viewer.layers["fused(big A, big B)"]
+    result = viewer.layers["fused(big A, big B) · average"]
     assert isinstance(result.data, da.Array)  # lazy, read from the zarr on disk
     assert (tmp_path / "fused.zarr").is_dir()
     np.testing.assert_allclose(result.scale, (3, 0.5, 0.5))
@@ -336,7 +337,7 @@ def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtb
     viewer.add_image(gray, name="MRI")
     widget = _widget(viewer, qtbot, "PET", "MRI", model="method:average")
     _run(widget, qtbot)
-    result = viewer.layers["fused(PET, MRI)"]
+    result = viewer.layers["fused(PET, MRI) · average"]
     assert result.rgb and result.data.shape == (64, 80, 3)
     np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)
 
@@ -359,7 +360,7 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
 
     widget.model.value = "method:max"
     _run(widget, qtbot)
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · max"]
 
 
 def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
@@ -410,9 +411,9 @@ def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(
 
     slow["on"] = False
     _run(widget, qtbot)  # the same run again resumes from the finished chunks
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · slow"]
     assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
-    assert viewer.layers["fused(A, B)"].data.shape == (24, 64, 64)
+    assert viewer.layers["fused(A, B) · slow"].data.shape == (24, 64, 64)
     [resumed] = [int(m.group(1)) for _, message in notes if (m := re.search(r"(\d+) already done", message))]
     assert done_before <= resumed < 24  # the chunks finished before the cancel (and those in flight) were kept
 
@@ -468,3 +469,36 @@ def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napar
     map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
     np.testing.assert_allclose(result.data, fuse(map2, phase[2], method="average"), atol=1e-6)
     assert not np.allclose(result.data, fuse(map2, phase[0], method="average"), atol=1e-3)
+
+
+def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
+    make_napari_viewer, qtbot, tmp_path, tiny_checkpoint
+):
+    import hashlib
+
+    import zarr
+
+    from napari_fusionmamba.registry import load_model
+
+    a, b = real_looking_pair(64, 64)
+    viewer = make_napari_viewer()
+    viewer.add_image(a, name="GFP", colormap="green")
+    viewer.add_image(b, name="phase")
+    (tmp_path / "fused.zarr").mkdir()  # an earlier result: kept, the new one gets the next free name
+    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu", output=fuse_widget.TO_ZARR)
+    widget.out_path.value = tmp_path / "fused.zarr"
+    _run(widget, qtbot)
+    widget.output.value = fuse_widget.IN_MEMORY
+    _run(widget, qtbot)
+
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["GFP", "phase", "fused(GFP, phase) · lab", "fused(GFP, phase) · lab [1]"]  # napari numbers twins
+    expected = {
+        "model": "lab",
+        "version": "sha256:" + hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()[:12],
+        "parameters": sum(p.numel() for p in load_model("lab").parameters()),
+    }
+    for layer in viewer.layers[2:]:
+        assert layer.metadata["engine"] == expected
+    assert not any((tmp_path / "fused.zarr").iterdir())  # untouched
+    assert zarr.open_group(str(tmp_path / "fused-2.zarr"), mode="r").attrs["fusionmamba"]["engine"] == expected

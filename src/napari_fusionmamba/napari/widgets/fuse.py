@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
+from ...io.files import free_path
 from ._common import (
     Runner,
     current_plane,
@@ -256,7 +257,7 @@ class FuseWidget(Container):
         request = FuseRequest(
             a=data_a,
             b=data_b,
-            name=f"fused({a.name}, {b.name})",
+            name=f"fused({a.name}, {b.name})",  # the model's name follows once it is chosen
             scale=scale,
             translate=tuple(translate),
             tile=self.tile.value,
@@ -267,6 +268,7 @@ class FuseWidget(Container):
             names=(a.name, b.name),
         )
         self._choose_engine(request, choice)
+        request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
         self._choose_output(request, shape_a)
         request.metadata = {
             "fused_from": [a.name, b.name],
@@ -293,9 +295,7 @@ class FuseWidget(Container):
         if self.output.value == TO_ZARR:
             if not self.out_path.value:
                 raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
-            request.out = Path(self.out_path.value)
-            if request.out.exists():
-                raise InputError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
+            request.out = free_path(self.out_path.value)  # never over an earlier result
             return
         size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.rgb else 1)
         if size > self.in_memory_limit:
@@ -330,7 +330,9 @@ class FuseWidget(Container):
         else:
             self._live.refresh()
 
-    def _add_result(self, request: FuseRequest, result) -> None:
+    def _add_result(self, request: FuseRequest, outcome) -> None:
+        result, engine = outcome
+        request.metadata = {**request.metadata, "engine": engine}  # model name, version, parameters
         if request.out is None:
             self._viewer.add_image(result, **_layer_options(request))
             return
@@ -341,6 +343,7 @@ class FuseWidget(Container):
             self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.data = data
+            self._live.metadata = request.metadata
         self._live = None
         show_info(f"{request.name}: {result.summary()}")  # where, how big, how long, chunks resumed
 
@@ -355,8 +358,9 @@ class FuseWidget(Container):
 
 def run_fusion(request: FuseRequest, progress, cancelled):
     """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
-    the model by name or path and keeps it loaded for the next run."""
-    from ...engine import fuse, fuse_files
+    the model by name or path and keeps it loaded for the next run. Returns the fused array (or
+    the file's report) and what fused it (``describe_engine``)."""
+    from ...engine import describe_engine, fuse, fuse_files
 
     options = dict(
         tile=request.tile,
@@ -374,8 +378,9 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         for data, name, rgb in zip((request.a, request.b), request.names, (request.rgb, False))
     )
     if request.out is not None:
-        return fuse_files(a, b, str(request.out), **options)
-    return fuse(a, b, **options)
+        report = fuse_files(a, b, str(request.out), **options)
+        return report, report.engine
+    return fuse(a, b, **options), describe_engine(options["model"], options["method"])
 
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
