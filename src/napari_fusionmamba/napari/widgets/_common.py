@@ -173,6 +173,30 @@ def refresh_on_open(combo: ComboBox) -> ComboBox:
     return combo
 
 
+# --- docks -----------------------------------------------------------------------------------
+
+
+class ScrollingContainer(Container):
+    """A Container in a scroll area, so its dock fits a small screen (1366 x 768) however many
+    fields it has.
+
+    napari docks a widget's ``native``; magicgui's ``scrollable`` keeps the scroll area apart
+    (``root_native_widget``), so ``native`` is that scroll area here.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(scrollable=True, **kwargs)
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def contents(self):
+        """The Qt widget inside the scroll area that holds the fields (and their layout)."""
+        return self.root_native_widget.widget()
+
+
 # --- saved parameters -----------------------------------------------------------------------
 
 

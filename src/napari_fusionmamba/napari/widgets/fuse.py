@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
 from ...io.files import free_path
 from ._common import (
     Runner,
+    ScrollingContainer,
     current_plane,
     follow_pair,
     layer_picker,
@@ -87,7 +88,7 @@ class FuseRequest:
     metadata: dict = field(default_factory=dict)
 
 
-class FuseWidget(Container):
+class FuseWidget(ScrollingContainer):
     """Fuse two registered image layers, e.g. GFP fluorescence (A) with phase contrast (B)."""
 
     #: Results larger than this (bytes of float32 output) must go to a zarr file.
