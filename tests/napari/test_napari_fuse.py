@@ -78,6 +78,7 @@ def _run(widget, qtbot, timeout=120_000):
 @pytest.mark.slow
 def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import colormap_tint
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
@@ -90,15 +91,18 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
 
     assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase) · lab"], notes
     result = viewer.layers["fused(GFP, phase) · lab"]
+    gfp = viewer.layers["GFP"]  # shown in green: the result is coloured alike
+    tint = colormap_tint(gfp.colormap.colors, gfp.colormap.controls, gfp.contrast_limits)
     expected = fuse(
-        viewer.layers["GFP"].data,
+        gfp.data,
         viewer.layers["phase"].data,
         model=str(tiny_checkpoint),
         device="cpu",
+        tint=tint,
         **network,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
-    assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
+    assert result.data.dtype == np.float32 and result.data.shape == (320, 320, 3)
     np.testing.assert_allclose(result.scale, (0.5, 0.5))
     np.testing.assert_allclose(result.translate, (3, 4))
     assert not _shown(widget.progress, widget) and widget.run_button.text == "Run"
@@ -463,7 +467,7 @@ def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napar
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "neurons")
     viewer.dims.set_point(0, 2)  # the third focal plane
-    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32)
+    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32, gray_output=True)
     _run(widget, qtbot)
     result = viewer.layers[-1]
     map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
@@ -502,3 +506,35 @@ def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
         assert layer.metadata["engine"] == expected
     assert not any((tmp_path / "fused.zarr").iterdir())  # untouched
     assert zarr.open_group(str(tmp_path / "fused-2.zarr"), mode="r").attrs["fusionmamba"]["engine"] == expected
+
+
+def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer, qtbot):
+    from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import colormap_tint
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    viewer.dims.set_point(0, 1)
+    map2, phase = viewer.layers["MAP2"], viewer.layers["phase"]
+    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=256, overlap=32)
+    _run(widget, qtbot)
+    coloured = viewer.layers[-1]
+    assert coloured.rgb and coloured.data.shape == (512, 512, 3)
+    red, green, blue = np.moveaxis(np.asarray(coloured.data), -1, 0)
+    np.testing.assert_array_equal(green, 0)  # magenta: red and blue, never green
+    np.testing.assert_allclose(red, blue)
+    assert red[map2.data >= map2.contrast_limits[1]].min() >= 0.5  # what shows saturated is bright
+    tint = colormap_tint(map2.colormap.colors, map2.colormap.controls, map2.contrast_limits)
+    expected = fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tint)
+    np.testing.assert_allclose(coloured.data, expected, atol=1e-6)
+    assert coloured.metadata["tint"]["colormap"] == "magenta"
+
+    map2.contrast_limits = (map2.contrast_limits[0], 2 * map2.contrast_limits[1])  # dimmer on screen
+    _run(widget, qtbot)
+    assert np.asarray(viewer.layers[-1].data)[..., 0].mean() < red.mean()
+
+    widget.gray_output.value = True
+    _run(widget, qtbot)
+    gray = viewer.layers[-1]
+    assert not gray.rgb and gray.data.shape == (512, 512)
+    np.testing.assert_allclose(gray.data, fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
+from ...io.colour import Tint, colormap_tint
 from ...io.files import free_path
 from ._common import (
     Runner,
@@ -83,9 +84,14 @@ class FuseRequest:
     batch: int = 4
     device: str = "auto"
     out: Path | None = None
-    rgb: bool = False
+    rgb: bool = False  # A is an RGB layer
+    tint: Tint | None = None  # A's colormap and contrast limits, to colour the result with
     names: tuple[str, str] = ("A", "B")
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def colour_out(self) -> bool:
+        return self.rgb or self.tint is not None
 
 
 class FuseWidget(ScrollingContainer):
@@ -103,7 +109,9 @@ class FuseWidget(ScrollingContainer):
         self._add_output()
         self.runner = Runner(self.run_button, self.progress, name="Run")
         persist(
-            self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"]
+            self,
+            "fuse",
+            ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path", "gray_output"],
         )
         self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
         self.model.changed.connect(self._on_model)
@@ -200,9 +208,14 @@ class FuseWidget(ScrollingContainer):
             visible=False,
             tooltip="Where the fused zarr goes; an existing path is not overwritten.",
         )
+        self.gray_output = CheckBox(
+            label="Gray output",
+            value=False,
+            tooltip="Off: a result coloured the way A is shown (its colormap and contrast limits). On: the fused gray.",
+        )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
         self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
-        self.extend([self.output, self.out_path, self.run_button, self.progress])
+        self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
     # --- view updates ---------------------------------------------------------------------
 
@@ -268,6 +281,8 @@ class FuseWidget(ScrollingContainer):
             rgb=a.rgb,
             names=(a.name, b.name),
         )
+        if not self.gray_output.value and not a.rgb and not a.colormap.name.startswith(("gray", "grey")):
+            request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
         self._choose_engine(request, choice)
         request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
         self._choose_output(request, shape_a)
@@ -278,6 +293,8 @@ class FuseWidget(ScrollingContainer):
             "overlap": request.overlap,
             "batch": request.batch,
         }
+        if request.tint is not None:
+            request.metadata["tint"] = {"colormap": a.colormap.name, "contrast_limits": list(a.contrast_limits)}
         return request
 
     def _choose_engine(self, request: FuseRequest, choice: str) -> None:
@@ -298,7 +315,7 @@ class FuseWidget(ScrollingContainer):
                 raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
             request.out = free_path(self.out_path.value)  # never over an earlier result
             return
-        size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.rgb else 1)
+        size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.colour_out else 1)
         if size > self.in_memory_limit:
             raise InputError(
                 f"Fuse: {request.name} would take {size / 1024**2:.0f} MB, more than the "
@@ -326,7 +343,7 @@ class FuseWidget(ScrollingContainer):
         if self._live is None:
             store = _partial_store(request.out)
             if (store / ".zattrs").exists():
-                data = _open_lazy(store, request.rgb)
+                data = _open_lazy(store, request.colour_out)
                 self._live = self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.refresh()
@@ -337,7 +354,7 @@ class FuseWidget(ScrollingContainer):
         if request.out is None:
             self._viewer.add_image(result, **_layer_options(request))
             return
-        data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
+        data = _open_lazy(request.out, request.colour_out)  # the finished store, moved into place
         if self._live is None or isinstance(data, list) != self._live.multiscale:
             if self._live is not None:
                 self._viewer.layers.remove(self._live)
@@ -372,6 +389,7 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         cancel=cancelled,
         method=request.method,
         model=None if request.method else str(request.checkpoint or request.model),
+        tint=request.tint,
     )
     # Named, placed sources: errors name the layers, a zarr output keeps the scale and translate.
     a, b = (
@@ -407,7 +425,7 @@ def _layer_options(request: FuseRequest, data=None) -> dict:
         name=request.name,
         scale=request.scale,
         translate=request.translate,
-        rgb=request.rgb,
+        rgb=request.colour_out,
         metadata=request.metadata,
         contrast_limits=(0, 1),
         colormap="gray",
