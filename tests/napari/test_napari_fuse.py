@@ -538,3 +538,25 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     gray = viewer.layers[-1]
     assert not gray.rgb and gray.data.shape == (512, 512)
     np.testing.assert_allclose(gray.data, fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
+
+
+def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer, qtbot, monkeypatch):
+    from napari_fusionmamba.napari.widgets._common import progress_text
+    from napari_fusionmamba.quality import baselines
+
+    assert progress_text(3, 12, 30, "tiles") == "3/12 tiles · 0:30 elapsed · about 1:30 left"
+    assert progress_text(12, 12, 3725, "tiles") == "12/12 tiles · 1:02:05 elapsed"
+
+    def slow_average(a, b):
+        time.sleep(0.2)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((192, 192), np.float32), name="A")
+    viewer.add_image(np.ones((192, 192), np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:slow", tile=64, overlap=0, batch=1)  # 9 tiles
+    shown = []
+    widget.progress.changed.connect(lambda _value: shown.append(widget.progress.native.text()))
+    _run(widget, qtbot)
+    assert any(re.fullmatch(r"[1-8]/9 tiles · 0:0\d elapsed · about 0:0\d left", text) for text in shown), shown

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -258,6 +259,21 @@ class _Progress(QObject):
     changed = Signal(int, int)
 
 
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def progress_text(done: int, total: int, elapsed: float, unit: str) -> str:
+    """What the progress bar says: how far, how long so far, and about how long is left (from
+    the pace so far, once something is done)."""
+    text = f"{done}/{total} {unit} · {_clock(elapsed)} elapsed"
+    if 0 < done < total:
+        text += f" · about {_clock(elapsed * (total - done) / done)} left"
+    return text
+
+
 class Runner:
     """Runs one job at a time off the UI thread, with a progress bar and a Run / Cancel button.
 
@@ -311,14 +327,17 @@ class Runner:
         on_progress: Callable[[int, int], None] | None = None,
         on_stop: Callable[[], None] | None = None,
         what: str = "the job",
+        unit: str = "steps",
     ):
-        """Start ``job`` in a thread worker; ``on_stop`` runs on the UI thread however it ended."""
+        """Start ``job`` in a thread worker; ``on_stop`` runs on the UI thread however it ended.
+        The bar counts ``unit`` (tiles, chunks...) with the time elapsed and left."""
         from napari.qt.threading import create_worker
 
         if self.running:
             raise RuntimeError("a job is already running")
         self._cancel = threading.Event()
         self._on_progress = on_progress
+        self._unit, self._started = unit, time.monotonic()
         cancel = self._cancel
         emit = self._progress.changed.emit
 
@@ -356,6 +375,7 @@ class Runner:
         self.worker = worker
         self.bar.max = 1
         self.bar.value = 0
+        self.bar.native.setFormat("starting...")
         self.bar.visible = True
         self.button.text = "Cancel"
         worker.start()
@@ -366,5 +386,6 @@ class Runner:
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, self.bar.max)
+        self.bar.native.setFormat(progress_text(done, total, time.monotonic() - self._started, self._unit))
         if self._on_progress is not None:
             self._on_progress(done, total)

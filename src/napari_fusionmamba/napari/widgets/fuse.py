@@ -214,7 +214,10 @@ class FuseWidget(ScrollingContainer):
             tooltip="Off: a result coloured the way A is shown (its colormap and contrast limits). On: the fused gray.",
         )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
-        self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
+        self.progress = ProgressBar(
+            label="Progress",
+            tooltip="Tiles (or zarr chunks) fused so far, the time elapsed and about how long is left.",
+        )
         self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
     # --- view updates ---------------------------------------------------------------------
@@ -334,6 +337,7 @@ class FuseWidget(ScrollingContainer):
             on_progress=lambda done, total: self._on_fill(request, done, total),
             on_stop=lambda: self._on_stop(request),
             what=f"Fusing {request.name}",
+            unit="tiles" if request.out is None else "chunks",
         )
 
     def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
