@@ -88,7 +88,7 @@ def _looks_gray(layer) -> bool:
     return not layer.rgb and layer.colormap.name.startswith(("gray", "grey"))
 
 
-def choose_pair(viewer, a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
+def choose_pair(a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
     """Unless the user picked two different layers, point pickers ``a`` and ``b`` at two different
     image layers that fit together: a coloured layer (fluorescence) for A and a gray one for B
     when there are such."""
@@ -108,7 +108,7 @@ def follow_pair(viewer, a: ComboBox, b: ComboBox, plane_over_stack: bool = False
     def choose(_event=None):
         a.reset_choices()  # the new layer may not be listed yet
         b.reset_choices()
-        choose_pair(viewer, a, b, plane_over_stack)
+        choose_pair(a, b, plane_over_stack)
 
     choose()
     viewer.layers.events.inserted.connect(choose, position="last")
