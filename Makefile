@@ -26,7 +26,7 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Fuses the package's sample pair with the shipped model: demo/fused.tif, demo/side_by_side.png
+# Fuses the package's neuron sample (MAP2 + a phase plane) with the shipped model: demo/fused.tif, demo/side_by_side.png
 # and the metric table against the classical methods.
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out demo

@@ -66,7 +66,7 @@ def main() -> None:
     while widget.runner.running:
         app.processEvents()
         time.sleep(0.02)
-    name = "fused(GFP, phase)"
+    name = f"fused(GFP, phase) · {DEFAULT_MODEL}"
     if name not in viewer.layers:
         raise SystemExit("the fusion did not produce a layer: see the notification above")
     print(f"fused the 320x320 sample pair in {time.perf_counter() - started:.1f} s")

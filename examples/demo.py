@@ -1,11 +1,13 @@
-"""The demo: fuse the sample GFP + phase-contrast pair with the shipped model and compare.
+"""The demo: fuse the real neuron sample (MAP2 + a phase-contrast plane) with the shipped model and compare.
 
     python examples/demo.py [--out demo]
 
-Writes ``fused.tif`` (the fusion a user gets: colour put back on the fused luminance), a
-side-by-side ``side_by_side.png`` (A, B, the network, the best classical method) and prints the
-metric table. As in the fusion literature (and benchmarks/quality.py), every method is scored on
-the same 8-bit luminance planes of the two sources.
+The sample is a 512 x 512 field of human motor neurons that ships with the package: MAP2
+(dendrites, confocal fluorescence) is A, the middle phase-contrast focal plane is B. Writes
+``fused.tif`` (float32 in [0, 1]), a side-by-side ``side_by_side.png`` (A, B, the network, the
+best classical method) and prints the metric table. As in the fusion literature (and
+benchmarks/quality.py), every method is scored on the same 8-bit luminance planes of the two
+sources.
 """
 
 import argparse
@@ -14,7 +16,7 @@ from pathlib import Path
 import tifffile
 
 from napari_fusionmamba import fuse
-from napari_fusionmamba.napari.sample_data import load_sample_pair
+from napari_fusionmamba.napari.sample_data import load_neurons
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import SCORED_METRICS, compare_methods, fusion_input, wins
 from napari_fusionmamba.registry import DEFAULT_MODEL, load_model
@@ -44,14 +46,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    gfp, phase = load_sample_pair()
+    neurons = load_neurons()
+    map2, phase = neurons["MAP2"], neurons["phase"][1]  # the middle focal plane (z06)
     network = load_model(args.model)
-    fused = fuse(gfp, phase, model=network)
+    fused = fuse(map2, phase, model=network)
     tifffile.imwrite(out / "fused.tif", fused)
 
     label = f"FusionMamba ({args.model})"
     run_network = lambda a, b: fuse(a, b, model=network, normalise=None)
-    a, b = fusion_input(gfp, "GFP"), fusion_input(phase, "phase")
+    a, b = fusion_input(map2, "MAP2"), fusion_input(phase, "phase")
     results = compare_methods(a, b, {label: run_network})
     results.update(compare_methods(a, b))
     classical = {name: scores for name, scores in results.items() if name != label}
@@ -70,7 +73,7 @@ def main() -> None:
     side_by_side(
         out / "side_by_side.png",
         {
-            "A: GFP": gfp,
+            "A: MAP2 (confocal)": map2,
             "B: phase contrast": phase,
             label: fused,
             f"best classical: {best}": BASELINES[best](a, b),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.engine import fuse
@@ -57,6 +62,26 @@ def test_model_checkpoint_path(files, tmp_path, network):
     )
     expected = fuse(*files, model=model, tile=64, overlap=16)
     assert np.abs(open_image(out).data.compute() - expected).max() <= 1e-5
+    # the output says which weights made it: name, version (the file's SHA-256) and size
+    engine = zarr.open_group(out, mode="r").attrs["fusionmamba"]["engine"]
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    assert engine == {
+        "model": os.path.basename(checkpoint).removesuffix(".safetensors"),
+        "version": f"sha256:{digest}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def test_a_tiff_output_names_the_shipped_model_that_made_it(files, tmp_path):
+    from napari_fusionmamba.registry import DEFAULT_MODEL, find_model
+
+    out = str(tmp_path / "fused.ome.tif")
+    assert main(["fuse", *files, "-o", out, "--tile", "64", "--overlap", "16", "--no-progress"]) == 0
+    with tifffile.TiffFile(out) as tiff:
+        ome = tiff.ome_metadata
+    description = json.loads(re.search(r"<Description>(.*?)</Description>", ome).group(1).replace("&quot;", '"'))
+    assert description["fusionmamba"]["engine"]["model"] == DEFAULT_MODEL
+    assert description["fusionmamba"]["engine"]["parameters"] == find_model(DEFAULT_MODEL).parameter_count()
 
 
 @pytest.mark.parametrize(
@@ -122,3 +147,26 @@ def test_console_entry_shows_a_progress_bar(files, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "6/6" in result.stderr and "chunk" in result.stderr  # tqdm's bar: 2 x 3 chunks
+
+
+def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, capsys):
+    gray, green = str(tmp_path / "gray.tif"), str(tmp_path / "green.tif")
+    common = ["--method", "average", "--tile", "64", "--overlap", "16", "--no-progress"]
+    assert main(["fuse", *files, "-o", gray, *common]) == 0
+    assert main(["fuse", *files, "-o", green, "--colormap", "green", *common]) == 0
+    rgb = tifffile.imread(green)
+    assert rgb.shape == (128, 160, 3)
+    np.testing.assert_array_equal(rgb[..., 0], 0)
+    np.testing.assert_array_equal(rgb[..., 2], 0)
+    np.testing.assert_allclose(rgb[..., 1], tifffile.imread(gray), atol=1e-6)  # black to green: G is the fusion
+
+    # contrast limits: the values of A shown as black and as full green are fused as 0 and 1
+    limited = str(tmp_path / "limited.tif")
+    assert main(["fuse", *files, "-o", limited, "--colormap", "green", "--contrast-limits", "0", "1", *common]) == 0
+    a = tifffile.imread(files[0])
+    assert a.min() >= 1
+    assert tifffile.imread(green)[..., 1].min() < 0.5  # A's percentiles: dim A pixels stay dim
+    assert tifffile.imread(limited)[..., 1][a >= 1].min() >= 0.5  # the average of a saturated A (1) and B
+
+    assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), "--colormap", "purple", *common]) == 2
+    assert "unknown colormap 'purple'" in capsys.readouterr().err

@@ -269,6 +269,20 @@ def _add_fuse_parser(commands) -> None:
         help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])",
     )
     fuse.add_argument(
+        "--colormap",
+        default=None,
+        help="colour the result the way a gray A is shown: fuse, then tint the fused gray from black to "
+        "this colour into RGB (green, magenta, red, blue, cyan, yellow, gray)",
+    )
+    fuse.add_argument(
+        "--contrast-limits",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="with --colormap: the values of A shown as black and as the full colour (default: A's percentiles)",
+    )
+    fuse.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing output (or an unfinished run with other arguments)",
@@ -280,7 +294,11 @@ def _add_fuse_parser(commands) -> None:
 def _fuse(args: argparse.Namespace) -> int:
     from .engine import fuse_files
     from .errors import FusionCancelled
+    from .io.colour import named_tint
 
+    if args.contrast_limits is not None and args.colormap is None:
+        raise InputError("--contrast-limits goes with --colormap (the range the colormap spans)")
+    tint = None if args.colormap is None else named_tint(args.colormap, args.contrast_limits)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -311,6 +329,7 @@ def _fuse(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             progress=progress,
             normalise=None if args.normalise == "none" else args.normalise,
+            tint=tint,
         )
     except (KeyboardInterrupt, FusionCancelled):
         print("fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)

@@ -17,6 +17,7 @@ the functions that need them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -252,6 +253,22 @@ def find_model(name: str) -> ModelEntry:
             return entry
     names = ", ".join(e.name for e in list_models())
     raise InputError(f"unknown model {name!r}: choose one of {names}, or give a .safetensors path")
+
+
+def model_info(name_or_path: str | os.PathLike[str] | None = "default") -> dict[str, Any]:
+    """Name, version and parameter count of a model, kept with every result it fuses so a fused
+    image says what made it. The version is the start of the weights file's SHA-256 (an untrained
+    config has none: "untrained"). Reads the file, builds no network."""
+    if name_or_path in (None, "default"):
+        name_or_path = DEFAULT_MODEL
+    if _looks_like_path(name_or_path):
+        entry = ModelEntry(Path(name_or_path).stem, "user", Path(name_or_path))
+    else:
+        entry = find_model(str(name_or_path))
+    version = "untrained"
+    if entry.path is not None:
+        version = "sha256:" + hashlib.sha256(entry.path.read_bytes()).hexdigest()[:12]
+    return {"model": entry.name, "version": version, "parameters": entry.parameter_count()}
 
 
 def _looks_like_path(name_or_path: str | os.PathLike[str]) -> bool:

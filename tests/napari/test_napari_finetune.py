@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import real_looking_pair
+from napari_fusionmamba.errors import InputError
 from napari_fusionmamba.napari.widgets.finetune import PREVIEW, FinetuneWidget, _mask_array
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -59,8 +60,8 @@ def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napar
     fuse.a.value, fuse.b.value = layer_a, layer_b
     fuse.model.value = "model:lab-test"
     fuse.run_button.native.click()
-    qtbot.waitUntil(lambda: "fused(gfp, phase)" in viewer.layers, timeout=120_000)
-    fused = np.asarray(viewer.layers["fused(gfp, phase)"].data)
+    qtbot.waitUntil(lambda: "fused(gfp, phase) · lab-test" in viewer.layers, timeout=120_000)
+    fused = np.asarray(viewer.layers["fused(gfp, phase) · lab-test"].data)
     assert fused.shape == (96, 96) and np.isfinite(fused).all() and fused.min() >= 0 and fused.max() <= 1
     assert fused.std() > 0.01
 
@@ -200,3 +201,14 @@ def test_the_objective_is_chosen_in_the_expert_settings(make_napari_viewer):
     assert widget._request().settings.objective == "paper"
     widget.objective.value = "keep-both"
     assert widget._request().settings.objective == "keep-both"
+
+
+def test_pair_rows_default_to_two_layers_of_one_shape_and_refuse_one_layer_twice(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")  # phase is a stack: MAP2 and DAPI share a shape
+    widget = FinetuneWidget(viewer)
+    row = widget.rows[0]
+    assert (row.a.value.name, row.b.value.name) == ("MAP2", "DAPI")
+    row.b.value = row.a.value
+    with pytest.raises(InputError, match="layer 'MAP2' is chosen as both A and B"):
+        widget._request()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
+from conftest import real_looking_pair
 from napari_fusionmamba.napari.widgets import fuse as fuse_widget
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -77,6 +78,7 @@ def _run(widget, qtbot, timeout=120_000):
 @pytest.mark.slow
 def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import colormap_tint
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "gfp_phase")
@@ -87,17 +89,20 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
     assert "lab (your model)" in [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
     _run(widget, qtbot)
 
-    assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase)"], notes
-    result = viewer.layers["fused(GFP, phase)"]
+    assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase) · lab"], notes
+    result = viewer.layers["fused(GFP, phase) · lab"]
+    gfp = viewer.layers["GFP"]  # shown in green: the result is coloured alike
+    tint = colormap_tint(gfp.colormap.colors, gfp.colormap.controls, gfp.contrast_limits)
     expected = fuse(
-        viewer.layers["GFP"].data,
+        gfp.data,
         viewer.layers["phase"].data,
         model=str(tiny_checkpoint),
         device="cpu",
+        tint=tint,
         **network,
     )
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
-    assert result.data.dtype == np.float32 and result.data.shape == (320, 320)
+    assert result.data.dtype == np.float32 and result.data.shape == (320, 320, 3)
     np.testing.assert_allclose(result.scale, (0.5, 0.5))
     np.testing.assert_allclose(result.translate, (3, 4))
     assert not _shown(widget.progress, widget) and widget.run_button.text == "Run"
@@ -191,7 +196,7 @@ def test_cancel_mid_run_leaves_no_layer_and_the_widget_runs_again(make_napari_vi
     monkeypatch.setattr(network.FusionMamba, "forward", forward)
     widget.tile.value, widget.overlap.value = 128, 32
     _run(widget, qtbot)
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · tiny"]
 
 
 @pytest.mark.parametrize("problem", ["shape", "scale", "empty", "checkpoint"])
@@ -272,7 +277,7 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
     viewer.layers.events.inserted.connect(lambda event: added_while_running.append(widget.runner.running))
     _run(widget, qtbot)
     assert added_while_running == [True]  # shown as soon as the store exists, filled as chunks land
-    result = viewer.layers["fused(big A, big B)"]
+    result = viewer.layers["fused(big A, big B) · average"]
     assert isinstance(result.data, da.Array)  # lazy, read from the zarr on disk
     assert (tmp_path / "fused.zarr").is_dir()
     np.testing.assert_allclose(result.scale, (3, 0.5, 0.5))
@@ -336,7 +341,7 @@ def test_colour_fluorescence_layer_gives_a_colour_result(make_napari_viewer, qtb
     viewer.add_image(gray, name="MRI")
     widget = _widget(viewer, qtbot, "PET", "MRI", model="method:average")
     _run(widget, qtbot)
-    result = viewer.layers["fused(PET, MRI)"]
+    result = viewer.layers["fused(PET, MRI) · average"]
     assert result.rgb and result.data.shape == (64, 80, 3)
     np.testing.assert_allclose(result.data, fuse(colour, gray, method="average", **SETTINGS), atol=1e-6)
 
@@ -359,7 +364,7 @@ def test_a_failed_run_is_a_notification_and_the_widget_runs_again(make_napari_vi
 
     widget.model.value = "method:max"
     _run(widget, qtbot)
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · max"]
 
 
 def test_a_device_saved_on_another_machine_falls_back_to_auto(make_napari_viewer, qtbot, tmp_path):
@@ -410,9 +415,9 @@ def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(
 
     slow["on"] = False
     _run(widget, qtbot)  # the same run again resumes from the finished chunks
-    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B)"]
+    assert [layer.name for layer in viewer.layers] == ["A", "B", "fused(A, B) · slow"]
     assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
-    assert viewer.layers["fused(A, B)"].data.shape == (24, 64, 64)
+    assert viewer.layers["fused(A, B) · slow"].data.shape == (24, 64, 64)
     [resumed] = [int(m.group(1)) for _, message in notes if (m := re.search(r"(\d+) already done", message))]
     assert done_before <= resumed < 24  # the chunks finished before the cancel (and those in flight) were kept
 
@@ -433,3 +438,125 @@ def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
         fuse(a, b, method="average", **SETTINGS)
         fuse_files(a, b, str(tmp_path / "out.zarr"), method="average", **SETTINGS)
     assert seen == []
+
+
+def test_pickers_default_to_two_fitting_layers_and_run_refuses_one_layer_twice(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    viewer.open_sample("napari-fusionmamba", "neurons")  # phase (Z stack, gray), MAP2 (magenta), DAPI (blue)
+    assert (widget.a.value.name, widget.b.value.name) == ("MAP2", "phase")
+    viewer.add_image(np.zeros((8, 8), np.float32), name="other size")
+    assert (widget.a.value.name, widget.b.value.name) == ("MAP2", "phase")  # a user's pair is kept
+
+    other = FuseWidget(viewer)  # opened after the layers: the same default
+    qtbot.addWidget(other.native)
+    assert (other.a.value.name, other.b.value.name) == ("MAP2", "phase")
+
+    widget.b.value = viewer.layers["MAP2"]
+    widget.model.value = "method:average"
+    widget.run_button.clicked.emit()
+    assert not widget.runner.running and len(viewer.layers) == 4
+    errors = [message for severity, message in notes if severity == "error"]
+    assert errors == ["Fuse: layer 'MAP2' is chosen as both A and B; choose two different layers."]
+
+
+def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napari_viewer, qtbot):
+    from napari_fusionmamba.engine import fuse
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    viewer.dims.set_point(0, 2)  # the third focal plane
+    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32, gray_output=True)
+    _run(widget, qtbot)
+    result = viewer.layers[-1]
+    map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
+    np.testing.assert_allclose(result.data, fuse(map2, phase[2], method="average"), atol=1e-6)
+    assert not np.allclose(result.data, fuse(map2, phase[0], method="average"), atol=1e-3)
+
+
+def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
+    make_napari_viewer, qtbot, tmp_path, tiny_checkpoint
+):
+    import hashlib
+
+    import zarr
+
+    from napari_fusionmamba.registry import load_model
+
+    a, b = real_looking_pair(64, 64)
+    viewer = make_napari_viewer()
+    viewer.add_image(a, name="GFP", colormap="green")
+    viewer.add_image(b, name="phase")
+    (tmp_path / "fused.zarr").mkdir()  # an earlier result: kept, the new one gets the next free name
+    widget = _widget(viewer, qtbot, "GFP", "phase", model="model:lab", device="cpu", output=fuse_widget.TO_ZARR)
+    widget.out_path.value = tmp_path / "fused.zarr"
+    _run(widget, qtbot)
+    widget.output.value = fuse_widget.IN_MEMORY
+    _run(widget, qtbot)
+
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["GFP", "phase", "fused(GFP, phase) · lab", "fused(GFP, phase) · lab [1]"]  # napari numbers twins
+    expected = {
+        "model": "lab",
+        "version": "sha256:" + hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()[:12],
+        "parameters": sum(p.numel() for p in load_model("lab").parameters()),
+    }
+    for layer in viewer.layers[2:]:
+        assert layer.metadata["engine"] == expected
+    assert not any((tmp_path / "fused.zarr").iterdir())  # untouched
+    assert zarr.open_group(str(tmp_path / "fused-2.zarr"), mode="r").attrs["fusionmamba"]["engine"] == expected
+
+
+def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer, qtbot):
+    from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import colormap_tint
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    viewer.dims.set_point(0, 1)
+    map2, phase = viewer.layers["MAP2"], viewer.layers["phase"]
+    widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=256, overlap=32)
+    _run(widget, qtbot)
+    coloured = viewer.layers[-1]
+    assert coloured.rgb and coloured.data.shape == (512, 512, 3)
+    red, green, blue = np.moveaxis(np.asarray(coloured.data), -1, 0)
+    np.testing.assert_array_equal(green, 0)  # magenta: red and blue, never green
+    np.testing.assert_allclose(red, blue)
+    assert red[map2.data >= map2.contrast_limits[1]].min() >= 0.5  # what shows saturated is bright
+    tint = colormap_tint(map2.colormap.colors, map2.colormap.controls, map2.contrast_limits)
+    expected = fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tint)
+    np.testing.assert_allclose(coloured.data, expected, atol=1e-6)
+    assert coloured.metadata["tint"]["colormap"] == "magenta"
+
+    map2.contrast_limits = (map2.contrast_limits[0], 2 * map2.contrast_limits[1])  # dimmer on screen
+    _run(widget, qtbot)
+    assert np.asarray(viewer.layers[-1].data)[..., 0].mean() < red.mean()
+
+    widget.gray_output.value = True
+    _run(widget, qtbot)
+    gray = viewer.layers[-1]
+    assert not gray.rgb and gray.data.shape == (512, 512)
+    np.testing.assert_allclose(gray.data, fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
+
+
+def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer, qtbot, monkeypatch):
+    from napari_fusionmamba.napari.widgets._common import progress_text
+    from napari_fusionmamba.quality import baselines
+
+    assert progress_text(3, 12, 30, "tiles") == "3/12 tiles · 0:30 elapsed · about 1:30 left"
+    assert progress_text(12, 12, 3725, "tiles") == "12/12 tiles · 1:02:05 elapsed"
+
+    def slow_average(a, b):
+        time.sleep(0.2)
+        return baselines.average(a, b)
+
+    monkeypatch.setitem(baselines.BASELINES, "slow", slow_average)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((192, 192), np.float32), name="A")
+    viewer.add_image(np.ones((192, 192), np.float32), name="B")
+    widget = _widget(viewer, qtbot, "A", "B", model="method:slow", tile=64, overlap=0, batch=1)  # 9 tiles
+    shown = []
+    widget.progress.changed.connect(lambda _value: shown.append(widget.progress.native.text()))
+    _run(widget, qtbot)
+    assert any(re.fullmatch(r"[1-8]/9 tiles · 0:0\d elapsed · about 0:0\d left", text) for text in shown), shown

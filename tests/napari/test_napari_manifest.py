@@ -52,4 +52,4 @@ def test_manifest_lists_widget_reader_writers_and_sample():
     assert "Fuse layers" in [widget.display_name for widget in contributions.widgets]
     assert {"*.tif", "*.tiff", "*.zarr"} <= set(contributions.readers[0].filename_patterns)
     assert {ext for writer in contributions.writers for ext in writer.filename_extensions} >= {".ome.zarr", ".ome.tif"}
-    assert [sample.key for sample in contributions.sample_data] == ["gfp_phase"]
+    assert [sample.key for sample in contributions.sample_data] == ["gfp_phase", "neurons"]

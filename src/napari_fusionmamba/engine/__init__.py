@@ -11,5 +11,6 @@ pipeline (``files``) and ``FuseOptions``. Imports ``io``, ``quality.baselines``,
 from .files import FuseReport, fuse_files
 from .job import fuse
 from .options import FuseOptions
+from .predictors import describe_engine
 
-__all__ = ["FuseOptions", "FuseReport", "fuse", "fuse_files"]
+__all__ = ["FuseOptions", "FuseReport", "describe_engine", "fuse", "fuse_files"]

@@ -27,6 +27,7 @@ from ..io import OutputLayout, add_pyramid, kind_of, zarr_to_tiff
 from .execute import check_scheduler, execute, forget_runners, run_chunk
 from .job import FusionJob, prepare_job
 from .options import FuseOptions
+from .predictors import describe_engine
 from .resume import PartialRun, chunk_name, open_partial, run_record
 from .sources import Source
 
@@ -54,6 +55,7 @@ class FuseReport:
     tiles_computed: int  # tiles on chunk borders run once per chunk they touch
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # describe_engine: what fused, also in the file
 
     def summary(self) -> str:
         resumed = f", {self.chunks_skipped} already done" if self.chunks_skipped else ""
@@ -110,7 +112,8 @@ def fuse_files(
         tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
     finally:
         forget_runners(job)
-    finalise(out, kind, layout, partial)
+    engine = describe_engine(options.model, options.method)
+    finalise(out, kind, layout, partial, engine)
     return FuseReport(
         out,
         layout.shape,
@@ -124,6 +127,7 @@ def fuse_files(
         tiles,
         time.perf_counter() - start,
         {"tile": job.tile, "overlap": job.overlap, "batch": job.batch, "engine": job.engine.key},
+        engine,
     )
 
 
@@ -228,19 +232,19 @@ def _run_blocks(
     return execute(tasks, scheduler, advance, cancel)
 
 
-def finalise(out: str, kind: str, layout: OutputLayout, partial: PartialRun) -> None:
-    """Add the zarr pyramid (or write the TIFF), mark the store complete and move it into place
-    (replacing an old output only now)."""
+def finalise(out: str, kind: str, layout: OutputLayout, partial: PartialRun, engine: dict[str, Any]) -> None:
+    """Add the zarr pyramid (or write the TIFF), mark the store complete, record what fused it
+    (``engine``) and move it into place (replacing an old output only now)."""
     import zarr
 
     store = partial.store
     if kind == "zarr":
         add_pyramid(store, layout)
     group = zarr.open_group(store, mode="r+")
-    group.attrs["fusionmamba"] = {"run": partial.run_hash, "complete": True}
+    group.attrs["fusionmamba"] = {"run": partial.run_hash, "complete": True, "engine": engine}
     if kind == "tiff":
         store = os.path.join(partial.folder, "out.tif")
-        zarr_to_tiff(partial.store, layout, store)
+        zarr_to_tiff(partial.store, layout, store, description={"fusionmamba": {"engine": engine}})
     if os.path.isdir(out) and not os.path.islink(out):
         shutil.rmtree(out)
     elif os.path.lexists(out):

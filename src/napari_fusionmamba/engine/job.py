@@ -2,7 +2,8 @@
 and the tiling; ``fuse`` runs it in memory, ``files.fuse_files`` chunk by chunk.
 
 Colour sources are fused on their luminance (YCrCb, as the paper does for PET/SPECT) and the
-colour of A (or of the colour source) is put back.
+colour of A (or of the colour source) is put back; a gray A with a ``Tint`` (shown through a
+colormap) gives the fused gray coloured by that colormap.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io.colour import rgb_to_ycrcb, ycrcb_to_rgb
+from ..io.colour import Tint, rgb_to_ycrcb, ycrcb_to_rgb
 from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
@@ -36,10 +37,11 @@ class FusionJob:
     tile: int
     overlap: int
     batch: int
+    tint: Tint | None = None
 
     @property
     def colour(self) -> bool:
-        return self.a.colour or self.b.colour
+        return self.a.colour or self.b.colour or self.tint is not None
 
     @property
     def lead(self) -> tuple[int, ...]:
@@ -77,8 +79,9 @@ class FusionJob:
             planes.append(np.clip(window, 0.0, 1.0))
         return planes[0], planes[1], chroma
 
-    @staticmethod
-    def finish(fused: np.ndarray, chroma: Chroma | None) -> np.ndarray:
+    def finish(self, fused: np.ndarray, chroma: Chroma | None) -> np.ndarray:
+        if self.tint is not None:
+            return self.tint(np.clip(fused, 0.0, 1.0))
         if chroma is None:
             return fused.astype(np.float32, copy=False)
         return np.asarray(np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0), dtype=np.float32)
@@ -107,15 +110,23 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     batch = options.batch
     if int(batch) != batch or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch}")
+    tint: Tint | None = options.tint
+    norm_a = normalisation_of(sa, options.normalise)
+    if tint is not None:
+        if sa.colour:
+            raise InputError(f"{sa.name} is a colour image: a colormap tints a gray source A only")
+        if tint.limits is not None:  # fused as the user sees it
+            norm_a = Normalisation(*tint.limits)
     return FusionJob(
         sa,
         sb,
-        normalisation_of(sa, options.normalise),
+        norm_a,
         normalisation_of(sb, options.normalise),
         engine,
         int(options.tile),
         int(options.overlap),
         int(batch),
+        tint,
     )
 
 

@@ -20,7 +20,9 @@ class FuseOptions:
     ``tile`` / ``overlap`` / ``batch``: the tiling (tile a multiple of the network's stride).
     ``device``: "auto", "cpu", "cuda[:N]" or "mps". ``normalise``: "percentile" (robust,
     default), "range" (integer dtype range / float min-max) or None (inputs already in [0, 1]).
-    ``names`` label array inputs in error messages.
+    ``names`` label array inputs in error messages. ``tint``: an ``io.colour.Tint`` for a gray
+    source A shown in colour: A is normalised to the tint's limits (when it has them) and the
+    fused gray is coloured by its colormap into RGB, so the result looks as A was shown.
 
     File outputs only: ``chunk`` (output chunk side; default a multiple of the tile stride near
     1024), ``dtype`` ("float32" in [0, 1], or "source": the sources' common dtype, integers
@@ -37,6 +39,7 @@ class FuseOptions:
     device: str = "auto"
     normalise: str | None = "percentile"
     names: tuple[str, str] | None = None
+    tint: Any = None
     chunk: int | None = None
     dtype: str = "float32"
     overwrite: bool = False

@@ -84,11 +84,30 @@ def choose_engine(model: Any, method: str | None, device: str) -> Engine:
         engine = Engine(key=_model_key(name), model=name, device=device)
         predictor(engine)  # loads (and caches) it here, so a bad name fails before any output
         return engine
+    return Engine(key=f"module:{_module_digest(model)}", module=model, device=device)
+
+
+def describe_engine(model: Any = None, method: str | None = None) -> dict[str, Any]:
+    """What ``model`` / ``method`` (as ``fuse`` takes them) fuse with, as stored with results: a
+    method's name, or a model's name, version and parameter count (``registry.model_info``)."""
+    if method is not None:
+        return {"method": method}
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from ..registry import model_info
+
+        return model_info(model)
+    from ..model import count_parameters
+
+    return {"model": model.config.name, "version": _module_digest(model), "parameters": count_parameters(model)}
+
+
+def _module_digest(model: Any) -> str:
+    """The start of the SHA-256 of a module's tensors: its weights' identity."""
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return Engine(key=f"module:{digest.hexdigest()[:16]}", module=model, device=device)
+    return digest.hexdigest()[:16]
 
 
 def predictor(engine: Engine) -> tuple[Predictor, int]:

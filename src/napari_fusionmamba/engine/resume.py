@@ -77,6 +77,7 @@ def run_record(job: FusionJob, layout: OutputLayout, kind: str) -> dict[str, Any
         "a": source_identity(job.a), "b": source_identity(job.b), "engine": job.engine.key,
         "tile": job.tile, "overlap": job.overlap, "chunk": layout.chunk, "dtype": layout.dtype,
         "norm": [asdict(job.norm_a), asdict(job.norm_b)], "shape": list(layout.shape), "kind": kind,
+        "tint": asdict(job.tint) if job.tint is not None else None,
     }  # fmt: skip
 
 

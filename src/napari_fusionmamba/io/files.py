@@ -23,3 +23,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def free_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``...
+    (every suffix kept: ``out.ome.zarr`` -> ``out-2.ome.zarr``), for outputs that must never
+    replace an earlier result."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return path
+    stem = path.name.split(".", 1)[0]
+    suffix = path.name[len(stem) :]
+    number = 2
+    while os.path.lexists(path.with_name(f"{stem}-{number}{suffix}")):
+        number += 1
+    return path.with_name(f"{stem}-{number}{suffix}")

@@ -6,6 +6,7 @@ a channel axis in the store (OME-Zarr 0.4 has no sample axis): ``OutputLayout`` 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -197,9 +198,12 @@ def ome_tiff_placement(
     return metadata
 
 
-def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
+def zarr_to_tiff(
+    zarr_path: str, layout: OutputLayout, tiff_path: str, description: dict[str, Any] | None = None
+) -> None:
     """Stream a store made by ``create_ome_zarr`` into a tiled OME-TIFF, one band of rows at a
-    time (memory: a band of ``4 * TIFF_TILE`` rows of one plane)."""
+    time (memory: a band of ``4 * TIFF_TILE`` rows of one plane). ``description`` goes, as JSON,
+    into the OME image's Description."""
     import tifffile
 
     height, width = layout.shape[len(layout.lead)], layout.shape[len(layout.lead) + 1]
@@ -218,6 +222,8 @@ def zarr_to_tiff(zarr_path: str, layout: OutputLayout, tiff_path: str) -> None:
         "axes": layout.axes,
         **ome_tiff_placement(layout.axes, layout.lead, layout.pixel_size, layout.origin, unit),
     }
+    if description:
+        metadata["Description"] = json.dumps(description)
     tifffile.imwrite(
         tiff_path,
         tiles(),

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -42,21 +43,76 @@ def current_plane(viewer, layer) -> tuple[int, ...]:
     return tuple(int(min(max(round(p), 0), n - 1)) for p, n in zip(point[:leading], shape[:leading]))
 
 
-def registered_pair(a, b, who: str) -> tuple[Any, Any, tuple[int, ...]]:
+def spatial_shape(layer) -> tuple[int, ...]:
+    """A layer's shape without its colour axis."""
+    shape = full_resolution(layer).shape
+    return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)
+
+
+def fits(a, b, plane_over_stack: bool = False) -> bool:
+    """Whether layers A and B can be fused: one shape, or (``plane_over_stack``) one image over a
+    stack of images of its size."""
+    shape_a, shape_b = spatial_shape(a), spatial_shape(b)
+    if shape_a == shape_b:
+        return True
+    return plane_over_stack and shape_a[-2:] == shape_b[-2:] and min(len(shape_a), len(shape_b)) == 2
+
+
+def registered_pair(a, b, who: str, viewer=None) -> tuple[Any, Any, tuple[int, ...]]:
     """The full-resolution data of image layers A and B and their shape without the colour axis,
-    after the checks every widget makes: one shape, and a gray B. An ``InputError`` names the layers,
-    after ``who`` (the widget)."""
+    after the checks every widget makes: two layers, one shape, and a gray B. An ``InputError``
+    names the layers, after ``who`` (the widget).
+
+    With a ``viewer``, a single image goes with the plane the viewer shows of a stack (a MAP2
+    image over a Z stack of phase-contrast planes, say).
+    """
+    if a is b:
+        raise InputError(f"{who}: layer '{a.name}' is chosen as both A and B; choose two different layers.")
     data_a, data_b = full_resolution(a), full_resolution(b)
-    shape_a = data_a.shape[:-1] if a.rgb else data_a.shape
-    shape_b = data_b.shape[:-1] if b.rgb else data_b.shape
-    if shape_a != shape_b:
+    shape_a, shape_b = spatial_shape(a), spatial_shape(b)
+    if not fits(a, b, plane_over_stack=viewer is not None):
         raise InputError(
             f"{who}: layers '{a.name}' {shape_a} and '{b.name}' {shape_b} differ in shape; "
             "they must be registered images of the same size."
         )
     if b.rgb:
         raise InputError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+    if len(shape_a) > len(shape_b):
+        data_a, shape_a = data_a[current_plane(viewer, a)], shape_b
+    elif len(shape_b) > len(shape_a):
+        data_b = data_b[current_plane(viewer, b)]
     return data_a, data_b, shape_a
+
+
+def _looks_gray(layer) -> bool:
+    return not layer.rgb and layer.colormap.name.startswith(("gray", "grey"))
+
+
+def choose_pair(a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
+    """Unless the user picked two different layers, point pickers ``a`` and ``b`` at two different
+    image layers that fit together: a coloured layer (fluorescence) for A and a gray one for B
+    when there are such."""
+    from itertools import permutations
+
+    if a.value is not None and b.value is not None and a.value is not b.value:
+        return
+    images = [layer for layer in a.choices if layer is not None]
+    pairs = [(x, y) for x, y in permutations(images, 2) if not y.rgb and fits(x, y, plane_over_stack)]
+    if pairs:
+        a.value, b.value = max(pairs, key=lambda p: (not _looks_gray(p[0])) + _looks_gray(p[1]))
+
+
+def follow_pair(viewer, a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
+    """``choose_pair`` now and whenever layers are added (a sample opened after the widget)."""
+
+    def choose(_event=None):
+        a.reset_choices()  # the new layer may not be listed yet
+        b.reset_choices()
+        choose_pair(a, b, plane_over_stack)
+
+    choose()
+    viewer.layers.events.inserted.connect(choose, position="last")
+    a.native.destroyed.connect(lambda *_: viewer.layers.events.inserted.disconnect(choose))
 
 
 def layer_picker(viewer, label: str, tooltip: str, layer_type=None, none: str | None = None) -> ComboBox:
@@ -116,6 +172,30 @@ def refresh_on_open(combo: ComboBox) -> ComboBox:
     the widget opened, by the Fine-tune widget or the command line)."""
     combo.native.installEventFilter(_RefreshOnOpen(combo))
     return combo
+
+
+# --- docks -----------------------------------------------------------------------------------
+
+
+class ScrollingContainer(Container):
+    """A Container in a scroll area, so its dock fits a small screen (1366 x 768) however many
+    fields it has.
+
+    napari docks a widget's ``native``; magicgui's ``scrollable`` keeps the scroll area apart
+    (``root_native_widget``), so ``native`` is that scroll area here.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(scrollable=True, **kwargs)
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def contents(self):
+        """The Qt widget inside the scroll area that holds the fields (and their layout)."""
+        return self.root_native_widget.widget()
 
 
 # --- saved parameters -----------------------------------------------------------------------
@@ -179,6 +259,21 @@ class _Progress(QObject):
     changed = Signal(int, int)
 
 
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def progress_text(done: int, total: int, elapsed: float, unit: str) -> str:
+    """What the progress bar says: how far, how long so far, and about how long is left (from
+    the pace so far, once something is done)."""
+    text = f"{done}/{total} {unit} · {_clock(elapsed)} elapsed"
+    if 0 < done < total:
+        text += f" · about {_clock(elapsed * (total - done) / done)} left"
+    return text
+
+
 class Runner:
     """Runs one job at a time off the UI thread, with a progress bar and a Run / Cancel button.
 
@@ -232,14 +327,17 @@ class Runner:
         on_progress: Callable[[int, int], None] | None = None,
         on_stop: Callable[[], None] | None = None,
         what: str = "the job",
+        unit: str = "steps",
     ):
-        """Start ``job`` in a thread worker; ``on_stop`` runs on the UI thread however it ended."""
+        """Start ``job`` in a thread worker; ``on_stop`` runs on the UI thread however it ended.
+        The bar counts ``unit`` (tiles, chunks...) with the time elapsed and left."""
         from napari.qt.threading import create_worker
 
         if self.running:
             raise RuntimeError("a job is already running")
         self._cancel = threading.Event()
         self._on_progress = on_progress
+        self._unit, self._started = unit, time.monotonic()
         cancel = self._cancel
         emit = self._progress.changed.emit
 
@@ -277,6 +375,7 @@ class Runner:
         self.worker = worker
         self.bar.max = 1
         self.bar.value = 0
+        self.bar.native.setFormat("starting...")
         self.bar.visible = True
         self.button.text = "Cancel"
         worker.start()
@@ -287,5 +386,6 @@ class Runner:
             return
         self.bar.max = max(total, 1)
         self.bar.value = min(done, self.bar.max)
+        self.bar.native.setFormat(progress_text(done, total, time.monotonic() - self._started, self._unit))
         if self._on_progress is not None:
             self._on_progress(done, total)

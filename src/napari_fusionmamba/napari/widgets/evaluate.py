@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, Table
+from magicgui.widgets import FileEdit, Label, ProgressBar, PushButton, Table
 from napari.utils.notifications import show_error, show_info
 
 from ...errors import FusionMambaError, InputError
 from ...io.files import atomic_path
-from ._common import Runner, current_plane, full_resolution, layer_picker
+from ._common import Runner, ScrollingContainer, current_plane, full_resolution, layer_picker
 
 if TYPE_CHECKING:
     import napari
 
 
-class EvaluateWidget(Container):
+class EvaluateWidget(ScrollingContainer):
     """Score a fused layer against its two sources, and compare it with the classical methods."""
 
     def __init__(self, viewer: napari.viewer.Viewer):  # napari injects the viewer by this annotation

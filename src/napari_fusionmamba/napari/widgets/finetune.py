@@ -33,7 +33,16 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from ...errors import FusionMambaError, InputError
-from ._common import Runner, current_plane, full_resolution, layer_picker, persist, registered_pair
+from ._common import (
+    Runner,
+    ScrollingContainer,
+    current_plane,
+    follow_pair,
+    full_resolution,
+    layer_picker,
+    persist,
+    registered_pair,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -91,9 +100,10 @@ class PairRow(Container):
         self.remove = PushButton(text="Remove")
         self.remove.changed.connect(lambda _v=None: on_remove(self))
         self.extend([self.a, self.b, self.mask, self.remove])
+        follow_pair(viewer, self.a, self.b)
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(ScrollingContainer):
     """Fine-tune a model on pairs of image layers, with optional region masks."""
 
     def __init__(self, viewer: napari.viewer.Viewer):  # napari injects the viewer by this annotation
@@ -137,7 +147,7 @@ class FinetuneWidget(Container):
             self.progress, self.status,
         ])  # fmt: skip
         self._plot = LossPlot()
-        self.native.layout().addWidget(self._plot.canvas)
+        self.contents.layout().addWidget(self._plot.canvas)
 
         self.runner = Runner(self.train_button, self.progress, name="Train", stopping="Stopping...")
         self.history: list = []  # StepInfo of the current run

@@ -13,11 +13,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
-from ._common import Runner, current_plane, layer_picker, persist, refresh_on_open, registered_pair
+from ...io.colour import Tint, colormap_tint
+from ...io.files import free_path
+from ._common import (
+    Runner,
+    ScrollingContainer,
+    current_plane,
+    follow_pair,
+    layer_picker,
+    persist,
+    refresh_on_open,
+    registered_pair,
+    spatial_shape,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -72,12 +84,17 @@ class FuseRequest:
     batch: int = 4
     device: str = "auto"
     out: Path | None = None
-    rgb: bool = False
+    rgb: bool = False  # A is an RGB layer
+    tint: Tint | None = None  # A's colormap and contrast limits, to colour the result with
     names: tuple[str, str] = ("A", "B")
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def colour_out(self) -> bool:
+        return self.rgb or self.tint is not None
 
-class FuseWidget(Container):
+
+class FuseWidget(ScrollingContainer):
     """Fuse two registered image layers, e.g. GFP fluorescence (A) with phase contrast (B)."""
 
     #: Results larger than this (bytes of float32 output) must go to a zarr file.
@@ -92,7 +109,9 @@ class FuseWidget(Container):
         self._add_output()
         self.runner = Runner(self.run_button, self.progress, name="Run")
         persist(
-            self, "fuse", ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path"]
+            self,
+            "fuse",
+            ["model", "checkpoint", "device", "tile", "overlap", "batch", "stack", "output", "out_path", "gray_output"],
         )
         self._disable_missing_devices()  # after restoring: a device saved on another machine may be missing here
         self.model.changed.connect(self._on_model)
@@ -112,6 +131,7 @@ class FuseWidget(Container):
             self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
         self.extend([self.a, self.b])
+        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True)
 
     def _add_engine(self) -> None:
         """The model (or classical method) and where it runs."""
@@ -188,9 +208,17 @@ class FuseWidget(Container):
             visible=False,
             tooltip="Where the fused zarr goes; an existing path is not overwritten.",
         )
+        self.gray_output = CheckBox(
+            label="Gray output",
+            value=False,
+            tooltip="Off: a result coloured the way A is shown (its colormap and contrast limits). On: the fused gray.",
+        )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
-        self.progress = ProgressBar(label="Progress", tooltip="Tiles fused so far.")
-        self.extend([self.output, self.out_path, self.run_button, self.progress])
+        self.progress = ProgressBar(
+            label="Progress",
+            tooltip="Tiles (or zarr chunks) fused so far, the time elapsed and about how long is left.",
+        )
+        self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
     # --- view updates ---------------------------------------------------------------------
 
@@ -226,13 +254,15 @@ class FuseWidget(Container):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a, data_b, shape_a = registered_pair(a, b, "Fuse")
-        if not np.allclose(a.scale, b.scale):
+        data_a, data_b, shape_a = registered_pair(a, b, "Fuse", self._viewer)
+        if not np.allclose(a.scale[-2:], b.scale[-2:]):
             raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
-        scale, translate = tuple(a.scale), list(a.translate)
+        # the result lies where A lies; a single image fused with a stack's plane lies where the image lies
+        placed = a if len(spatial_shape(a)) == len(shape_a) else b
+        scale, translate = tuple(placed.scale), list(placed.translate)
         if self.stack.value == PLANE and len(shape_a) > 2:
             plane = current_plane(self._viewer, a)
             # one plane, kept where it was: its leading axes become length 1, its translate moves
@@ -244,7 +274,7 @@ class FuseWidget(Container):
         request = FuseRequest(
             a=data_a,
             b=data_b,
-            name=f"fused({a.name}, {b.name})",
+            name=f"fused({a.name}, {b.name})",  # the model's name follows once it is chosen
             scale=scale,
             translate=tuple(translate),
             tile=self.tile.value,
@@ -254,7 +284,10 @@ class FuseWidget(Container):
             rgb=a.rgb,
             names=(a.name, b.name),
         )
+        if not self.gray_output.value and not a.rgb and not a.colormap.name.startswith(("gray", "grey")):
+            request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
         self._choose_engine(request, choice)
+        request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
         self._choose_output(request, shape_a)
         request.metadata = {
             "fused_from": [a.name, b.name],
@@ -263,6 +296,8 @@ class FuseWidget(Container):
             "overlap": request.overlap,
             "batch": request.batch,
         }
+        if request.tint is not None:
+            request.metadata["tint"] = {"colormap": a.colormap.name, "contrast_limits": list(a.contrast_limits)}
         return request
 
     def _choose_engine(self, request: FuseRequest, choice: str) -> None:
@@ -281,11 +316,9 @@ class FuseWidget(Container):
         if self.output.value == TO_ZARR:
             if not self.out_path.value:
                 raise InputError("Fuse: choose a zarr path for the output, or output to a new layer.")
-            request.out = Path(self.out_path.value)
-            if request.out.exists():
-                raise InputError(f"Fuse: '{request.out}' already exists; choose another zarr path.")
+            request.out = free_path(self.out_path.value)  # never over an earlier result
             return
-        size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.rgb else 1)
+        size = int(np.prod(shape, dtype=np.int64)) * 4 * (3 if request.colour_out else 1)
         if size > self.in_memory_limit:
             raise InputError(
                 f"Fuse: {request.name} would take {size / 1024**2:.0f} MB, more than the "
@@ -304,6 +337,7 @@ class FuseWidget(Container):
             on_progress=lambda done, total: self._on_fill(request, done, total),
             on_stop=lambda: self._on_stop(request),
             what=f"Fusing {request.name}",
+            unit="tiles" if request.out is None else "chunks",
         )
 
     def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
@@ -313,22 +347,25 @@ class FuseWidget(Container):
         if self._live is None:
             store = _partial_store(request.out)
             if (store / ".zattrs").exists():
-                data = _open_lazy(store, request.rgb)
+                data = _open_lazy(store, request.colour_out)
                 self._live = self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.refresh()
 
-    def _add_result(self, request: FuseRequest, result) -> None:
+    def _add_result(self, request: FuseRequest, outcome) -> None:
+        result, engine = outcome
+        request.metadata = {**request.metadata, "engine": engine}  # model name, version, parameters
         if request.out is None:
             self._viewer.add_image(result, **_layer_options(request))
             return
-        data = _open_lazy(request.out, request.rgb)  # the finished store, moved into place
+        data = _open_lazy(request.out, request.colour_out)  # the finished store, moved into place
         if self._live is None or isinstance(data, list) != self._live.multiscale:
             if self._live is not None:
                 self._viewer.layers.remove(self._live)
             self._viewer.add_image(data, **_layer_options(request, data))
         else:
             self._live.data = data
+            self._live.metadata = request.metadata
         self._live = None
         show_info(f"{request.name}: {result.summary()}")  # where, how big, how long, chunks resumed
 
@@ -343,8 +380,9 @@ class FuseWidget(Container):
 
 def run_fusion(request: FuseRequest, progress, cancelled):
     """The worker's job: fuse in memory or into zarr (never touches the viewer). The library loads
-    the model by name or path and keeps it loaded for the next run."""
-    from ...engine import fuse, fuse_files
+    the model by name or path and keeps it loaded for the next run. Returns the fused array (or
+    the file's report) and what fused it (``describe_engine``)."""
+    from ...engine import describe_engine, fuse, fuse_files
 
     options = dict(
         tile=request.tile,
@@ -355,6 +393,7 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         cancel=cancelled,
         method=request.method,
         model=None if request.method else str(request.checkpoint or request.model),
+        tint=request.tint,
     )
     # Named, placed sources: errors name the layers, a zarr output keeps the scale and translate.
     a, b = (
@@ -362,8 +401,9 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         for data, name, rgb in zip((request.a, request.b), request.names, (request.rgb, False))
     )
     if request.out is not None:
-        return fuse_files(a, b, str(request.out), **options)
-    return fuse(a, b, **options)
+        report = fuse_files(a, b, str(request.out), **options)
+        return report, report.engine
+    return fuse(a, b, **options), describe_engine(options["model"], options["method"])
 
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
@@ -389,7 +429,7 @@ def _layer_options(request: FuseRequest, data=None) -> dict:
         name=request.name,
         scale=request.scale,
         translate=request.translate,
-        rgb=request.rgb,
+        rgb=request.colour_out,
         metadata=request.metadata,
         contrast_limits=(0, 1),
         colormap="gray",
