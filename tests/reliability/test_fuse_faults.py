@@ -1,0 +1,52 @@
+"""``fusionmamba fuse`` given bad inputs and outputs: each is refused with one line naming the
+file and what to do, exit code 2, and nothing written or destroyed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fusionmamba.cli import main
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+
+
+def _fuse(capsys, *args: str) -> tuple[int, str]:
+    code = main(["fuse", *args, "--method", "max", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _one_line_error(err: str, *words: str) -> None:
+    assert err.startswith("fusionmamba fuse: error:") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.fixture
+def files(tmp_path, pair):
+    a, b = pair
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b)
+    return str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+def test_source_dtype_int32_and_uint32_do_not_wrap_around(tmp_path, capsys, pair, dtype):
+    a, b = (np.asarray(x, dtype=np.float64) for x in pair)
+    info = np.iinfo(dtype)
+    for name, x in (("a.tif", a), ("b.tif", b)):  # spread over the whole range of the dtype
+        tifffile.imwrite(
+            tmp_path / name, (info.min + (x - x.min()) / np.ptp(x) * (float(info.max) - info.min)).astype(dtype)
+        )
+    out = str(tmp_path / "out.tif")
+    code, err = _fuse(capsys, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", out, "--dtype", "source")
+    assert code == 0, err
+    fused = tifffile.imread(out)
+    assert fused.dtype == dtype
+    assert fused.min() >= 0 and fused.max() == info.max  # [0, 1] scaled to [0, max], clipped
