@@ -178,7 +178,8 @@ def _finetune(args: argparse.Namespace) -> int:
         bar.close()
         print(f"stopped; the run is saved in {out}: continue it with --resume --out {out}", file=sys.stderr)
         raise
-    bar.close()
+    finally:  # before any error message, which must stay the last line
+        bar.close()
     print(f"run folder: {result.run_dir}")
     print(f"step {result.step}, best validation loss {result.best_val_loss:.4f}: {result.best}")
     if name:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FusionMambaError, InputError, PreflightError
+from ..errors import FusionMambaError, InputError, PreflightError, TrainingDiverged
 from .data import CropSampler, Pair, _PairData, prepare_pairs, validation_crops
 from .objectives import make_objective
 from .runs import RunLog, default_run_dir, load_state, pair_record, pairs_from_config, read_log, save_state
@@ -204,6 +204,11 @@ class _Trainer:
         a, b, w, _ = self.sampler.sample(settings.batch)
         ta, tb, tw = (torch.from_numpy(x).to(self.device) for x in (a, b, w))
         total, terms, _ = self.loss(ta, tb, tw)
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"{self.run_dir}: the loss became {total.item()} at step {step + 1} (training diverged); the run "
+                f"stopped before that step changed the weights; start a new run with a lower learning rate"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         if settings.clip > 0:
