@@ -32,7 +32,7 @@ from .io.files import atomic_path
 if TYPE_CHECKING:
     import torch
 
-    from .model import FusionMamba
+    from .model import FusionMamba, ModelConfig
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -160,18 +160,47 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
         )
 
 
+#: Checkpoints whose config asks for more parameters than this are refused unread (the
+#: ``paper`` config has 137 million: about 550 MB of float32).
+MAX_PARAMETERS = 300_000_000
+
+
+def _checked_config(path: Path, config: Any) -> ModelConfig:
+    """The checkpoint's model config, after checking its values and counting its parameters on
+    the meta device (nothing allocated), so a config claiming a huge network is refused before
+    any tensor is read or built."""
+    import torch
+
+    from .model import FusionMamba, ModelConfig, count_parameters
+
+    try:
+        checked = ModelConfig.from_dict(config)
+        with torch.device("meta"):
+            count = count_parameters(FusionMamba(checked))
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: invalid model config ({error})") from None
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{path}: its config asks for a network of {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+            f"napari-fusionmamba loads; this is not a checkpoint it wrote, or a damaged one"
+        )
+    return checked
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionMamba, dict[str, Any]]:
     """(model in eval mode on the CPU, metadata) from a checkpoint file."""
-    from .model import FusionMamba, ModelConfig
+    from .model import FusionMamba
 
     path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    _check_metadata(path, metadata)
+    _, raw = _read_header(path)
     try:
-        config = ModelConfig.from_dict(metadata["config"])
-        model = FusionMamba(config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: invalid model config ({error})") from None
+        metadata = {key: json.loads(value) for key, value in raw.items()}
+    except (TypeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({error})") from None
+    _check_metadata(path, metadata)
+    config = _checked_config(path, metadata["config"])
+    tensors, _ = read_safetensors(path)
+    model = FusionMamba(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as error:

@@ -4,8 +4,6 @@ file and what to do, exit code 2, and nothing written or destroyed."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
