@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, InputError
-from .io.files import atomic_path
+from .io.files import atomic_path, not_regular
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,9 @@ def models_dir() -> Path:
 
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the file's layout and return (tensor index, metadata) without reading tensors."""
+    refusal = not_regular(path)
+    if refusal:
+        raise CheckpointError(refusal)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size

@@ -4,6 +4,8 @@ file and what to do, exit code 2, and nothing written or destroyed."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,3 +50,26 @@ def test_source_dtype_int32_and_uint32_do_not_wrap_around(tmp_path, capsys, pair
     fused = tifffile.imread(out)
     assert fused.dtype == dtype
     assert fused.min() >= 0 and fused.max() == info.max  # [0, 1] scaled to [0, max], clipped
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, with a timeout: a hang fails the test instead of blocking it."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "napari_fusionmamba.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("role", ["source", "model", "recipe"])
+def test_a_named_pipe_is_refused_at_once_instead_of_hanging(tmp_path, files, role):
+    pipe = str(tmp_path / {"source": "pipe.tif", "model": "pipe.safetensors", "recipe": "pipe.json"}[role])
+    os.mkfifo(pipe)
+    out = str(tmp_path / "out.zarr")
+    args = {
+        "source": ["fuse", pipe, files[1], "-o", out, "--method", "max"],
+        "model": ["fuse", *files, "-o", out, "--model", pipe],
+        "recipe": ["finetune", "--recipe", pipe, "--out", str(tmp_path / "run")],
+    }[role]
+    done = _cli(*args)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "error:" in last and pipe in last and "not a regular file" in last, done.stderr
+    assert not os.path.exists(out) and not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
-"""Files written so that a crash or a cancel never leaves a half-written one under the final name."""
+"""Files written so that a crash or a cancel never leaves a half-written one under the final
+name, and the check that keeps readers away from files that would block them."""
 
 from __future__ import annotations
 
@@ -23,3 +24,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be opened, when it exists but is neither a regular file nor a
+    folder (a named pipe, a device, a socket): reading one can block forever. None otherwise."""
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        return f"{path}: not a regular file (a named pipe, device or socket); give a file or a folder"
+    return None

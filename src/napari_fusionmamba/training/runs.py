@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PreflightError
+from ..io.files import not_regular
 from .data import Pair
 
 
@@ -129,6 +130,9 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
     ``{"folder", "names", "limit", "weight"}``. Relative paths are relative to the recipe file.
     """
     path = Path(path)
+    refusal = not_regular(path)
+    if refusal:
+        raise PreflightError(refusal)
     try:
         recipe = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
