@@ -3,6 +3,8 @@ input layout, and outputs that would overwrite or nest in a source."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -77,3 +79,40 @@ def test_ome_zarr_outputs_order_axes_time_channel_space(tmp_path, shape, axes, s
         order = [axes.index(ax) for ax in stored.axes.replace("C", "") + "S"]
     assert np.allclose(back, np.transpose(expected, order), atol=1e-6)
     assert stored.pixel_size[-2:] == pytest.approx((0.5, 0.5))
+
+
+@pytest.fixture
+def sources(tmp_path, pair):
+    a, b = pair
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b)
+    return str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+
+
+def _refused(capsys, args, *words):
+    assert main(["fuse", *args, "--method", "max", "--no-progress", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fusionmamba fuse: error:") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+def test_an_output_reached_through_a_symlink_is_still_a_source(tmp_path, capsys, sources):
+    a, b = sources
+    before = tifffile.imread(a)
+    os.symlink(a, tmp_path / "link.tif")
+    _refused(capsys, [a, b, "-o", str(tmp_path / "link.tif")], "link.tif", "source")
+    os.symlink(b, tmp_path / "b-link.tif")  # the source is a link to the output
+    _refused(capsys, [a, str(tmp_path / "b-link.tif"), "-o", b], "source")
+    assert np.array_equal(tifffile.imread(a), before) and os.path.isfile(b)
+
+
+def test_an_output_holding_or_inside_a_source_store_is_refused(tmp_path, capsys, sources):
+    a, b = sources
+    assert main(["fuse", a, b, "-o", str(tmp_path / "first.ome.zarr"), "--method", "max", "--no-progress"]) == 0
+    store = str(tmp_path / "first.ome.zarr")
+    before = np.asarray(open_image(store + "/0").data)
+    _refused(capsys, [store + "/0", b, "-o", store], "first.ome.zarr", "source")
+    _refused(capsys, [store + "/0", b, "-o", store + "/fused.zarr"], "first.ome.zarr", "source")
+    assert not os.path.exists(store + "/fused.zarr") and not os.path.exists(store + "/fused.zarr.fusionmamba-partial")
+    assert np.array_equal(np.asarray(open_image(store + "/0").data), before)

@@ -134,8 +134,10 @@ def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
         raise InputError(f"{out}: write fused images as .zarr/.ome.zarr or .tif/.tiff")
     full = os.path.abspath(out)
     for source in sources:
-        if isinstance(source.ref, str) and os.path.abspath(source.ref) == full:
-            raise InputError(f"{out}: the output would overwrite the source {source.name}")
+        if isinstance(source.ref, str) and _overlaps(out, source.ref):
+            raise InputError(
+                f"{out}: the output would overwrite or write inside the source {source.name}; choose another output"
+            )
     if os.path.exists(out) and not overwrite:
         raise InputError(f"{out}: already exists (use --overwrite / overwrite=True to replace it)")
     parent = os.path.dirname(full)
@@ -144,6 +146,26 @@ def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
     if not os.access(parent, os.W_OK):
         raise InputError(f"{out}: cannot write: folder {parent} is not writable")
     return kind
+
+
+def _store_root(path: str) -> str:
+    """The file, or the outermost ``.zarr`` folder, that holds ``path`` (symlinks resolved)."""
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for i, part in enumerate(parts):
+        if part.endswith(".zarr"):
+            return os.sep.join(parts[: i + 1]) or os.sep
+    return real
+
+
+def _overlaps(out: str, source: str) -> bool:
+    """Whether writing ``out`` (or its partial folder beside it) would replace the source, a
+    store holding it, or write into the store that holds it, however the paths are spelt."""
+    out_root, source_root = os.path.realpath(out), _store_root(source)
+    return any(
+        inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+        for inner, outer in ((out_root, source_root), (source_root, out_root))
+    )
 
 
 def _output_dtype(job: FusionJob, dtype: str) -> np.dtype[Any]:
