@@ -136,7 +136,8 @@ def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
     for source in sources:
         if isinstance(source.ref, str) and _overlaps(out, source.ref):
             raise InputError(
-                f"{out}: the output would overwrite the source {source.name} (or write in its store); choose another output"
+                f"{out}: the output would overwrite the source {source.name} (or write in its store); "
+                "choose another output"
             )
     if os.path.exists(out) and not overwrite:
         raise InputError(f"{out}: already exists (use --overwrite / overwrite=True to replace it)")

@@ -48,6 +48,10 @@ class TrainSettings:
     amp: bool = True  # mixed precision, on CUDA only
     log_every: int = 10
     val_every: int = 50
+    # A hard kill (power cut, SIGKILL, out of memory) loses at most this much work: ``last`` and
+    # its resume state are saved after this many steps or minutes, whichever comes first.
+    checkpoint_every_steps: int = 100
+    checkpoint_every_minutes: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,5 +145,12 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"ssim must be one of {', '.join(SSIM_MODES)} (got {settings.ssim!r})")
     if settings.warmup < 0 or settings.log_every < 1 or settings.val_every < 1:
         problems.append("warmup must be >= 0, log_every and val_every >= 1")
+    if settings.checkpoint_every_steps < 1 or not (
+        _finite(settings.checkpoint_every_minutes) and settings.checkpoint_every_minutes > 0
+    ):
+        problems.append(
+            "checkpoint_every_steps must be >= 1 and checkpoint_every_minutes a positive number "
+            f"(got {settings.checkpoint_every_steps}, {settings.checkpoint_every_minutes})"
+        )
     if problems:
         raise PreflightError("; ".join(problems))
