@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import OutputLayout, add_pyramid, kind_of, zarr_to_tiff
+from ..io.files import exclusive
 from .execute import check_scheduler, execute, forget_runners, run_chunk
 from .job import FusionJob, prepare_job
 from .options import FuseOptions
@@ -102,15 +103,16 @@ def fuse_files(
     job = prepare_job(a, b, FuseOptions.of(options, {"names": names}))
     kind = check_output(out, options.overwrite, [job.a, job.b])
     layout = output_layout(job, options)
-    partial = open_partial(out, run_record(job, layout, kind), layout, options.overwrite)
-    blocks = plan_blocks(job, layout.chunk)
-    finished = partial.finished()
-    todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
-    try:
-        tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
-    finally:
-        forget_runners(job)
-    finalise(out, kind, layout, partial)
+    with exclusive(out, "this output"):
+        partial = open_partial(out, run_record(job, layout, kind), layout, options.overwrite)
+        blocks = plan_blocks(job, layout.chunk)
+        finished = partial.finished()
+        todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
+        try:
+            tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
+        finally:
+            forget_runners(job)
+        finalise(out, kind, layout, partial)
     return FuseReport(
         out,
         layout.shape,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FusionMambaError, InputError, PreflightError, TrainingDiverged
+from ..io.files import exclusive
 from .data import CropSampler, Pair, _PairData, prepare_pairs, validation_crops
 from .objectives import make_objective
 from .runs import RunLog, default_run_dir, load_state, pair_record, pairs_from_config, read_log, save_state
@@ -43,14 +44,16 @@ def finetune(
     ``out`` with its saved settings (only ``device`` may change); ``pairs`` may then be None when
     the run was trained on files."""
     run_dir = Path(out) if out is not None else default_run_dir()
-    settings, pairs = _open_run(run_dir, pairs, settings, resume)
-    check_settings(settings)
-    device = _device(settings)
-    data = prepare_pairs(pairs, settings)
-    trainer = _Trainer.start_run(run_dir, settings, device, data, pairs if not resume else None)
-    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel or (lambda: False)
-    with _sigterm_as_ctrl_c():
-        return trainer.run(on_step, is_cancelled)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir, "this run folder"):
+        settings, pairs = _open_run(run_dir, pairs, settings, resume)
+        check_settings(settings)
+        device = _device(settings)
+        data = prepare_pairs(pairs, settings)
+        trainer = _Trainer.start_run(run_dir, settings, device, data, pairs if not resume else None)
+        is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel or (lambda: False)
+        with _sigterm_as_ctrl_c():
+            return trainer.run(on_step, is_cancelled)
 
 
 @contextmanager
