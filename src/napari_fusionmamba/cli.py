@@ -33,7 +33,10 @@ def _info(args: argparse.Namespace) -> int:
     if args.models:
         print("models:")
         for entry in list_models():
-            print(f"  {entry.summary()}")
+            try:
+                print(f"  {entry.summary()}")
+            except FusionMambaError as error:  # one broken file must not hide the other models
+                print(f"  warning: skipped {entry.path}: {error}")
     return 0
 
 

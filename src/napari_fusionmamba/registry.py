@@ -63,6 +63,24 @@ def models_dir() -> Path:
 # --- safetensors files --------------------------------------------------------------------------
 
 
+def _valid_entry(entry: Any) -> bool:
+    """Whether a header entry describes a tensor: a dtype, a shape and two byte offsets."""
+
+    def ints(values: Any, n: int | None = None) -> bool:
+        return (
+            isinstance(values, list)
+            and (n is None or len(values) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+        )
+
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and ints(entry.get("shape"))
+        and ints(entry.get("data_offsets"), 2)
+    )
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the file's layout and return (tensor index, metadata) without reading tensors."""
     refusal = not_regular(path)
@@ -95,6 +113,8 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(_valid_entry(entry) for entry in header.values()):
+        raise CheckpointError(f"{path}: not a safetensors file (malformed tensor index in its header)")
     end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_len + end > size:
         raise CheckpointError(f"{path}: truncated file ({size} bytes, the tensors need {8 + header_len + end})")

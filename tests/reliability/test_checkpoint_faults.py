@@ -75,3 +75,39 @@ def test_a_config_claiming_a_huge_or_impossible_network_is_refused_before_buildi
     assert done.returncode == 2, done.stderr[-2000:]
     assert last.startswith("fusionmamba fuse: error:") and "huge.safetensors" in last and message in last
     assert not out.exists() and not os.path.exists(f"{out}.fusionmamba-partial")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"w": {"dtype": "F32", "shape": [2]}},  # no data_offsets
+        {"w": [1, 2]},
+        {"w": {"dtype": "F32", "shape": [2], "data_offsets": "x"}},
+    ],
+)
+def test_a_malformed_safetensors_header_is_one_line_naming_the_file(tmp_path, capsys, pair, header):
+    from napari_fusionmamba.cli import main
+
+    path = tmp_path / "bad.safetensors"
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
+    tifffile.imwrite(tmp_path / "a.tif", pair[0])
+    tifffile.imwrite(tmp_path / "b.tif", pair[1])
+    sources = [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    assert main(["fuse", *sources, "-o", str(tmp_path / "o.zarr"), "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "bad.safetensors" in err and "not a safetensors file" in err, err
+
+
+def test_one_unreadable_model_file_is_skipped_by_info_models(home, tiny_checkpoint, capsys):
+    from napari_fusionmamba.cli import main
+
+    models = home / "models"
+    models.mkdir(parents=True)
+    (models / "good.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    (models / "broken.safetensors").write_bytes(b"not a checkpoint at all")
+    assert main(["info", "--models"]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "tiny" in out
+    warning = [line for line in out.splitlines() if "broken.safetensors" in line]
+    assert len(warning) == 1 and "skipped" in warning[0]

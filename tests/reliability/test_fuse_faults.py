@@ -73,3 +73,44 @@ def test_a_named_pipe_is_refused_at_once_instead_of_hanging(tmp_path, files, rol
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and "error:" in last and pipe in last and "not a regular file" in last, done.stderr
     assert not os.path.exists(out) and not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_zarr_chunk_is_one_line_naming_the_store(tmp_path, capsys, files):
+    import zarr
+
+    store = str(tmp_path / "a.zarr")
+    array = zarr.open_array(store, mode="w", shape=(128, 160), chunks=(64, 64), dtype="uint16", zarr_format=2)
+    array[:] = tifffile.imread(files[0])
+    chunk = next(p for p in (tmp_path / "a.zarr").iterdir() if p.name == "1.1")
+    chunk.write_bytes(b"garbage" * 10)
+    out = str(tmp_path / "out.zarr")
+    code, err = _fuse(capsys, store, files[1], "-o", out)
+    assert code == 2
+    _one_line_error(err, "a.zarr", "cannot read")
+    assert not os.path.exists(out)
+
+
+def test_a_truncated_tiff_is_one_line_naming_the_file(tmp_path, capsys, files, pair):
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, np.tile(pair[0], (4, 4)), tile=(64, 64))
+    data = big.read_bytes()
+    big.write_bytes(data[: len(data) // 2])
+    tifffile.imwrite(tmp_path / "b4.tif", np.tile(pair[1], (4, 4)))
+    code, err = _fuse(capsys, str(big), str(tmp_path / "b4.tif"), "-o", str(tmp_path / "out.zarr"))
+    assert code == 2
+    _one_line_error(err, "big.tif")
+    assert not os.path.exists(tmp_path / "out.zarr")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0])
+def test_nan_zero_or_negative_pixel_sizes_are_not_written(tmp_path, capsys, pair, bad):
+    meta = {"axes": "YX", "PhysicalSizeX": bad, "PhysicalSizeY": bad}
+    tifffile.imwrite(tmp_path / "a.ome.tif", pair[0], metadata=meta)
+    tifffile.imwrite(tmp_path / "b.ome.tif", pair[1], metadata=meta)
+    out = str(tmp_path / "out.ome.zarr")
+    code, err = _fuse(capsys, str(tmp_path / "a.ome.tif"), str(tmp_path / "b.ome.tif"), "-o", out)
+    assert code == 0, err
+    import zarr
+
+    scale = zarr.open_group(out, mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert all(np.isfinite(scale["scale"])) and min(scale["scale"]) > 0

@@ -206,8 +206,13 @@ def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
         if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == spatial
         else None
     )
+    if pixel is not None and not all(math.isfinite(v) and v > 0 for v in pixel):
+        warnings.warn(f"{pixel_source.name}: pixel size {pixel} is not positive and finite; not written", stacklevel=3)
+        pixel = None
     place = a if a.origin is not None else b
     origin = place.origin if place.origin is not None and len(place.origin) == spatial else None
+    if origin is not None and not all(math.isfinite(v) for v in origin):
+        origin = None
     return OutputLayout(
         job.out_shape, job.out_axes, out_dtype.str, chunk, pixel, pixel_source.unit if pixel else None, origin
     )
