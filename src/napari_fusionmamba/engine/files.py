@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import OutputLayout, add_pyramid, kind_of, zarr_to_tiff
-from ..io.files import exclusive
+from ..io.locks import exclusive
 from .execute import check_scheduler, execute, forget_runners, run_chunk
 from .job import FusionJob, prepare_job
 from .options import FuseOptions

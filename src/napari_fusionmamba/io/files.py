@@ -1,22 +1,21 @@
 """Files written so that a crash or a cancel never leaves a half-written one under the final
-name, the check that keeps readers away from files that would block them, and the lock that
-keeps two writers apart."""
+name, and the check that keeps readers away from files that would block them."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from ..errors import InputError
 
-LOCK_SUFFIX = ".fusionmamba-lock"
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be opened, when it exists but is neither a regular file nor a
+    folder (a named pipe, a device, a socket): reading one can block forever. None otherwise."""
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        return f"{path}: not a regular file (a named pipe, device or socket); give a file or a folder"
+    return None
 
 
 @contextmanager
@@ -33,83 +32,3 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def not_regular(path: str | os.PathLike[str]) -> str | None:
-    """Why ``path`` must not be opened, when it exists but is neither a regular file nor a
-    folder (a named pipe, a device, a socket): reading one can block forever. None otherwise."""
-    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
-        return f"{path}: not a regular file (a named pipe, device or socket); give a file or a folder"
-    return None
-
-
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether a lock's holder may still run: always, when it is on another machine."""
-    if holder.get("pid") is None:
-        return False
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
-        return isinstance(holder.get("pid"), int)
-    return True
-
-
-def _read_lock(lock: str) -> dict[str, Any]:
-    try:
-        with open(lock) as handle:
-            holder = json.load(handle)
-    except FileNotFoundError:
-        return {}  # released meanwhile
-    except (OSError, ValueError):
-        return {"pid": None}  # unreadable: no holder can be named, taken over as stale
-    return holder if isinstance(holder, dict) else {"pid": None}
-
-
-def _take(lock: str, tmp: str, path: str | os.PathLike[str], what: str) -> None:
-    """Link the finished record ``tmp`` as ``lock``, taking over a stale lock (renamed away
-    first, atomically, so only one of two late-comers removes it)."""
-    for _ in range(3):
-        try:
-            os.link(tmp, lock)
-            return
-        except FileExistsError:
-            holder = _read_lock(lock)
-            if holder and _alive(holder):
-                raise InputError(
-                    f"{path}: {what} is in use by process {holder.get('pid')} on {holder.get('host')} (started "
-                    f"{holder.get('started')}); wait for it to finish or stop it (its lock: {lock})"
-                ) from None
-            if holder:
-                stale = f"{tmp}.stale"
-                try:
-                    os.replace(lock, stale)
-                    os.unlink(stale)
-                except FileNotFoundError:
-                    pass
-    raise InputError(f"{path}: cannot take the lock {lock}; remove it if no other process writes {path}")
-
-
-@contextmanager
-def exclusive(path: str | os.PathLike[str], what: str) -> Iterator[None]:
-    """Hold ``PATH.fusionmamba-lock`` while writing ``path`` (``what`` names it in messages): a
-    second writer is refused at once with the holder's pid, host and start time; a lock left by
-    a process that died on this machine is taken over. The lock file is created with its
-    content in one step (a hard link of a finished temporary file), so it is never seen empty."""
-    lock = f"{path}{LOCK_SUFFIX}"
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(lock)}.", suffix=".tmp", dir=os.path.dirname(lock) or ".")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        _take(lock, tmp, path, what)
-    finally:
-        os.unlink(tmp)
-    try:
-        yield
-    finally:
-        if _read_lock(lock) == record:
-            os.remove(lock)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FusionMambaError, InputError, PreflightError, TrainingDiverged
-from ..io.files import exclusive
+from ..io.locks import exclusive
 from .data import CropSampler, Pair, _PairData, prepare_pairs, validation_crops
 from .objectives import make_objective
 from .runs import RunLog, default_run_dir, load_state, pair_record, pairs_from_config, read_log, save_state
