@@ -33,7 +33,10 @@ def _info(args: argparse.Namespace) -> int:
     if args.models:
         print("models:")
         for entry in list_models():
-            print(f"  {entry.summary()}")
+            try:
+                print(f"  {entry.summary()}")
+            except FusionMambaError as error:  # one broken file must not hide the other models
+                print(f"  warning: skipped {entry.path}: {error}")
     return 0
 
 
@@ -182,7 +185,8 @@ def _finetune(args: argparse.Namespace) -> int:
         bar.close()
         print(f"stopped; the run is saved in {out}: continue it with --resume --out {out}", file=sys.stderr)
         raise
-    bar.close()
+    finally:  # before any error message, which must stay the last line
+        bar.close()
     print(f"run folder: {result.run_dir}")
     print(f"step {result.step}, best validation loss {result.best_val_loss:.4f}: {result.best}")
     if name:

@@ -37,5 +37,10 @@ class UnavailableError(InputError, RuntimeError):
     """A device or scan backend that this machine does not have."""
 
 
+class TrainingDiverged(FusionMambaError):
+    """The training loss became NaN or infinite: the run stops before the step that would spoil
+    the weights, and its model is not registered."""
+
+
 class FusionCancelled(FusionMambaError):
     """The user stopped the job (a cancel callback returned True)."""

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, InputError
-from .io.files import atomic_path
+from .io.files import atomic_path, not_regular
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import FusionMamba
+    from .model import FusionMamba, ModelConfig
 
 FORMAT = "napari-fusionmamba"
 FORMAT_VERSION = 1
@@ -64,8 +64,29 @@ def models_dir() -> Path:
 # --- safetensors files --------------------------------------------------------------------------
 
 
+def _valid_entry(entry: Any) -> bool:
+    """Whether a header entry describes a tensor: a dtype, a shape and two byte offsets."""
+
+    def ints(values: Any, n: int | None = None) -> bool:
+        return (
+            isinstance(values, list)
+            and (n is None or len(values) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+        )
+
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and ints(entry.get("shape"))
+        and ints(entry.get("data_offsets"), 2)
+    )
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check the file's layout and return (tensor index, metadata) without reading tensors."""
+    refusal = not_regular(path)
+    if refusal:
+        raise CheckpointError(refusal)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     size = path.stat().st_size
@@ -93,6 +114,8 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(_valid_entry(entry) for entry in header.values()):
+        raise CheckpointError(f"{path}: not a safetensors file (malformed tensor index in its header)")
     end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_len + end > size:
         raise CheckpointError(f"{path}: truncated file ({size} bytes, the tensors need {8 + header_len + end})")
@@ -161,18 +184,47 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> None:
         )
 
 
+#: Checkpoints whose config asks for more parameters than this are refused unread (the
+#: ``paper`` config has 137 million: about 550 MB of float32).
+MAX_PARAMETERS = 300_000_000
+
+
+def _checked_config(path: Path, config: Any) -> ModelConfig:
+    """The checkpoint's model config, after checking its values and counting its parameters on
+    the meta device (nothing allocated), so a config claiming a huge network is refused before
+    any tensor is read or built."""
+    import torch
+
+    from .model import FusionMamba, ModelConfig, count_parameters
+
+    try:
+        checked = ModelConfig.from_dict(config)
+        with torch.device("meta"):
+            count = count_parameters(FusionMamba(checked))
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: invalid model config ({error})") from None
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{path}: its config asks for a network of {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+            f"napari-fusionmamba loads; this is not a checkpoint it wrote, or a damaged one"
+        )
+    return checked
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[FusionMamba, dict[str, Any]]:
     """(model in eval mode on the CPU, metadata) from a checkpoint file."""
-    from .model import FusionMamba, ModelConfig
+    from .model import FusionMamba
 
     path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    _check_metadata(path, metadata)
+    _, raw = _read_header(path)
     try:
-        config = ModelConfig.from_dict(metadata["config"])
-        model = FusionMamba(config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: invalid model config ({error})") from None
+        metadata = {key: json.loads(value) for key, value in raw.items()}
+    except (TypeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint metadata ({error})") from None
+    _check_metadata(path, metadata)
+    config = _checked_config(path, metadata["config"])
+    tensors, _ = read_safetensors(path)
+    model = FusionMamba(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as error:

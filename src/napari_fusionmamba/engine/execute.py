@@ -55,9 +55,12 @@ def forget_runners(job: FusionJob) -> None:
 
 
 def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A fused block in [0, 1] as the output dtype (integers scaled to their full range)."""
+    """A fused block in [0, 1] as the output dtype (integers scaled to [0, max]). Scaled in
+    float64 and clipped: float32 rounds 2**31 - 1 up to 2**31, which wraps around in int32."""
     if dtype.kind in "iu":
-        return np.round(block * np.iinfo(dtype).max).astype(dtype)
+        info = np.iinfo(dtype)
+        scaled = np.round(block.astype(np.float64) * info.max)
+        return np.clip(scaled, 0, info.max).astype(dtype)
     return block.astype(dtype, copy=False)
 
 

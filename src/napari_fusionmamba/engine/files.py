@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import OutputLayout, add_pyramid, kind_of, zarr_to_tiff
+from ..io.locks import exclusive
 from .execute import check_scheduler, execute, forget_runners, run_chunk
 from .job import FusionJob, prepare_job
 from .options import FuseOptions
@@ -104,16 +105,17 @@ def fuse_files(
     job = prepare_job(a, b, FuseOptions.of(options, {"names": names}))
     kind = check_output(out, options.overwrite, [job.a, job.b])
     layout = output_layout(job, options)
-    partial = open_partial(out, run_record(job, layout, kind), layout, options.overwrite)
-    blocks = plan_blocks(job, layout.chunk)
-    finished = partial.finished()
-    todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
-    try:
-        tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
-    finally:
-        forget_runners(job)
-    engine = describe_engine(options.model, options.method)
-    finalise(out, kind, layout, partial, engine)
+    with exclusive(out, "this output"):
+        partial = open_partial(out, run_record(job, layout, kind), layout, options.overwrite)
+        blocks = plan_blocks(job, layout.chunk)
+        finished = partial.finished()
+        todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
+        try:
+            tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
+        finally:
+            forget_runners(job)
+        engine = describe_engine(options.model, options.method)
+        finalise(out, kind, layout, partial, engine)
     return FuseReport(
         out,
         layout.shape,
@@ -138,8 +140,11 @@ def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
         raise InputError(f"{out}: write fused images as .zarr/.ome.zarr or .tif/.tiff")
     full = os.path.abspath(out)
     for source in sources:
-        if isinstance(source.ref, str) and os.path.abspath(source.ref) == full:
-            raise InputError(f"{out}: the output would overwrite the source {source.name}")
+        if isinstance(source.ref, str) and _overlaps(out, source.ref):
+            raise InputError(
+                f"{out}: the output would overwrite the source {source.name} (or write in its store); "
+                "choose another output"
+            )
     if os.path.exists(out) and not overwrite:
         raise InputError(f"{out}: already exists (use --overwrite / overwrite=True to replace it)")
     parent = os.path.dirname(full)
@@ -148,6 +153,26 @@ def check_output(out: str, overwrite: bool, sources: list[Source]) -> str:
     if not os.access(parent, os.W_OK):
         raise InputError(f"{out}: cannot write: folder {parent} is not writable")
     return kind
+
+
+def _store_root(path: str) -> str:
+    """The file, or the outermost ``.zarr`` folder, that holds ``path`` (symlinks resolved)."""
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for i, part in enumerate(parts):
+        if part.endswith(".zarr"):
+            return os.sep.join(parts[: i + 1]) or os.sep
+    return real
+
+
+def _overlaps(out: str, source: str) -> bool:
+    """Whether writing ``out`` (or its partial folder beside it) would replace the source, a
+    store holding it, or write into the store that holds it, however the paths are spelt."""
+    out_root, source_root = os.path.realpath(out), _store_root(source)
+    return any(
+        inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+        for inner, outer in ((out_root, source_root), (source_root, out_root))
+    )
 
 
 def _output_dtype(job: FusionJob, dtype: str) -> np.dtype[Any]:
@@ -185,8 +210,13 @@ def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
         if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == spatial
         else None
     )
+    if pixel is not None and not all(math.isfinite(v) and v > 0 for v in pixel):
+        warnings.warn(f"{pixel_source.name}: pixel size {pixel} is not positive and finite; not written", stacklevel=3)
+        pixel = None
     place = a if a.origin is not None else b
     origin = place.origin if place.origin is not None and len(place.origin) == spatial else None
+    if origin is not None and not all(math.isfinite(v) for v in origin):
+        origin = None
     return OutputLayout(
         job.out_shape, job.out_axes, out_dtype.str, chunk, pixel, pixel_source.unit if pixel else None, origin
     )

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import FusionMambaError, ImageReadError, InputError
 from ..io import OpenedImage, Planes, guess_axes, open_image
 from ..io.colour import rgb_to_ycrcb
 
@@ -55,10 +57,24 @@ class Source(Planes):
     def read(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """A window of one plane as float32 (colour keeps its first three samples)."""
         index = tuple(plane) + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
-        window = self.data()[index]
-        if hasattr(window, "compute"):
-            window = window.compute(scheduler="synchronous", callbacks=())  # see _execute
-        return np.asarray(window, dtype=np.float32)
+        with reading(self.name):
+            window = self.data()[index]
+            if hasattr(window, "compute"):
+                window = window.compute(scheduler="synchronous", callbacks=())  # see _execute
+            return np.asarray(window, dtype=np.float32)
+
+
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """Turn a reader's failure on damaged data found mid-run (a corrupt chunk, a truncated TIFF:
+    the codecs raise ValueError, RuntimeError or OSError) into one ``ImageReadError`` line."""
+    try:
+        yield
+    except (ValueError, RuntimeError, OSError, KeyError) as error:
+        if isinstance(error, FusionMambaError):
+            raise
+        detail = " ".join(str(error).split())[:300]
+        raise ImageReadError(f"{name}: cannot read (damaged data? {type(error).__name__}: {detail})") from None
 
 
 _OPENED: dict[tuple[str, int, int], OpenedImage] = {}
@@ -170,10 +186,11 @@ def _sample(source: Source) -> np.ndarray:
     index: tuple[Any, ...] = (Ellipsis, slice(None, None, step), slice(None, None, step))
     if source.colour:
         index = index + (slice(0, 3),)
-    sample = source.data()[index]
-    if hasattr(sample, "compute"):
-        sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
-    values = np.asarray(sample, dtype=np.float64)
+    with reading(source.name):
+        sample = source.data()[index]
+        if hasattr(sample, "compute"):
+            sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
+        values = np.asarray(sample, dtype=np.float64)
     return rgb_to_ycrcb(values)[0] if source.colour else values
 
 

@@ -1,4 +1,5 @@
-"""Files written so that a crash or a cancel never leaves a half-written one under the final name."""
+"""Files written so that a crash or a cancel never leaves a half-written one under the final
+name, and the check that keeps readers away from files that would block them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def not_regular(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must not be opened, when it exists but is neither a regular file nor a
+    folder (a named pipe, a device, a socket): reading one can block forever. None otherwise."""
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        return f"{path}: not a regular file (a named pipe, device or socket); give a file or a folder"
+    return None
 
 
 @contextmanager

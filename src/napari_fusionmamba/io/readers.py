@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ImageNotFoundError, ImageReadError
 from .axes import OME_UNITS, guess_axes
+from .files import not_regular
 
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -73,6 +74,9 @@ def open_image(path: str | os.PathLike[str]) -> OpenedImage:
     kind = kind_of(path)
     if not os.path.exists(path):
         raise ImageNotFoundError(f"{path}: no such file or directory")
+    refusal = not_regular(path)
+    if refusal:
+        raise ImageReadError(refusal)
     try:
         if kind == "tiff":
             image = _open_tiff(path)

@@ -16,6 +16,9 @@ import numpy as np
 
 from .axes import TIFF_UNITS, Planes, ome_axis
 
+#: Rank of each memory axis letter in a store: time, channel (colour too), space.
+STORE_RANK = {"T": 0, "C": 1, "S": 1, "Z": 2, "Y": 3, "X": 4}
+
 
 @dataclass(frozen=True)
 class OutputLayout(Planes):
@@ -32,14 +35,9 @@ class OutputLayout(Planes):
     origin: tuple[float, ...] | None = None  # laid out like pixel_size
 
     def _store_order(self) -> list[int]:
-        """Memory axis indices in store order (colour moved in front of Z, after T)."""
-        order = list(range(len(self.axes)))
-        if self.colour:
-            order.pop()
-            lead_axes = self.axes[: len(self.lead)]
-            position = 1 if lead_axes.startswith("T") else 0
-            order.insert(position, len(self.axes) - 1)
-        return order
+        """Memory axis indices in store order: OME-NGFF wants time, then channel (colour is
+        one), then space, so a TZCYX source is stored t, c, z, y, x."""
+        return sorted(range(len(self.axes)), key=lambda i: STORE_RANK[self.axes[i]])
 
     def ome_axes(self) -> list[dict[str, str]]:
         return [ome_axis(self.axes[i], self.unit) for i in self._store_order()]
@@ -62,11 +60,11 @@ class OutputLayout(Planes):
 
     def store_index(self, plane: tuple[int, ...], *region: slice) -> tuple[int | slice, ...]:
         """The store index of ``region`` (slices of Y[, X]) of one plane; colour, a channel axis
-        in the store, is taken whole."""
-        if not self.colour:
-            return (*plane, *region)
-        position = self._store_order().index(len(self.axes) - 1)
-        return (*plane[:position], slice(None), *plane[position:], *region)
+        in the store, is taken whole. Y and X stay last in the store, so a block's axes keep
+        their order (colour first)."""
+        spatial = (*region, slice(None), slice(None))[:2]
+        index = (*plane, *spatial, *((slice(None),) if self.colour else ()))
+        return tuple(index[i] for i in self._store_order())
 
 
 def create_ome_zarr(

@@ -60,6 +60,36 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 
 
 RESIDUALS = ("sum2", "mean", "max", "none")
+#: Inclusive bounds of the integer config values: wide enough for any sensible network, narrow
+#: enough that a config read from a file cannot ask for an absurd one.
+INT_BOUNDS = {"embed_dim": (1, 1024), "d_state": (1, 256), "expand": (1, 16), "patch_size": (1, 32)}
+MAX_DEPTH = 64
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(config: ModelConfig) -> None:
+    """Refuse config values no network can have, in one ``InputError`` listing them all (a
+    config read from a checkpoint is checked before anything is built)."""
+    problems = [
+        f"{key} must be an integer in [{lo}, {hi}] (got {getattr(config, key)!r})"
+        for key, (lo, hi) in INT_BOUNDS.items()
+        if not (_is_int(getattr(config, key)) and lo <= getattr(config, key) <= hi)
+    ]
+    for key in ("encoder_depths", "decoder_depths"):
+        depths = getattr(config, key)
+        if not (
+            isinstance(depths, tuple) and len(depths) == 4 and all(_is_int(d) and 0 <= d <= MAX_DEPTH for d in depths)
+        ):
+            problems.append(f"{key} must be four integers in [0, {MAX_DEPTH}] (got {depths!r})")
+    if not (isinstance(config.drop_path, (int, float)) and 0 <= config.drop_path < 1):
+        problems.append(f"drop_path must be in [0, 1) (got {config.drop_path!r})")
+    if config.residual not in RESIDUALS:
+        problems.append(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def _drop_rates(depths: tuple[int, ...], top: float) -> list[list[float]]:
@@ -97,10 +127,7 @@ class FusionMamba(nn.Module):
 
     def __init__(self, config: ModelConfig = MODEL_CONFIGS["tiny"]) -> None:
         super().__init__()
-        if config.residual not in RESIDUALS:
-            raise InputError(f"unknown residual {config.residual!r}: choose one of {', '.join(RESIDUALS)}")
-        if len(config.encoder_depths) != 4 or len(config.decoder_depths) != 4:
-            raise InputError("encoder_depths and decoder_depths need four stages each")
+        check_config(config)
         self.config = config
         c0 = config.embed_dim
         widths = [c0 * 2**i for i in range(4)]

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FusionMambaError, InputError, PreflightError
+from ..errors import FusionMambaError, InputError, PreflightError, TrainingDiverged
+from ..io.locks import exclusive
 from .data import CropSampler, Pair, _PairData, prepare_pairs, validation_crops
 from .objectives import make_objective
 from .runs import RunLog, default_run_dir, load_state, pair_record, pairs_from_config, read_log, save_state
@@ -41,13 +44,34 @@ def finetune(
     ``out`` with its saved settings (only ``device`` may change); ``pairs`` may then be None when
     the run was trained on files."""
     run_dir = Path(out) if out is not None else default_run_dir()
-    settings, pairs = _open_run(run_dir, pairs, settings, resume)
-    check_settings(settings)
-    device = _device(settings)
-    data = prepare_pairs(pairs, settings)
-    trainer = _Trainer.start_run(run_dir, settings, device, data, pairs if not resume else None)
-    is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel or (lambda: False)
-    return trainer.run(on_step, is_cancelled)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir, "this run folder"):
+        settings, pairs = _open_run(run_dir, pairs, settings, resume)
+        check_settings(settings)
+        device = _device(settings)
+        data = prepare_pairs(pairs, settings)
+        trainer = _Trainer.start_run(run_dir, settings, device, data, pairs if not resume else None)
+        is_cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel or (lambda: False)
+        with _sigterm_as_ctrl_c():
+            return trainer.run(on_step, is_cancelled)
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) saves the run as Ctrl-C does; only the main
+    thread may set signal handlers, so runs in other threads (the widget's) keep the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _open_run(
@@ -131,8 +155,8 @@ class _Trainer:
         rng = np.random.default_rng(settings.seed)
         start, best_val = 0, math.inf
         if pairs is None:
-            start, best_val, rng_state = load_state(run_dir, model, optimizer)
-            if start != metadata.get("step"):
+            start, best_val, rng_state, with_weights = load_state(run_dir, model, optimizer)
+            if start != metadata.get("step") and not with_weights:
                 raise PreflightError(f"{run_dir}: last.safetensors and last.state.safetensors are from different steps")
             rng.bit_generator.state = rng_state
         else:
@@ -148,6 +172,7 @@ class _Trainer:
         *val_arrays, self.val_origins = validation_crops(self.data, settings.crop)
         self.val = [torch.from_numpy(x).to(self.device) for x in val_arrays]
         self.use_amp = settings.amp and self.device.type == "cuda"
+        self.saved_step, self.saved_at = self.start, time.monotonic()
         self.provenance = _provenance(settings, self.data)
         self.normalisation = (
             {"method": "percentiles", "percentiles": list(settings.percentiles), "colour": "Y of YCrCb (BT.601)"}
@@ -204,6 +229,11 @@ class _Trainer:
         a, b, w, _ = self.sampler.sample(settings.batch)
         ta, tb, tw = (torch.from_numpy(x).to(self.device) for x in (a, b, w))
         total, terms, _ = self.loss(ta, tb, tw)
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"{self.run_dir}: the loss became {total.item()} at step {step + 1} (training diverged); the run "
+                f"stopped before that step changed the weights; start a new run with a lower learning rate"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         if settings.clip > 0:
@@ -233,6 +263,9 @@ class _Trainer:
                 row["seconds"] = info.elapsed = time.perf_counter() - began
                 history.append(row)
                 log.write(row, flush=step % settings.log_every == 0)
+                if self._checkpoint_due(step):
+                    log.flush()
+                    self._save_last(step)
                 if on_step is not None:
                     on_step(info)
         except KeyboardInterrupt:
@@ -263,11 +296,24 @@ class _Trainer:
             self.best_val = info.val_terms["loss"]
             self.save("best.safetensors", step)
 
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes`` have passed
+        since the last save."""
+        settings = self.settings
+        minutes = (time.monotonic() - self.saved_at) / 60
+        return step - self.saved_step >= settings.checkpoint_every_steps or minutes >= settings.checkpoint_every_minutes
+
+    def _save_last(self, step: int) -> None:
+        """The resume state (weights included) first, then ``last``: each file is written
+        atomically, and a kill between the two still resumes from the state."""
+        save_state(self.run_dir, self.model, self.optimizer, step, self.best_val, self.rng)
+        self.save("last.safetensors", step)
+        self.saved_step, self.saved_at = step, time.monotonic()
+
     def _save_at_end(self, step: int) -> None:
         run_dir = self.run_dir
-        if step > self.start or not (run_dir / "last.state.safetensors").exists():
-            save_state(run_dir, self.model, self.optimizer, step, self.best_val, self.rng)
-            self.save("last.safetensors", step)
+        if step > self.saved_step or not (run_dir / "last.state.safetensors").exists():
+            self._save_last(step)
         if not (run_dir / "best.safetensors").exists():
             self.save("best.safetensors", step)
 

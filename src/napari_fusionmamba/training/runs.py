@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PreflightError
+from ..io.files import not_regular
 from .data import Pair
 
 
@@ -55,14 +56,20 @@ def pairs_from_config(run_dir: Path) -> list[Pair]:
     return pairs
 
 
+#: Prefix of the weights' names in ``last.state.safetensors``.
+MODEL_PREFIX = "model/"
+
+
 def save_state(run_dir: Path, model: Any, optimizer: Any, step: int, best: float, rng: np.random.Generator) -> None:
-    """Optimizer moments and random states beside ``last``: what ``resume`` needs."""
+    """The weights, optimizer moments and random states: all that ``resume`` needs, in one file
+    written atomically, so a kill between this save and ``last``'s loses nothing."""
     import torch
 
     from ..registry import write_safetensors
 
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {"torch_rng": torch.get_rng_state()}
+    tensors.update({f"{MODEL_PREFIX}{key}": value for key, value in model.state_dict().items()})
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state.get(p)
@@ -74,14 +81,18 @@ def save_state(run_dir: Path, model: Any, optimizer: Any, step: int, best: float
     write_safetensors(run_dir / "last.state.safetensors", tensors, meta)
 
 
-def load_state(run_dir: Path, model: Any, optimizer: Any) -> tuple[int, float, dict[str, Any]]:
-    """Restore what ``save_state`` saved; returns (step, best validation loss, numpy rng state)."""
+def load_state(run_dir: Path, model: Any, optimizer: Any) -> tuple[int, float, dict[str, Any], bool]:
+    """Restore what ``save_state`` saved; returns (step, best validation loss, numpy rng state,
+    whether the weights came from it too)."""
     import torch
 
     from ..registry import read_safetensors
 
     tensors, meta = read_safetensors(run_dir / "last.state.safetensors")
     torch.set_rng_state(tensors.pop("torch_rng"))
+    weights = {key[len(MODEL_PREFIX) :]: tensors[key] for key in tensors if key.startswith(MODEL_PREFIX)}
+    if weights:  # older runs kept them only in last.safetensors
+        model.load_state_dict(weights, strict=True)
     for name, p in model.named_parameters():
         if f"{name}/exp_avg" in tensors:
             optimizer.state[p] = {
@@ -89,7 +100,7 @@ def load_state(run_dir: Path, model: Any, optimizer: Any) -> tuple[int, float, d
                 "exp_avg": tensors[f"{name}/exp_avg"].to(p.device),
                 "exp_avg_sq": tensors[f"{name}/exp_avg_sq"].to(p.device),
             }
-    return int(meta["step"]), float(meta["best_val_loss"]), dict(meta["numpy_rng"])
+    return int(meta["step"]), float(meta["best_val_loss"]), dict(meta["numpy_rng"]), bool(weights)
 
 
 def read_log(path: Path, upto: int) -> list[dict[str, float]]:
@@ -141,6 +152,9 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
     ``pairs`` lists (benchmarks/quality.py --validation scores a model on them).
     """
     path = Path(path)
+    refusal = not_regular(path)
+    if refusal:
+        raise PreflightError(refusal)
     try:
         recipe = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -198,6 +212,9 @@ class RunLog:
         self._writer.writerow(row)
         if flush:
             self._file.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

@@ -52,6 +52,10 @@ class TrainSettings:
     amp: bool = True  # mixed precision, on CUDA only
     log_every: int = 10
     val_every: int = 50
+    # A hard kill (power cut, SIGKILL, out of memory) loses at most this much work: ``last`` and
+    # its resume state are saved after this many steps or minutes, whichever comes first.
+    checkpoint_every_steps: int = 100
+    checkpoint_every_minutes: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +106,16 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
     return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _finite(*values: Any) -> bool:
+    """Whether every number (or tuple of numbers) is finite: a NaN or infinite setting trains a
+    NaN model."""
+    flat = [v for value in values for v in (value if isinstance(value, (tuple, list)) else (value,))]
+    try:
+        return all(math.isfinite(float(v)) for v in flat)
+    except (TypeError, ValueError):
+        return False
+
+
 def check_settings(settings: TrainSettings) -> None:
     """Every problem with the settings at once, as one ``PreflightError``."""
     problems = []
@@ -111,10 +125,18 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"batch must be at least 1 (got {settings.batch})")
     if settings.crop < MIN_CROP:
         problems.append(f"crop must be at least {MIN_CROP} px (got {settings.crop})")
-    if not settings.lr > 0:
-        problems.append(f"learning rate must be positive (got {settings.lr})")
-    if len(settings.loss_weights) != 3 or min(settings.loss_weights) < 0 or sum(settings.loss_weights) <= 0:
-        problems.append(f"loss weights must be three non-negative numbers, not all 0 (got {settings.loss_weights})")
+    if not (math.isfinite(settings.lr) and settings.lr > 0):
+        problems.append(f"learning rate must be a positive finite number (got {settings.lr})")
+    weights = settings.loss_weights
+    if len(weights) != 3 or not _finite(*weights) or min(weights) < 0 or sum(weights) <= 0:
+        problems.append(f"loss weights must be three finite non-negative numbers, not all 0 (got {weights})")
+    others = {
+        "weight decay": settings.weight_decay, "clip": settings.clip, "min_lr_fraction": settings.min_lr_fraction,
+        "ssim weights": settings.ssim_weights, "region weight": settings.region_weight,
+        "mask coverage": settings.mask_coverage, "validation fraction": settings.val_fraction,
+        "percentiles": settings.percentiles,
+    }  # fmt: skip
+    problems += [f"{name} must be finite (got {value})" for name, value in others.items() if not _finite(value)]
     if not 0 < settings.val_fraction < 0.5:
         problems.append(f"validation fraction must be in (0, 0.5) (got {settings.val_fraction})")
     if settings.val_split not in ("auto", "band", "pairs"):
@@ -133,5 +155,12 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"ssim must be one of {', '.join(SSIM_MODES)} (got {settings.ssim!r})")
     if settings.warmup < 0 or settings.log_every < 1 or settings.val_every < 1:
         problems.append("warmup must be >= 0, log_every and val_every >= 1")
+    if settings.checkpoint_every_steps < 1 or not (
+        _finite(settings.checkpoint_every_minutes) and settings.checkpoint_every_minutes > 0
+    ):
+        problems.append(
+            "checkpoint_every_steps must be >= 1 and checkpoint_every_minutes a positive number "
+            f"(got {settings.checkpoint_every_steps}, {settings.checkpoint_every_minutes})"
+        )
     if problems:
         raise PreflightError("; ".join(problems))
