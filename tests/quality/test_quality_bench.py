@@ -251,3 +251,36 @@ def test_loss_optimum_is_max_for_intensity_alone_and_beats_max_on_the_paper_loss
         assert report["minimum_loss"][paper] < start_loss - 1e-3
     assert set(report["wins"]) == {intensity_only, paper}
     assert f"{paper} (loss " in result.stdout and "| MS-SSIM |" in result.stdout
+
+
+def test_model_cost_times_two_models_side_by_side(tmp_path):
+    import torch
+
+    from napari_fusionmamba.model import build_model
+    from napari_fusionmamba.registry import save_checkpoint
+
+    torch.manual_seed(0)
+    first = save_checkpoint(tmp_path / "one.safetensors", build_model("tiny"))
+    second = save_checkpoint(tmp_path / "two.safetensors", build_model("tiny"))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("model_cost.py")), "--models", str(first), str(second),
+         "--size", "64", "--repeats", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "for a 64 x 64 pair" in result.stdout
+    ratio = float(result.stdout.strip().splitlines()[-1].rsplit(":", 1)[1])
+    assert 0.1 < ratio < 10  # two networks of one size: the same cost within noise
+
+
+def test_model_card_figure_shows_sources_model_and_max_per_pair(folder, tmp_path):
+    script = SCRIPT.parents[1] / "scripts" / "model_card_figure.py"
+    out = tmp_path / "figure.png"
+    result = subprocess.run(
+        [sys.executable, str(script), "--data", str(folder), "--pairs", "p1.png", "p2.png", "--model", "tiny",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    image = iio.imread(out)
+    assert 0.4 < image.shape[0] / image.shape[1] < 0.7  # two rows of four panels (one row: 0.26)
