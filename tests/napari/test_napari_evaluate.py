@@ -97,3 +97,19 @@ def test_the_widget_opens_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Evaluate fusion")
     assert isinstance(widget, EvaluateWidget)
+
+
+def test_rows_explain_their_metric_and_the_best_value_of_each_is_bold(qtbot, viewer_with_pair):
+    from napari_fusionmamba.quality.metrics import METRIC_INFO
+
+    assert set(METRIC_INFO) == set(METRICS)  # every metric has its explanation
+    viewer, widget, _ = viewer_with_pair
+    click_and_wait(qtbot, widget, widget.compare_button)
+    native = widget.table.native
+    columns = list(widget.results)
+    for row, key in enumerate(METRICS):
+        tooltip = native.verticalHeaderItem(row).toolTip()
+        assert tooltip.startswith(METRIC_INFO[key]) and "Higher is better" in tooltip
+        best = max(widget.results[column][key] for column in columns)
+        bold = [native.item(row, column).font().bold() for column in range(len(columns))]
+        assert bold == [widget.results[column][key] == best for column in columns], key

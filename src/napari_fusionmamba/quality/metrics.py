@@ -529,6 +529,26 @@ METRICS: dict[str, Metric] = {
 """Every metric by its key, each called as ``metric(fused, a, b)`` on :func:`to_gray8` images.
 All of them reward the better fusion with a larger value."""
 
+METRIC_INFO: dict[str, str] = {
+    "EN": "Entropy: information in the fused image's gray levels (bits).",
+    "SD": "Standard deviation: global contrast of the fused image.",
+    "SF": "Spatial frequency: how much fine detail (row and column differences) it holds.",
+    "AG": "Average gradient: sharpness of its edges.",
+    "MI": "Mutual information with A plus with B: gray levels kept from the sources (bits).",
+    "FMI": "Feature mutual information: gradient features kept from the sources, in small windows.",
+    "FMI-pixel": "Feature mutual information on pixel values instead of gradients.",
+    "VIF": "Visual information fidelity: information a viewer gets from the sources, kept.",
+    "Qabf": "Edge preservation: strength and orientation of the sources' edges kept.",
+    "SCD": "Sum of the correlations of differences: what F adds to each source looks like the other.",
+    "SSIM": "Structural similarity with each source, mean of the two.",
+    "MS-SSIM": "Multi-scale structural similarity with each source, mean of the two.",
+    "CC": "Correlation coefficient with each source, mean of the two.",
+    "PSNR": "Peak signal-to-noise ratio against the sources (dB).",
+    "Fidelity": "A kept inside A's foreground and B's structure outside it (this package's).",
+}
+"""One line per metric for tooltips: its full name and what it measures (higher is better for
+all); docs/metrics.md has the definitions."""
+
 SCORED_METRICS = ("EN", "SD", "SF", "AG", "MI", "FMI", "VIF", "Qabf", "SCD", "MS-SSIM")
 """The metrics on which a method is scored against the best of the others (the project's goal)."""
 

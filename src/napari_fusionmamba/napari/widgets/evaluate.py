@@ -117,6 +117,7 @@ class EvaluateWidget(ScrollingContainer):
             "index": keys,
             "columns": columns,
         }
+        _explain_and_mark_best(self.table.native, results, keys)
         self.table.native.resizeColumnsToContents()
         self.export_button.enabled = True
 
@@ -153,6 +154,26 @@ def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, d
             )
         )
     return results
+
+
+def _explain_and_mark_best(native, results: dict[str, dict[str, float]], keys: list[str]) -> None:
+    """Each metric's row header explains it; the best value of each row is bold (higher is better
+    for every metric)."""
+    from ...quality.metrics import METRIC_INFO
+
+    columns = list(results)
+    for row, key in enumerate(keys):
+        native.verticalHeaderItem(row).setToolTip(f"{METRIC_INFO.get(key, key)} Higher is better.")
+        values = [results[column][key] for column in columns]
+        finite = [value for value in values if np.isfinite(value)]
+        if len(columns) < 2 or not finite:
+            continue
+        for column, value in enumerate(values):
+            if value == max(finite):
+                item = native.item(row, column)
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
 
 
 def _methods() -> list[str]:
