@@ -112,7 +112,8 @@ def paper_loss(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, flo
 def paired_outcome(ours, theirs, alpha: float = ALPHA) -> str:
     """ "win", "tie" or "loss" of per-image values ``ours`` against ``theirs`` (same pairs, same
     order, higher is better) by a two-sided Wilcoxon signed-rank test at ``alpha``."""
-    differences = np.asarray(ours, np.float64) - np.asarray(theirs, np.float64)
+    as_array = lambda values: np.array([np.nan if v is None else v for v in values], np.float64)
+    differences = as_array(ours) - as_array(theirs)  # an image without a value (None) is left out
     differences = differences[np.isfinite(differences) & (differences != 0)]
     if differences.size == 0 or stats.wilcoxon(differences).pvalue >= alpha:
         return "tie"

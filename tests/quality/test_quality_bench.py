@@ -151,6 +151,7 @@ def test_paired_outcomes_need_a_consistent_difference_over_images():
     assert quality.paired_outcome(base + 0.1 + 0.01 * rng.random(15), base) == "win"
     assert quality.paired_outcome(base - 0.1, base) == "loss"
     assert quality.paired_outcome(base, base) == "tie"
+    assert quality.paired_outcome([*(base + 0.1), None], [*base, 1.0]) == "win"  # an image without a value is left out
     assert quality.paired_outcome(base + rng.normal(0, 0.1, 15), base) == "tie"  # noise
     # a large mean gain from a few images is not a win: 12 of 15 images are slightly worse
     lopsided = base - 0.01
