@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -170,3 +171,141 @@ def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, ca
 
     assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), "--colormap", "purple", *common]) == 2
     assert "unknown colormap 'purple'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def folders(tmp_path, pair):
+    """A_DIR and B_DIR holding three good pairs (TIFF, OME-TIFF, PNG), a name only in A, a pair
+    whose shapes differ and a pair with a corrupt file."""
+    a, b = pair
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    tifffile.imwrite(a_dir / "one.tif", a)
+    tifffile.imwrite(b_dir / "one.tif", b)
+    tifffile.imwrite(a_dir / "two.ome.tif", a[::-1])
+    tifffile.imwrite(b_dir / "two.tif", b[:, ::-1])  # matched by name whatever the extension
+    iio.imwrite(a_dir / "three.png", (a[:64, :64] >> 8).astype(np.uint8))
+    iio.imwrite(b_dir / "three.png", (b[:64, :64] >> 8).astype(np.uint8))
+    tifffile.imwrite(a_dir / "lonely.tif", a)
+    tifffile.imwrite(a_dir / "mismatch.tif", a)
+    tifffile.imwrite(b_dir / "mismatch.tif", b[:100])
+    tifffile.imwrite(a_dir / "corrupt.tif", a)
+    (b_dir / "corrupt.tif").write_bytes(b"II*\x00 not a tiff at all")
+    (a_dir / "notes.txt").write_text("not an image: ignored")
+    return a_dir, b_dir
+
+
+GOOD = {"one": ("one.tif", "one.tif"), "two": ("two.ome.tif", "two.tif"), "three": ("three.png", "three.png")}
+FAST = ["--method", "max", "--no-progress"]
+
+
+def test_fuse_folder_fuses_the_pairs_and_reports_the_rest(folders, tmp_path, capsys):
+    a_dir, b_dir = folders
+    out_dir = tmp_path / "fused"
+    assert main(["fuse-folder", str(a_dir), str(b_dir), str(out_dir), *FAST]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == "fused 3, skipped 1, failed 2"
+    lines = err.strip().splitlines()
+    assert len(lines) == 3
+    lonely, mismatch, corrupt = (
+        next(line for line in lines if line.startswith(f"{name}: ")) for name in ("lonely", "mismatch", "corrupt")
+    )
+    assert "skipped" in lonely and str(b_dir) in lonely
+    assert "failed" in mismatch and "shape" in mismatch
+    assert "failed" in corrupt and "corrupt.tif" in corrupt
+    assert sorted(os.listdir(out_dir)) == ["one.ome.zarr", "three.ome.zarr", "two.ome.zarr"]
+    for name, (a, b) in GOOD.items():  # the same pixels as `fusionmamba fuse` gives for the pair
+        single = str(tmp_path / f"{name}-single.zarr")
+        assert main(["fuse", str(a_dir / a), str(b_dir / b), "-o", single, *FAST]) == 0
+        expected = open_image(single).data.compute()
+        np.testing.assert_array_equal(open_image(str(out_dir / f"{name}.ome.zarr")).data.compute(), expected)
+
+
+def test_fuse_folder_keeps_outputs_unless_overwrite_and_exits_0_when_all_fuse(folders, tmp_path, capsys):
+    a_dir, b_dir = folders
+    out_dir = tmp_path / "fused"
+    command = ["fuse-folder", str(a_dir), str(b_dir), str(out_dir), "--format", "tif", *FAST]
+    assert main(command) == 1
+    first = tifffile.imread(out_dir / "one.ome.tif")
+    capsys.readouterr()
+    assert main([*command, "--method", "average"]) == 1  # kept: not fused again with another method
+    assert capsys.readouterr().out.strip().endswith("fused 3 (3 already there), skipped 1, failed 2")
+    np.testing.assert_array_equal(tifffile.imread(out_dir / "one.ome.tif"), first)
+    assert main([*command, "--method", "average", "--overwrite"]) == 1
+    assert not np.array_equal(tifffile.imread(out_dir / "one.ome.tif"), first)
+    for name in ("lonely", "mismatch", "corrupt"):
+        os.remove(a_dir / f"{name}.tif")
+        if name != "lonely":
+            os.remove(b_dir / f"{name}.tif")
+    capsys.readouterr()
+    assert main(command) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == "fused 3 (3 already there), skipped 0, failed 0" and err == ""
+
+
+def test_fuse_folder_python_api_reports_each_name(folders, tmp_path):
+    from napari_fusionmamba.engine import FuseOptions, fuse_folder
+
+    a_dir, b_dir = folders
+    heard, chunks = [], set()
+    report = fuse_folder(
+        a_dir,
+        b_dir,
+        tmp_path / "fused",
+        FuseOptions(method="max"),
+        progress=lambda name, done, total: chunks.add(name),
+        on_result=heard.append,
+    )
+    statuses = {result.name: result.status for result in report.results}
+    assert statuses == {
+        "corrupt": "failed", "lonely": "skipped", "mismatch": "failed", "one": "fused", "three": "fused",
+        "two": "fused",
+    }  # fmt: skip
+    assert heard == report.results and chunks == set(GOOD) and not report.complete
+    assert report.results[3].report.shape == (128, 160)  # "one": its FuseReport
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--method", "nope"], "unknown method 'nope'"), (["--tile", "64", "--overlap", "64"], "tile 64 must be larger")],
+)
+def test_fuse_folder_bad_options_exit_2_before_any_pair(folders, tmp_path, capsys, extra, message):
+    assert main(["fuse-folder", str(folders[0]), str(folders[1]), str(tmp_path / "out"), *FAST, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fusionmamba fuse-folder: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("missing", ["A", "B"])
+def test_fuse_folder_missing_folder_exits_2(folders, tmp_path, capsys, missing):
+    paths = {"A": str(tmp_path / "A"), "B": str(tmp_path / "B")}
+    paths[missing] = str(tmp_path / "nowhere")
+    assert main(["fuse-folder", paths["A"], paths["B"], str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fusionmamba fuse-folder: error: {tmp_path / 'nowhere'}: no such folder"
+    assert not (tmp_path / "out").exists()
+
+
+def test_fuse_folder_refuses_an_output_folder_that_is_a_source(folders, capsys):
+    a_dir, b_dir = folders
+    assert main(["fuse-folder", str(a_dir), str(b_dir), str(a_dir), *FAST]) == 2
+    assert "the output folder is a source folder" in capsys.readouterr().err
+    assert not any(name.endswith(".ome.zarr") for name in os.listdir(a_dir))
+
+
+def test_fuse_folder_with_the_network(folders, tmp_path):
+    a_dir, b_dir = folders
+    for folder in (a_dir, b_dir):  # keep only the 64x64 pair
+        for path in folder.iterdir():
+            if path.name != "three.png":
+                path.unlink()
+    common = ["--tile", "64", "--overlap", "16", "--no-progress"]
+    assert main(["fuse-folder", str(a_dir), str(b_dir), str(tmp_path / "fused"), *common]) == 0
+    single = str(tmp_path / "single.zarr")
+    assert main(["fuse", str(a_dir / "three.png"), str(b_dir / "three.png"), "-o", single, *common]) == 0
+    np.testing.assert_allclose(
+        open_image(str(tmp_path / "fused" / "three.ome.zarr")).data.compute(),
+        open_image(single).data.compute(),
+        atol=1e-6,
+    )

@@ -1,4 +1,4 @@
-"""The ``fusionmamba`` command: ``fuse | finetune | evaluate | info``.
+"""The ``fusionmamba`` command: ``fuse | fuse-folder | finetune | evaluate | info``.
 
 Each subcommand is a thin shell over the public Python function of the same job; heavy imports
 happen inside the handlers so ``fusionmamba --help`` answers at once. It catches only the
@@ -225,6 +225,61 @@ def _step_bar(steps: int) -> tuple[Any, Callable[[Any], None]]:
     return bar, on_step
 
 
+def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    """The options of one fusion, shared by ``fuse`` and ``fuse-folder``."""
+    parser.add_argument("--model", default=None, help="model name or checkpoint path (default: the shipped model)")
+    parser.add_argument("--method", default=None, help="a classical method instead of the network (see baselines)")
+    parser.add_argument(
+        "--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)"
+    )
+    parser.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
+    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="output chunk size in pixels (default: a multiple of the tile stride near 1024)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (auto)")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "source"),
+        default="float32",
+        help="float32 in [0, 1] (default) or the sources' dtype scaled to its range",
+    )
+    parser.add_argument(
+        "--normalise",
+        choices=("percentile", "range", "none"),
+        default="percentile",
+        help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])",
+    )
+    parser.add_argument(
+        "--colormap",
+        default=None,
+        help="colour the result the way a gray A is shown: fuse, then tint the fused gray from black to "
+        "this colour into RGB (green, magenta, red, blue, cyan, yellow, gray)",
+    )
+    parser.add_argument(
+        "--contrast-limits",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="with --colormap: the values of A shown as black and as the full colour (default: A's percentiles)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (or an unfinished run with other arguments)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_fuse_parser(commands) -> None:
     fuse = commands.add_parser(
         "fuse",
@@ -241,110 +296,124 @@ def _add_fuse_parser(commands) -> None:
     fuse.add_argument(
         "-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)"
     )
-    fuse.add_argument("--model", default=None, help="model name or checkpoint path (default: the shipped model)")
-    fuse.add_argument("--method", default=None, help="a classical method instead of the network (see baselines)")
-    fuse.add_argument(
-        "--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)"
-    )
-    fuse.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
-    fuse.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
-    fuse.add_argument(
-        "--chunk",
-        type=int,
-        default=None,
-        help="output chunk size in pixels (default: a multiple of the tile stride near 1024)",
-    )
-    fuse.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (auto)")
-    fuse.add_argument(
-        "--scheduler",
-        default=None,
-        help="synchronous, threads (default), processes, or a dask.distributed scheduler ADDRESS",
-    )
-    fuse.add_argument(
-        "--dtype",
-        choices=("float32", "source"),
-        default="float32",
-        help="float32 in [0, 1] (default) or the sources' dtype scaled to its range",
-    )
-    fuse.add_argument(
-        "--normalise",
-        choices=("percentile", "range", "none"),
-        default="percentile",
-        help="robust percentiles per source (default), the dtype's range, or none (inputs in [0, 1])",
-    )
-    fuse.add_argument(
-        "--colormap",
-        default=None,
-        help="colour the result the way a gray A is shown: fuse, then tint the fused gray from black to "
-        "this colour into RGB (green, magenta, red, blue, cyan, yellow, gray)",
-    )
-    fuse.add_argument(
-        "--contrast-limits",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        default=None,
-        help="with --colormap: the values of A shown as black and as the full colour (default: A's percentiles)",
-    )
-    fuse.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing output (or an unfinished run with other arguments)",
-    )
-    fuse.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_fusion_options(fuse)
     fuse.set_defaults(handler=_fuse)
+
+
+def _fuse_options(args: argparse.Namespace) -> Any:
+    """The ``FuseOptions`` the fusion flags ask for."""
+    from .engine import FuseOptions
+    from .io.colour import named_tint
+
+    if args.contrast_limits is not None and args.colormap is None:
+        raise InputError("--contrast-limits goes with --colormap (the range the colormap spans)")
+    return FuseOptions(
+        model=args.model,
+        method=args.method,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        device=args.device,
+        normalise=None if args.normalise == "none" else args.normalise,
+        tint=None if args.colormap is None else named_tint(args.colormap, args.contrast_limits),
+        chunk=args.chunk,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        scheduler=args.scheduler,
+    )
+
+
+class _ChunkBar:
+    """A tqdm bar of chunks on stderr, one per output (none with --no-progress), as ``progress``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.desc = ""
+
+    def __call__(self, done: int, total: int, desc: str = "fusing") -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or desc != self.desc:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar, self.desc = tqdm(total=total, unit="chunk", desc=desc, file=sys.stderr), desc
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _fuse(args: argparse.Namespace) -> int:
     from .engine import fuse_files
     from .errors import FusionCancelled
-    from .io.colour import named_tint
 
-    if args.contrast_limits is not None and args.colormap is None:
-        raise InputError("--contrast-limits goes with --colormap (the range the colormap spans)")
-    tint = None if args.colormap is None else named_tint(args.colormap, args.contrast_limits)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if args.no_progress:
-            return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="chunk", desc="fusing", file=sys.stderr)
-        bar.n = done
-        bar.refresh()
-
+    options = _fuse_options(args)
+    bar = _ChunkBar(not args.no_progress)
     try:
-        report = fuse_files(
-            args.a,
-            args.b,
-            args.output,
-            model=args.model,
-            method=args.method,
-            tile=args.tile,
-            overlap=args.overlap,
-            batch=args.batch,
-            device=args.device,
-            chunk=args.chunk,
-            dtype=args.dtype,
-            overwrite=args.overwrite,
-            scheduler=args.scheduler,
-            progress=progress,
-            normalise=None if args.normalise == "none" else args.normalise,
-            tint=tint,
-        )
+        report = fuse_files(args.a, args.b, args.output, options, progress=bar)
     except (KeyboardInterrupt, FusionCancelled):
         print("fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt from None
     except OSError as error:
         raise InputError(str(error)) from error
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     print(report.summary())
     return 0
+
+
+def _add_fuse_folder_parser(commands) -> None:
+    folder = commands.add_parser(
+        "fuse-folder",
+        help="fuse every pair of two folders matched by name (A_DIR/NAME.* with B_DIR/NAME.*)",
+        description="Fuse A_DIR/NAME.* with B_DIR/NAME.* into OUT_DIR/NAME.ome.zarr (or .ome.tif) for "
+        "every NAME in both folders. Names in one folder only are skipped and a pair that cannot be fused "
+        "is reported on one line, and the others still fuse; outputs already there are kept (--overwrite "
+        "replaces them) and an interrupted pair resumes. Exit code 0 when every pair is fused, 1 when "
+        "some were skipped or failed, 2 for bad usage (a missing folder, a bad option).",
+    )
+    folder.add_argument("a_dir", help="folder of first sources (functional / fluorescence / CT / infrared)")
+    folder.add_argument("b_dir", help="folder of second sources, under the same names (extension may differ)")
+    folder.add_argument("out_dir", help="folder for the fused images (created when missing)")
+    folder.add_argument(
+        "--format", choices=("zarr", "tif"), default="zarr", help="NAME.ome.zarr (default) or NAME.ome.tif"
+    )
+    _add_fusion_options(folder)
+    folder.set_defaults(handler=_fuse_folder)
+
+
+def _fuse_folder(args: argparse.Namespace) -> int:
+    from .engine import PairResult, fuse_folder
+
+    bar = _ChunkBar(not args.no_progress)
+
+    def on_result(result: PairResult) -> None:
+        bar.close()
+        line = f"{result.name}: {result.status}: {result.message}"
+        print(line, file=sys.stdout if result.status in ("fused", "kept") else sys.stderr)
+
+    try:
+        report = fuse_folder(
+            args.a_dir,
+            args.b_dir,
+            args.out_dir,
+            _fuse_options(args),
+            progress=lambda name, done, total: bar(done, total, name),
+            on_result=on_result,
+            output_format=args.format,
+        )
+    except KeyboardInterrupt:
+        print("fusionmamba fuse-folder: stopped; run the same command again to resume", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    print(report.summary())
+    return 0 if report.complete else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--models", action="store_true", help="list the models with their parameter counts")
     info.set_defaults(handler=_info)
     _add_fuse_parser(commands)
+    _add_fuse_folder_parser(commands)
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
     return parser
