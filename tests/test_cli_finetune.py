@@ -108,3 +108,15 @@ def test_preflight_errors_are_one_line_naming_the_files(tmp_path, capsys):
     assert main(["finetune", "--pair", "x.tif", "y.tif", "--loss-weights", "1,2"]) == 2
     assert main(["finetune", "--pair", "x.tif", "y.tif", "--name", "tiny"]) == 2
     assert "taken by a shipped model" in capsys.readouterr().err
+
+
+def test_checkpoint_cadence_is_set_from_the_command_line(tmp_path, capsys):
+    a_path, b_path = _write_pair(tmp_path / "data")
+    common = ["finetune", "--pair", str(a_path), str(b_path), "--crop", "32", "--steps", "2", "--from", "tiny"]
+    assert main([*common, "--checkpoint-steps", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "checkpoint_every_steps must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "last.safetensors").exists()
+    run = tmp_path / "run"
+    assert main([*common, "--checkpoint-steps", "1", "--checkpoint-minutes", "2.5", "--out", str(run)]) == 0
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert (settings["checkpoint_every_steps"], settings["checkpoint_every_minutes"]) == (1, 2.5)

@@ -140,6 +140,13 @@ def _add_finetune_parser(commands) -> None:
         help="the objective's intensity, texture and structure weights (default 10,1,10)",
     )
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
+    p.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        metavar="N",
+        help="save the run every N steps (default 100), so a kill loses less",
+    )
+    p.add_argument("--checkpoint-minutes", type=float, metavar="M", help="and every M minutes (default 10)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
@@ -161,7 +168,8 @@ def _finetune(args: argparse.Namespace) -> int:
     flags = {
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
-        "objective": args.objective,
+        "objective": args.objective, "checkpoint_every_steps": args.checkpoint_steps,
+        "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     if args.resume and (set(given) - {"device"} or args.loss_weights or args.recipe or pairs):
