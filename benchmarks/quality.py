@@ -62,10 +62,16 @@ def find_pairs(data: Path, only: list[str] | None = None) -> list[str]:
 
 def validation_names(recipe: Path) -> list[str]:
     """The pair names a training recipe holds out for validation (its ``"validation"`` list)."""
-    entry = json.loads(recipe.read_text()).get("validation")
-    if not entry or not entry.get("names"):
+    from napari_fusionmamba.errors import PreflightError
+    from napari_fusionmamba.training.runs import validation_names as held_out
+
+    try:
+        names = held_out(recipe)
+    except PreflightError as error:
+        raise SystemExit(f"quality: {error}") from None
+    if not names:
         raise SystemExit(f'quality: {recipe} names no validation pairs ("validation": {{"names": [...]}})')
-    return list(entry["names"])
+    return names
 
 
 def resolve_model(name: str | None):

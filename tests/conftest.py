@@ -3,10 +3,14 @@ user state (model folder) from the developer's machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -26,6 +30,27 @@ def real_looking_pair(height: int = 128, width: int | None = None, seed: int = 0
     phase = 0.45 + 0.5 * halo / halo.max() - 0.15 * cells + 0.04 * rng.standard_normal((height, width))
     phase = np.clip(ndimage.gaussian_filter(phase, 0.7) * 255, 0, 255).astype(np.uint8)
     return fluorescence, phase
+
+
+def write_pair_files(folder: Path, size: int) -> tuple[str, str]:
+    """Stripes (8-bit) and rings (16-bit) of ``size`` x ``size`` as FOLDER/a.tif and FOLDER/b.tif:
+    a registered pair as files, for tests that drive the CLI."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:size, :size]
+    a = ((np.sin(x / 3) * 0.5 + 0.5) * 200 + rng.integers(0, 30, (size, size))).astype(np.uint8)
+    b = ((np.cos(np.hypot(y - size // 2, x - round(size / 3)) / 4) * 0.5 + 0.5) * 4000).astype(np.uint16)
+    tifffile.imwrite(folder / "a.tif", a)
+    tifffile.imwrite(folder / "b.tif", b)
+    return str(folder / "a.tif"), str(folder / "b.tif")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of benchmarks/ or scripts/ as a module, to test its functions directly."""
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

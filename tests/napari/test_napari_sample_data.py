@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +28,7 @@ def test_shipped_files_are_small_and_made_by_the_script():
     data = ROOT / "src" / "napari_fusionmamba" / "data"
     assert sum(path.stat().st_size for path in data.glob("sample_*.png")) < 300 * 1024
 
-    spec = importlib.util.spec_from_file_location("make_sample_pair", ROOT / "scripts" / "make_sample_pair.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(ROOT / "scripts" / "make_sample_pair.py")
     from napari_fusionmamba.napari.sample_data import load_sample_pair
 
     for shipped, made in zip(load_sample_pair(), script.make_pair()):
@@ -64,9 +63,7 @@ def test_neuron_files_are_small_licensed_and_made_by_the_script():
     source = ROOT.parent / "shared" / "data" / "isl_neurons"  # the full field, on development machines
     if not source.is_dir():
         pytest.skip("the full ISL field is not on this machine")
-    spec = importlib.util.spec_from_file_location("make_neuron_sample", ROOT / "scripts" / "make_neuron_sample.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(ROOT / "scripts" / "make_neuron_sample.py")
     from napari_fusionmamba.napari.sample_data import NEURON_FILES, load_neurons
 
     made = script.make_subset(source)

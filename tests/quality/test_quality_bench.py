@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import load_script
 from napari_fusionmamba.quality.baselines import BASELINES
 from napari_fusionmamba.quality.metrics import METRICS, evaluate
 
@@ -136,12 +137,7 @@ def test_the_network_is_benchmarked_and_scored_against_the_best_baseline(folder,
 
 def _quality():
     """benchmarks/quality.py as a module, for its statistics."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_paired_outcomes_need_a_consistent_difference_over_images():

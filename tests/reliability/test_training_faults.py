@@ -3,23 +3,16 @@ before any step, or stopped with an error, and never registered."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import tifffile
 
+from conftest import write_pair_files
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.registry import list_models
 
 
 @pytest.fixture
 def pair_files(tmp_path):
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[:80, :80]
-    a = ((np.sin(x / 3) * 0.5 + 0.5) * 200 + rng.integers(0, 30, (80, 80))).astype(np.uint8)
-    b = ((np.cos(np.hypot(y - 40, x - 27) / 4) * 0.5 + 0.5) * 4000).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "a.tif", a)
-    tifffile.imwrite(tmp_path / "b.tif", b)
-    return str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+    return write_pair_files(tmp_path, 80)
 
 
 def _finetune(capsys, pair_files, run, *flags: str) -> tuple[int, str]:

@@ -11,8 +11,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import tifffile
 
+from conftest import write_pair_files
 from napari_fusionmamba.registry import load_checkpoint
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
@@ -45,13 +45,7 @@ def _train(run, kill_at, sig, *rest):
 
 @pytest.fixture
 def pair_files(tmp_path):
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[:96, :96]
-    a = ((np.sin(x / 3) * 0.5 + 0.5) * 200 + rng.integers(0, 30, (96, 96))).astype(np.uint8)
-    b = ((np.cos(np.hypot(y - 48, x - 32) / 4) * 0.5 + 0.5) * 4000).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "a.tif", a)
-    tifffile.imwrite(tmp_path / "b.tif", b)
-    return str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+    return write_pair_files(tmp_path, 96)
 
 
 def _weights(run):

@@ -133,12 +133,29 @@ def pairs_from_folder(
     return pairs
 
 
-def _validation_sources(entry: Any, here: Callable[[Any], Any], path: Path) -> set[Path]:
+def _validation_entry(recipe: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """A recipe's ``"validation": {"folder", "names"}``, checked; None when it has none."""
+    entry = recipe.get("validation")
+    if entry is not None and (not isinstance(entry, dict) or not {"folder", "names"} <= set(entry)):
+        raise PreflightError(f'{path}: "validation" must be {{"folder": ..., "names": [...]}}, got {entry!r}')
+    return entry
+
+
+def validation_names(path: str | Path) -> list[str]:
+    """The names of the pairs a recipe file holds out for validation (none: an empty list)."""
+    path = Path(path)
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PreflightError(f"{path}: cannot read the recipe ({error})") from None
+    entry = _validation_entry(recipe, path)
+    return [] if entry is None else list(entry["names"])
+
+
+def _validation_sources(entry: dict[str, Any] | None, here: Callable[[Any], Any]) -> set[Path]:
     """The A files of a recipe's validation pairs, resolved."""
     if entry is None:
         return set()
-    if not isinstance(entry, dict) or not {"folder", "names"} <= set(entry):
-        raise PreflightError(f'{path}: "validation" must be {{"folder": ..., "names": [...]}}, got {entry!r}')
     return {Path(str(pair.a)).resolve() for pair in pairs_from_folder(here(entry["folder"]), entry["names"])}
 
 
@@ -178,7 +195,7 @@ def load_recipe(path: str | Path) -> tuple[list[Pair], dict[str, Any], dict[str,
             pairs.append(Pair(here(item["a"]), here(item["b"]), here(item.get("mask")), weight=item.get("weight", 1.0)))
         else:
             raise PreflightError(f"{path}: cannot read pair entry {item!r}")
-    held_out = _validation_sources(recipe.get("validation"), here, path)
+    held_out = _validation_sources(_validation_entry(recipe, path), here)
     pairs = [pair for pair in pairs if not (isinstance(pair.a, Path) and pair.a.resolve() in held_out)]
     others = {k: v for k, v in recipe.items() if k not in ("pairs", "settings", "validation")}
     if "out" in others:
