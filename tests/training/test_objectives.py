@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 from napari_fusionmamba.cli import main
-from napari_fusionmamba.errors import PreflightError
+from napari_fusionmamba.errors import InputError, PreflightError
 from napari_fusionmamba.training import OBJECTIVES, FusionLoss, Pair, TrainSettings, check_settings, finetune
 from napari_fusionmamba.training.objectives import KeepBothLoss, keep_both_target, make_objective
 
@@ -140,3 +140,11 @@ def test_keep_both_trains_a_network_towards_its_target(tmp_path):
     finetune([Pair(a, b)], settings, tmp_path / "run", on_step=seen.append)
     validations = [info.val_terms["loss"] for info in seen if info.val_terms]
     assert validations[-1] < validations[0]
+
+
+def test_keep_both_checks_its_inputs_like_the_paper_loss():
+    a, b = _dim_fluorescence_pair()
+    with pytest.raises(InputError, match="three \\(B, C, H, W\\) tensors of one shape"):
+        KeepBothLoss()(a[..., :32], a, b)
+    with pytest.raises(InputError, match="zero everywhere"):
+        KeepBothLoss()(a, a, b, torch.zeros_like(a))

@@ -67,6 +67,24 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.T
     return (values * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
+def _checked_weight(
+    fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Every objective's input check: three (B, C, H, W) tensors of one shape, and a weight map
+    (broadcast to that shape) that marks at least one pixel."""
+    if not (fused.shape == a.shape == b.shape) or fused.ndim != 4:
+        raise InputError(
+            f"expected three (B, C, H, W) tensors of one shape, got "
+            f"{tuple(fused.shape)}, {tuple(a.shape)}, {tuple(b.shape)}"
+        )
+    if weight is None:
+        return None
+    weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
+    if float(weight.sum()) <= 0:
+        raise InputError("the loss weight map is zero everywhere")
+    return weight
+
+
 def _crop_weight(weight: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     """The weight map cut to the centre of a 'valid' filter's output of ``shape``."""
     if weight is None:
@@ -153,16 +171,7 @@ class FusionLoss(nn.Module):
     def forward(
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not (fused.shape == a.shape == b.shape) or fused.ndim != 4:
-            raise InputError(
-                f"expected three (B, C, H, W) tensors of one shape, got "
-                f"{tuple(fused.shape)}, {tuple(a.shape)}, {tuple(b.shape)}"
-            )
-        if weight is not None:
-            weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
-            if float(weight.sum()) <= 0:
-                raise InputError("the loss weight map is zero everywhere")
-
+        weight = _checked_weight(fused, a, b, weight)
         intensity = _weighted_mean((fused - torch.maximum(a, b)) ** 2, weight)
         texture = _weighted_mean((sobel(fused) - torch.maximum(sobel(a), sobel(b))).abs(), weight)
         measure = self._structure_measure(fused.shape)
@@ -215,8 +224,7 @@ class KeepBothLoss(nn.Module):
     def forward(
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if weight is not None:
-            weight = torch.broadcast_to(weight.to(fused.dtype), fused.shape)
+        weight = _checked_weight(fused, a, b, weight)
         target = keep_both_target(a, b)
         detail = torch.maximum(torch.maximum(sobel(a), sobel(b)), sobel(target))
         intensity = _weighted_mean((fused - target) ** 2, weight)
