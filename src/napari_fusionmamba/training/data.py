@@ -56,12 +56,11 @@ def _load(value: Any, what: str) -> tuple[np.ndarray, str]:
     return np.asarray(value), what
 
 
-def _by_dtype_range(image: np.ndarray) -> np.ndarray:
-    """An integer image over its dtype's range (8-bit / 255), as ``fuse(normalise="range")``
-    maps it; floats pass."""
+def _by_dtype_range(image: np.ndarray, which: str) -> np.ndarray:
+    """An integer image over its dtype's range (8-bit / 255), by the same rule as
+    ``fuse(normalise="range")``; floats pass (they are checked to lie in [0, 1])."""
     if image.dtype.kind in "iu":
-        scaled: np.ndarray = image / np.float32(np.iinfo(image.dtype).max)
-        return scaled
+        return normalisation_of(as_source(image, which), "range")(image)
     return image
 
 
@@ -169,7 +168,7 @@ def _read_pair(index: int, pair: Pair, settings: TrainSettings) -> tuple[str, st
     label = pair.name or (f"{name_a} + {name_b}" if name_a != "a" else f"#{index + 1}")
     where = f"pair {index + 1} ({label})"
     if settings.normalise == "range":
-        a, b = _by_dtype_range(a), _by_dtype_range(b)
+        a, b = _by_dtype_range(a, "a"), _by_dtype_range(b, "b")
     a, b = _luminance(a), _luminance(b)
     if a.ndim != 2 or b.ndim != 2:
         raise PreflightError(f"{where}: expected 2-D images (or colour H x W x 3), got shapes {a.shape} and {b.shape}")
