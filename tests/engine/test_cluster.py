@@ -26,9 +26,10 @@ pytest.importorskip("distributed")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 DASK = str(Path(sys.executable).with_name("dask"))
 SIDE = 4096
-#: Tiles of 512 px, 32 px overlap (stride 480), chunks of two strides: 5 x 5 chunks to share out.
-FLAGS = ["--tile", "512", "--overlap", "32", "--chunk", "960", "--no-progress"]
-CHUNKS = 25
+#: Tiles of 512 px, 32 px overlap (stride 480), chunks of three strides: 3 x 3 chunks to share out
+#: (each computes the 16 tiles that touch it).
+FLAGS = ["--tile", "512", "--overlap", "32", "--chunk", "1440", "--no-progress"]
+CHUNKS = 9
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_a_cluster_that_loses_a_worker_mid_run_gives_the_local_result_bit_for_bi
         out = tmp_path / "cluster.zarr"
         run = subprocess.Popen([*cli, "-o", str(out), "--scheduler", address], env=env)
         done = Path(str(out) + PARTIAL_SUFFIX) / "done"
-        _wait_for(lambda: done.is_dir() and len(os.listdir(done)) >= 2, "the first chunks", timeout=120)
+        _wait_for(lambda: done.is_dir() and len(os.listdir(done)) >= 1, "the first chunk", timeout=120)
         processes[1].send_signal(signal.SIGKILL)  # no nanny: the worker stays dead
         killed_at = len(os.listdir(done))
         assert run.wait(timeout=180) == 0
