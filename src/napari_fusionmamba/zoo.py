@@ -55,12 +55,18 @@ def _spec() -> Any:
 
 
 @contextmanager
-def offline() -> Iterator[ValidationContext]:
-    """A validation context in which bioimageio.spec checks every file of a package but requests
-    no URL (the citation URL is declared known)."""
-    spec = _spec()
-    with spec.ValidationContext(perform_io_checks=True, known_files={PACKAGE_URL: None}) as context:
+def _offline() -> Iterator[ValidationContext]:
+    """A validation context in which bioimageio.spec checks every file but requests no URL (the
+    citation URL is declared known)."""
+    with _spec().ValidationContext(perform_io_checks=True, known_files={PACKAGE_URL: None}) as context:
         yield context
+
+
+def load_package(package: str | os.PathLike[str]) -> Any:
+    """A package's description as bioimageio.spec validates it, offline: every file is read and
+    checked against its SHA-256, no URL is requested. Pass it to ``bioimageio.core.test_model``
+    to run the zoo's model test without a network."""
+    return _spec().load_description(package, perform_io_checks=True, known_files={PACKAGE_URL: None})
 
 
 def _checkpoint_of(model: str | os.PathLike[str]) -> tuple[str, Path]:
@@ -88,12 +94,12 @@ def _test_pair() -> tuple[np.ndarray, np.ndarray]:
 
 def _scaled(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
     """The package's preprocessing of a pair as torch tensors: each source scaled by its
-    percentiles, as ``fuse`` does by default."""
+    percentiles and clipped to [0, 1], as ``fuse`` does by default."""
     import torch
 
     from .engine.sources import as_source, normalisation_of
 
-    scale = lambda x, name: torch.from_numpy(normalisation_of(as_source(x[0, 0], name), "percentile")(x))
+    scale = lambda x, name: torch.from_numpy(np.clip(normalisation_of(as_source(x[0, 0], name), "percentile")(x), 0, 1))
     return scale(a, "A"), scale(b, "B")
 
 
@@ -150,8 +156,8 @@ FusionMamba network (Xie et al., arXiv 2404.09498), as trained with napari-fusio
 - `b`: the structural image (phase contrast, MRI, visible), registered to `a`, same size;
 - `fused`: one channel, float32 in [0, 1].
 
-Each input is scaled by its own 0.1 and 99.9 percentiles (over Y and X), as `fusionmamba fuse`
-does by default. Y and X must be multiples of {config["patch_size"] << 3} (pad larger images, or
+Each input is scaled by its own 0.1 and 99.9 percentiles (over Y and X) and clipped to [0, 1], as
+`fusionmamba fuse` does by default. Y and X must be multiples of {config["patch_size"] << 3} (pad larger images, or
 let napari-fusionmamba tile them: `fusionmamba import` this package, then fuse in napari or
 with `fusionmamba fuse --model NAME`, which tiles with blended overlaps).
 
@@ -222,6 +228,7 @@ def _tensors(v: Any, stride: int, files: dict[str, Path]) -> tuple[list[Any], li
             axes=[v.AxisId("y"), v.AxisId("x")], min_percentile=PERCENTILES[0], max_percentile=PERCENTILES[1]
         )
     )
+    clip = v.ClipDescr(kwargs=v.ClipKwargs(min=0.0, max=1.0))
     same = lambda axis: v.SizeReference(tensor_id=v.TensorId("a"), axis_id=v.AxisId(axis))
     inputs = [
         v.InputTensorDescr(
@@ -229,14 +236,14 @@ def _tensors(v: Any, stride: int, files: dict[str, Path]) -> tuple[list[Any], li
             description="functional image: fluorescence, CT / PET / SPECT or infrared",
             axes=_axes(v, "a", lambda axis: v.ParameterizedSize(min=stride, step=stride)),
             test_tensor=v.FileDescr(source=files["a"]),
-            preprocessing=[scale],
+            preprocessing=[scale, clip],
         ),
         v.InputTensorDescr(
             id=v.TensorId("b"),
             description="structural image registered to a: phase contrast, MRI or visible",
             axes=_axes(v, "b", same),
             test_tensor=v.FileDescr(source=files["b"]),
-            preprocessing=[scale],
+            preprocessing=[scale, clip],
         ),
     ]
     output = v.OutputTensorDescr(
@@ -338,11 +345,17 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     if out.suffix.lower() != ".zip":
         raise InputError(f"{out}: a bioimage.io model package is a .zip file")
     name, checkpoint = _checkpoint_of(model)
-    with tempfile.TemporaryDirectory() as tmp, offline():
+    with tempfile.TemporaryDirectory() as tmp, _offline():
+        folder = Path(tmp) / "package"
         descr = describe(name, checkpoint, Path(tmp))
-        written = spec.save_bioimageio_package(descr, output_path=Path(tmp) / "package.zip")
+        spec.save_bioimageio_package_as_folder(descr, output_path=folder)
         with atomic_path(out) as target:
-            shutil.copyfile(written, target)
+            with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(folder.iterdir()):
+                    archive.write(file, file.name)
+            written = load_package(target)
+            if written.validation_summary.status != "valid-format":  # a bug here, not the user's
+                raise RuntimeError(f"{out}: the package written is not valid: {_first_error(written.validation_summary)}")
     return out
 
 
@@ -364,8 +377,10 @@ def import_model(package: str | os.PathLike[str], name: str | None = None, overw
         raise InputError(f"{package}: no such model package")
     if not zipfile.is_zipfile(package):
         raise CheckpointError(f"{package}: not a bioimage.io model package (not a zip file)")
-    with offline():
-        descr = spec.load_description(package, perform_io_checks=True)
+    try:
+        descr = load_package(package)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:  # no rdf.yaml, an unreadable member
+        raise CheckpointError(f"{package}: not a valid bioimage.io package ({error})") from None
     if descr.validation_summary.status not in ("valid-format", "passed"):
         raise CheckpointError(f"{package}: not a valid bioimage.io package ({_first_error(descr.validation_summary)})")
     ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.type == "model" else None
