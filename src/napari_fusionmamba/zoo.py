@@ -62,11 +62,21 @@ def _offline() -> Iterator[ValidationContext]:
         yield context
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide bioimageio.spec's warning about the file list it gathers before a package's root is
+    known (it reports every file of a valid package; the validation that follows checks them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found mapping with 'source'", category=UserWarning)
+        yield
+
+
 def load_package(package: str | os.PathLike[str]) -> Any:
     """A package's description as bioimageio.spec validates it, offline: every file is read and
     checked against its SHA-256, no URL is requested. Pass it to ``bioimageio.core.test_model``
     to run the zoo's model test without a network."""
-    return _spec().load_description(package, perform_io_checks=True, known_files={PACKAGE_URL: None})
+    with _quiet():
+        return _spec().load_description(package, perform_io_checks=True, known_files={PACKAGE_URL: None})
 
 
 def _checkpoint_of(model: str | os.PathLike[str]) -> tuple[str, Path]:
@@ -193,7 +203,7 @@ def _training_data(spec: Any, metadata: dict[str, Any]) -> Any:
         f"recipe {provenance.get('recipe', 'none')}): {listed}",
         authors=[spec.model.v0_5.Author(name="napari-fusionmamba developers")],
         cite=_cite(spec)[:1],
-        license="BSD-3-Clause",
+        license=spec.model.v0_5.LicenseId("BSD-3-Clause"),
     )
 
 
@@ -348,14 +358,17 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     with tempfile.TemporaryDirectory() as tmp, _offline():
         folder = Path(tmp) / "package"
         descr = describe(name, checkpoint, Path(tmp))
-        spec.save_bioimageio_package_as_folder(descr, output_path=folder)
+        with _quiet():
+            spec.save_bioimageio_package_as_folder(descr, output_path=folder)
         with atomic_path(out) as target:
             with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
                 for file in sorted(folder.iterdir()):
                     archive.write(file, file.name)
             written = load_package(target)
             if written.validation_summary.status != "valid-format":  # a bug here, not the user's
-                raise RuntimeError(f"{out}: the package written is not valid: {_first_error(written.validation_summary)}")
+                raise RuntimeError(
+                    f"{out}: the package written is not valid: {_first_error(written.validation_summary)}"
+                )
     return out
 
 
@@ -371,7 +384,6 @@ def import_model(package: str | os.PathLike[str], name: str | None = None, overw
     """Register the model of a package exported by ``export_model`` (validated first) under
     ``name`` (default: the name it was exported with). Only the package's safetensors
     checkpoint is read; its pickled state dict never is."""
-    spec = _spec()
     package = Path(package)
     if not package.is_file():
         raise InputError(f"{package}: no such model package")
@@ -389,7 +401,12 @@ def import_model(package: str | os.PathLike[str], name: str | None = None, overw
             f"{package}: a bioimage.io package not exported by napari-fusionmamba (no {CONFIG_KEY} config); "
             "only packages written by `fusionmamba export` can be imported"
         )
-    name = name or str(ours.get("model", ""))
+    if name is None:
+        name = str(ours.get("model", ""))
+        try:
+            check_model_name(name)
+        except InputError as error:
+            raise InputError(f"{package}: {error} to import it under") from None
     check_model_name(name)
     attachment = next((a for a in descr.attachments if a.get_reader().original_file_name == ours["checkpoint"]), None)
     if attachment is None or not ours["checkpoint"].endswith(".safetensors"):

@@ -48,7 +48,9 @@ def big_pair(tmp_path_factory):
     a, b = (np.tile(x, (SIDE // x.shape[0], SIDE // x.shape[1])) for x in (images["MAP2"], images["phase"][1]))
     tifffile.imwrite(folder / "a.tif", a, tile=(512, 512))
     tifffile.imwrite(folder / "b.tif", b, tile=(512, 512))
-    config = ModelConfig(name="cheap", embed_dim=2, encoder_depths=(0,) * 4, decoder_depths=(0,) * 4, d_state=2, expand=1)
+    config = ModelConfig(
+        name="cheap", embed_dim=2, encoder_depths=(0,) * 4, decoder_depths=(0,) * 4, d_state=2, expand=1
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         model = FusionMamba(config)
@@ -78,13 +80,8 @@ def test_a_cluster_that_loses_a_worker_mid_run_gives_the_local_result_bit_for_bi
     subprocess.run([*cli, "-o", str(local), "--scheduler", "threads"], env=env, check=True)
 
     address_file = tmp_path / "scheduler.json"
-    processes = [
-        _start(
-            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(address_file)],
-            env,
-            tmp_path / "scheduler.log",
-        )
-    ]
+    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    processes = [_start([*scheduler, "--scheduler-file", str(address_file)], env, tmp_path / "scheduler.log")]
     try:
         _wait_for(address_file.exists, "the scheduler")
         address = json.loads(address_file.read_text())["address"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def selective_scan(
 ) -> torch.Tensor:
     """y = selective scan of ``u`` (same dtype and shape as ``u``), differentiable in every input."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
-    if torch.jit.is_tracing():  # a trace would unroll the loops for one length: keep them compiled
+    if torch.jit.is_tracing():  # type: ignore[no-untyped-call]  # a trace would unroll the loops: keep them compiled
         return _scripted_scan()(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), None)
     name = resolve_backend(backend, u.device)
     return _RUNNERS[name](u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
@@ -276,7 +277,7 @@ def _scan_torch(
 
 
 @functools.cache
-def _scripted_scan() -> torch.jit.ScriptFunction:
+def _scripted_scan() -> Callable[..., torch.Tensor]:
     """The torch backend compiled by TorchScript, for exported (traced) networks."""
     return torch.jit.script(_scan_torch)
 
