@@ -138,6 +138,12 @@ def _cover(a: np.ndarray, b: np.ndarray, fused: np.ndarray, path: Path) -> None:
     iio.imwrite(path, (np.concatenate([sources, fused_rgb], axis=1) * 255).astype(np.uint8))
 
 
+def _stride(metadata: dict[str, Any]) -> int:
+    from .model import ModelConfig
+
+    return ModelConfig.from_dict(metadata["config"]).stride
+
+
 def _card(name: str, metadata: dict[str, Any], shape: tuple[int, ...]) -> str:
     """The model card: what the model is, how it was made, and how the test output is checked."""
     from . import __version__
@@ -167,7 +173,7 @@ FusionMamba network (Xie et al., arXiv 2404.09498), as trained with napari-fusio
 - `fused`: one channel, float32 in [0, 1].
 
 Each input is scaled by its own 0.1 and 99.9 percentiles (over Y and X) and clipped to [0, 1], as
-`fusionmamba fuse` does by default. Y and X must be multiples of {config["patch_size"] << 3} (pad larger images, or
+`fusionmamba fuse` does by default. Y and X must be multiples of {_stride(metadata)} (pad larger images, or
 let napari-fusionmamba tile them: `fusionmamba import` this package, then fuse in napari or
 with `fusionmamba fuse --model NAME`, which tiles with blended overlaps).
 
@@ -326,7 +332,7 @@ def describe(name: str, checkpoint: Path, folder: Path) -> Any:
     spec = _spec()
     v = spec.model.v0_5
     files, metadata = _write_files(folder, name, checkpoint)
-    inputs, outputs = _tensors(v, int(metadata["config"]["patch_size"]) << 3, files)
+    inputs, outputs = _tensors(v, _stride(metadata), files)
     title = "".join(c if c.isalnum() or c in "_+- ()" else "-" for c in f"FusionMamba {name}")
     return v.ModelDescr(
         name=title,

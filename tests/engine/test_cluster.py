@@ -21,7 +21,7 @@ import zarr
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.io.samples import load_neurons
 
-pytest.importorskip("distributed")
+distributed = pytest.importorskip("distributed")
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -74,6 +74,12 @@ def _wait_for(condition, what: str, timeout: float = 60) -> None:
 @pytest.mark.slow
 def test_a_cluster_that_loses_a_worker_mid_run_gives_the_local_result_bit_for_bit(big_pair, tmp_path):
     folder, inputs = big_pair
+
+    def loaded_networks() -> int:  # nested: sent to the workers by value
+        from napari_fusionmamba.engine.predictors import _PREDICTORS
+
+        return len(_PREDICTORS)
+
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     cli = [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *inputs, *FLAGS]
     local = tmp_path / "local.zarr"
@@ -98,12 +104,15 @@ def test_a_cluster_that_loses_a_worker_mid_run_gives_the_local_result_bit_for_bi
         killed_at = len(os.listdir(done))
         assert run.wait(timeout=180) == 0
         assert processes[1].wait() == -signal.SIGKILL and processes[2].poll() is None
+        with distributed.Client(address, timeout=30) as client:
+            loaded = client.run(loaded_networks)
     finally:
         for process in processes:
             process.kill()
             process.wait()
 
     assert killed_at < CHUNKS  # the worker died with chunks still to do
+    assert list(loaded.values()) == [1]  # the worker left loaded the model once for all its chunks
     ours, theirs = zarr.open_group(str(out), mode="r")["0"], zarr.open_group(str(local), mode="r")["0"]
     assert ours.shape[-2:] == (SIDE, SIDE) and ours.nchunks_initialized == ours.nchunks
     np.testing.assert_array_equal(ours[...], theirs[...])
