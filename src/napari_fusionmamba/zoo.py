@@ -152,12 +152,19 @@ def _card(name: str, metadata: dict[str, Any], shape: tuple[int, ...]) -> str:
     provenance = metadata.get("provenance") or {}
     settings = provenance.get("settings") or {}
     pairs = provenance.get("pairs")
+    trained_on = settings.get("normalise", "percentile")
+    note = (
+        ""
+        if trained_on == "percentile"
+        else f"\n\nThis model was trained on `{trained_on}`-scaled inputs: for 8-bit data, napari-fusionmamba's "
+        f"`fusionmamba fuse --normalise {trained_on}` reproduces the training conditions."
+    )
     made = [
         f"- base: {provenance.get('base', 'unknown')}",
         f"- training pairs: {len(pairs) if isinstance(pairs, list) else 'unknown'}",
         f"- steps: {metadata.get('step')}",
         f"- objective: {settings.get('objective', 'unknown')}",
-        f"- inputs in training: {settings.get('normalise', 'percentile')} normalisation",
+        f"- inputs in training: {trained_on} normalisation",
     ]
     return f"""# FusionMamba model `{name}`
 
@@ -175,7 +182,7 @@ FusionMamba network (Xie et al., arXiv 2404.09498), as trained with napari-fusio
 Each input is scaled by its own 0.1 and 99.9 percentiles (over Y and X) and clipped to [0, 1], as
 `fusionmamba fuse` does by default. Y and X must be multiples of {_stride(metadata)} (pad larger images, or
 let napari-fusionmamba tile them: `fusionmamba import` this package, then fuse in napari or
-with `fusionmamba fuse --model NAME`, which tiles with blended overlaps).
+with `fusionmamba fuse --model NAME`, which tiles with blended overlaps).{note}
 
 ## Network
 
@@ -197,19 +204,26 @@ the napari-fusionmamba documentation, docs/quality.md and docs/models/).
 """
 
 
-def _training_data(spec: Any, metadata: dict[str, Any]) -> Any:
+def _training_data(metadata: dict[str, Any]) -> Any:
+    """The training pairs as the checkpoint's provenance records them. The pairs themselves are
+    the trainer's data, not part of the package; their licence is theirs, so none is claimed."""
     from bioimageio.spec.dataset.v0_3 import DatasetDescr
 
     provenance = metadata.get("provenance") or {}
     pairs = provenance.get("pairs")
-    listed = ", ".join(pairs[:10]) + (", ..." if len(pairs) > 10 else "") if isinstance(pairs, list) else "not recorded"
+    settings = provenance.get("settings") or {}
+    if isinstance(pairs, list):
+        listed = (
+            f"{len(pairs)} registered pairs: " + ", ".join(map(str, pairs[:10])) + (", ..." if len(pairs) > 10 else "")
+        )
+    else:
+        listed = "pairs not recorded"
     return DatasetDescr(
         name="FusionMamba training pairs",
-        description=f"Registered image pairs the model was trained on ({provenance.get('base', 'unknown base')}; "
-        f"recipe {provenance.get('recipe', 'none')}): {listed}",
-        authors=[spec.model.v0_5.Author(name="napari-fusionmamba developers")],
-        cite=_cite(spec)[:1],
-        license=spec.model.v0_5.LicenseId("BSD-3-Clause"),
+        description=f"The pairs this model was trained on ({listed}), starting from {provenance.get('base', '?')}, "
+        f"{metadata.get('step')} steps of {settings.get('crop', '?')}-px crops, "
+        f"recipe {provenance.get('recipe', 'none')}",
+        tags=["image-fusion", "2d"],
     )
 
 
@@ -348,7 +362,7 @@ def describe(name: str, checkpoint: Path, folder: Path) -> Any:
         outputs=outputs,
         weights=_weights(v, files, metadata["config"]),
         attachments=[v.FileDescr(source=files["checkpoint"])],
-        training_data=_training_data(spec, metadata),
+        training_data=_training_data(metadata),
         config=v.Config(**{CONFIG_KEY: {"model": name, "checkpoint": files["checkpoint"].name}}),
     )
 
