@@ -9,8 +9,8 @@ own safetensors checkpoint as an attachment. Importing reads only that attachmen
 whole package has been validated: the state dict is a pickle by the zoo's convention and is never
 unpickled here.
 
-Nothing here touches the network at validation time: no URL is fetched (the one citation URL is
-declared known), so export and import work offline. Imports ``bioimageio.spec`` and torch inside
+Validation reads every file of a package but requests no URL (the one citation URL is declared
+known), so export and import work offline. Imports ``bioimageio.spec`` and torch inside
 the functions (the ``bioimageio`` extra).
 """
 
@@ -98,8 +98,8 @@ def _test_pair() -> tuple[np.ndarray, np.ndarray]:
     images = load_neurons()
     a, b = images["MAP2"], images["phase"][images["phase"].shape[0] // 2]
     y0, x0 = ((side - TEST_SIDE) // 2 for side in a.shape)
-    crop = (slice(y0, y0 + TEST_SIDE), slice(x0, x0 + TEST_SIDE))
-    return tuple(np.asarray(x[crop], dtype=np.float32)[None, None] for x in (a, b))  # type: ignore[return-value]
+    crop = lambda x: np.asarray(x[y0 : y0 + TEST_SIDE, x0 : x0 + TEST_SIDE], dtype=np.float32)[None, None]
+    return crop(a), crop(b)
 
 
 def _scaled(a: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
@@ -341,7 +341,7 @@ def _write_files(folder: Path, name: str, checkpoint: Path) -> tuple[dict[str, P
     return files, metadata
 
 
-def describe(name: str, checkpoint: Path, folder: Path) -> Any:
+def _describe(name: str, checkpoint: Path, folder: Path) -> Any:
     """The ``ModelDescr`` of a checkpoint, its files written into ``folder``."""
     spec = _spec()
     v = spec.model.v0_5
@@ -377,7 +377,7 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     name, checkpoint = _checkpoint_of(model)
     with tempfile.TemporaryDirectory() as tmp, _offline():
         folder = Path(tmp) / "package"
-        descr = describe(name, checkpoint, Path(tmp))
+        descr = _describe(name, checkpoint, Path(tmp))
         with _quiet():
             spec.save_bioimageio_package_as_folder(descr, output_path=folder)
         with atomic_path(out) as target:
@@ -393,11 +393,13 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
 
 
 def _first_error(summary: Any) -> str:
+    """The first validation error of a summary, on one line."""
     for detail in summary.details:
         for error in detail.errors:
             loc = ".".join(str(part) for part in error.loc)
-            return f"{loc}: {error.msg}" if loc else str(error.msg)
-    return summary.status
+            message = " ".join(str(error.msg).split())
+            return f"{loc}: {message}" if loc else message
+    return str(summary.status)
 
 
 def import_model(package: str | os.PathLike[str], name: str | None = None, overwrite: bool = False) -> ModelEntry:
@@ -412,7 +414,7 @@ def import_model(package: str | os.PathLike[str], name: str | None = None, overw
     try:
         descr = load_package(package)
     except (ValueError, OSError, zipfile.BadZipFile) as error:  # no rdf.yaml, an unreadable member
-        raise CheckpointError(f"{package}: not a valid bioimage.io package ({error})") from None
+        raise CheckpointError(f"{package}: not a valid bioimage.io package ({' '.join(str(error).split())})") from None
     if descr.validation_summary.status not in ("valid-format", "passed"):
         raise CheckpointError(f"{package}: not a valid bioimage.io package ({_first_error(descr.validation_summary)})")
     ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.type == "model" else None
