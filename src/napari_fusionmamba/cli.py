@@ -139,6 +139,13 @@ def _add_finetune_parser(commands) -> None:
         metavar="A1,A2,A3",
         help="the objective's intensity, texture and structure weights (default 10,1,10)",
     )
+    p.add_argument(
+        "--target-background",
+        type=float,
+        metavar="LEVEL",
+        help="keep-both: A's background level in [0, 1] units (default 0.035); signal above it is kept",
+    )
+    p.add_argument("--target-gain", type=float, metavar="G", help="keep-both: gain on that signal (default 1.1)")
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument(
         "--checkpoint-steps",
@@ -168,7 +175,8 @@ def _finetune(args: argparse.Namespace) -> int:
     flags = {
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
-        "objective": args.objective, "checkpoint_every_steps": args.checkpoint_steps,
+        "objective": args.objective, "target_background": args.target_background, "target_gain": args.target_gain,
+        "checkpoint_every_steps": args.checkpoint_steps,
         "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
