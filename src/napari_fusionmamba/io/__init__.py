@@ -14,6 +14,7 @@ from .writers import (
     create_ome_zarr,
     ome_tiff_placement,
     read_plane_region,
+    tiff_description,
     write_block,
     zarr_to_tiff,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ome_tiff_placement",
     "open_image",
     "read_plane_region",
+    "tiff_description",
     "write_block",
     "zarr_to_tiff",
 ]
