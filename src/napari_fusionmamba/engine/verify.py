@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import OutputLayout, kind_of, open_image, tiff_description
+from ..io import OutputLayout, kind_of, open_image, tiff_description, tiff_missing_bytes
 from .sources import reading
 
 
@@ -90,8 +90,8 @@ class VerifyReport:
     def summary(self) -> str:
         if self.ok:
             return f"{self.out}: all {self.chunks} chunks present and as written"
-        bad = f"{len(self.problems)} of {self.chunks} chunks missing or damaged"
-        return f"{self.out}: {bad}; fuse it again with --overwrite"
+        counted = f" ({len(self.problems)} of {self.chunks} chunks missing or damaged)" if self.chunks else ""
+        return f"{self.out}: damaged{counted}; fuse it again with --overwrite"
 
 
 def verify(out: str | os.PathLike[str]) -> VerifyReport:
@@ -100,6 +100,9 @@ def verify(out: str | os.PathLike[str]) -> VerifyReport:
     out = str(out).rstrip("/")
     if not os.path.exists(out):
         raise InputError(f"{out}: no such file or directory")
+    missing = tiff_missing_bytes(out) if kind_of(out) == "tiff" else 0
+    if missing:
+        return VerifyReport(out, 0, [f"{out}: cut short: {missing} bytes of its image data are missing"])
     record = _record(out)
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in record["layout"].items()}
     layout = OutputLayout(**fields)

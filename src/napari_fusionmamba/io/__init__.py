@@ -15,6 +15,7 @@ from .writers import (
     ome_tiff_placement,
     read_plane_region,
     tiff_description,
+    tiff_missing_bytes,
     write_block,
     zarr_to_tiff,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "open_image",
     "read_plane_region",
     "tiff_description",
+    "tiff_missing_bytes",
     "write_block",
     "zarr_to_tiff",
 ]

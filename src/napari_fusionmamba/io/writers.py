@@ -234,6 +234,18 @@ def zarr_to_tiff(
     )
 
 
+def tiff_missing_bytes(path: str) -> int:
+    """How many bytes of a TIFF's image data lie beyond its end (a file cut short); 0 when none."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        end = max(
+            (offset + count for page in tif.pages for offset, count in zip(page.dataoffsets, page.databytecounts)),
+            default=0,
+        )
+    return max(0, end - os.path.getsize(path))
+
+
 def tiff_description(path: str) -> dict[str, Any] | None:
     """The JSON that ``zarr_to_tiff`` put in an OME-TIFF image's Description (None without one)."""
     import xml.etree.ElementTree as ElementTree
