@@ -438,9 +438,9 @@ def _add_verify_parser(commands) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .engine.verify import verify
+    from .engine import verify_output
 
-    report = verify(args.output)
+    report = verify_output(args.output)
     for line in report.problems:
         print(line, file=sys.stderr)
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)

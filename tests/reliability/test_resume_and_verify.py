@@ -31,7 +31,7 @@ def _interrupt(a, b, out, after=4):
         fuse_files(a, b, out, progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) > after, **SETTINGS)
     done = os.listdir(out + PARTIAL_SUFFIX + "/done")
     assert 0 < len(done) < 16
-    return sorted(tuple(int(v) for v in name.split("_")) for name in done)
+    return sorted(tuple(int(v) for v in name.split("_")[-2:]) for name in done)
 
 
 def _read(out):
@@ -131,6 +131,20 @@ def test_verify_passes_a_sound_output(tmp_path, capsys, suffix):
     line = capsys.readouterr().out.strip()
     chunks = 25 + 9 if suffix == ".ome.zarr" else 25  # level 0: 5 x 5 chunks; level 1 (320 px): 3 x 3
     assert line == f"{out}: all {chunks} chunks present and as written"
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tif"])
+@pytest.mark.parametrize("shape", [(3, 96, 80), (96, 80, 3)], ids=["stack", "colour"])
+def test_stacks_and_colour_verify_and_resume_chunk_by_chunk(tmp_path, capsys, suffix, shape):
+    rng = np.random.default_rng(7)
+    a, b = (rng.integers(0, 4000, shape).astype(np.uint16) for _ in range(2))
+    out = str(tmp_path / f"out{suffix}")
+    finished = _interrupt(a, b, out, after=3)
+    report = fuse_files(a, b, out, **SETTINGS)
+    assert report.chunks_skipped == len(finished) and report.chunks_redone == 0, report.summary()
+    chunks = (3 if len(shape) == 3 and shape[0] == 3 else 1) * 2 * 2  # planes x 2 x 2 chunks of 64
+    assert main(["verify", out]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: all {chunks} chunks present and as written"
 
 
 def _flip(path):

@@ -1,7 +1,7 @@
 """Chunk digests: each output chunk's digest is recorded as it is written (with the digest of
 the source windows it was fused from), kept in the finished output, and checked by a resume
-and by ``verify``, so that a missing, truncated or altered chunk is found instead of read as
-a silent block of zeros.
+and by ``verify_output``, so that a missing, truncated or altered chunk is found instead of
+read as a silent block of zeros.
 
 A digest is a 64-bit BLAKE2b of an array's dtype, shape and bytes: enough to catch damage and
 edits, not meant against forgery. A chunk is named by its path in the store, ``LEVEL/I.J.K``
@@ -25,11 +25,12 @@ from .sources import reading
 
 
 def digest(*arrays: np.ndarray) -> str:
-    """The digest of arrays taken together (their dtypes, shapes and values)."""
+    """The digest of arrays taken together: their dtypes, shapes (without axes of length 1, so
+    a store's chunk of one plane and that plane's block agree) and values."""
     h = hashlib.blake2b(digest_size=8)
     for array in arrays:
         array = np.ascontiguousarray(array)
-        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(f"{array.dtype.str}{[n for n in array.shape if n != 1]}".encode())
         h.update(array.data)
     return h.hexdigest()
 
@@ -77,7 +78,7 @@ class StoredChunks:
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found: how many chunks it checked, and one line per bad chunk."""
+    """What ``verify_output`` found: how many chunks it checked, and one line per bad chunk."""
 
     out: str
     chunks: int
@@ -94,7 +95,7 @@ class VerifyReport:
         return f"{self.out}: damaged{counted}; fuse it again with --overwrite"
 
 
-def verify(out: str | os.PathLike[str]) -> VerifyReport:
+def verify_output(out: str | os.PathLike[str]) -> VerifyReport:
     """Check a finished output of ``fuse_files``: every chunk present, readable and equal to
     what was written (its digest recorded at write time)."""
     out = str(out).rstrip("/")
