@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,8 @@ from napari_fusionmamba.engine import fuse, fuse_files
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.errors import FusionCancelled, InputError
 from napari_fusionmamba.io import open_image
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 #: Small tiles and chunks, so a chunk's sources are a part of the image (tile 64, stride 48).
 SETTINGS = {"method": "average", "tile": 64, "overlap": 16, "chunk": 64, "scheduler": "synchronous"}
@@ -87,6 +93,37 @@ def test_a_source_edited_before_the_resume_is_fused_again_where_it_changed(tmp_p
     assert "fused again" in report.summary()
     assert fresh.chunks_computed == 16
     np.testing.assert_array_equal(_read(out), _read(str(tmp_path / "fresh.zarr")))
+
+
+@pytest.mark.slow
+def test_a_killed_cli_run_resumed_after_its_tiff_is_rewritten_equals_a_fresh_run(tmp_path, capsys, network):
+    """As a user meets it: ``fusionmamba fuse`` killed, a source edited and saved, the same
+    command again. With a network whose output depends on context, every chunk that a changed
+    tile touches must be fused again."""
+    a, b = real_looking_pair(256, 256, seed=3)
+    (sa, sb), edit = _sources("tiff", tmp_path, a, b)
+    out = str(tmp_path / "out.zarr")
+    options = ["--model", network[1], "--tile", "64", "--overlap", "16", "--chunk", "64", "--scheduler", "synchronous"]
+    command = [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", sa, sb, "-o", out, *options, "--no-progress"]
+    done = out + PARTIAL_SUFFIX + "/done"
+    process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (os.path.isdir(done) and len(os.listdir(done)) >= 3):
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    y0, x0 = sorted(tuple(int(v) for v in name.split("_")) for name in os.listdir(done))[0]
+    edited = a.copy()
+    edited[y0 + 8 : y0 + 24, x0 + 8 : x0 + 24] = a[y0 + 8 : y0 + 24, x0 + 8 : x0 + 24][::-1, ::-1]
+    edit(edited)
+
+    assert main(["fuse", sa, sb, "-o", out, *options, "--no-progress"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "already done" in summary and "fused again" in summary, summary
+    model = {"model": network[0], "tile": 64, "overlap": 16}
+    before, after = fuse(a, b, **model), fuse(edited, b, **model)
+    assert np.abs(before - after).max() > 1e-2  # the edit shows in the fused image
+    assert np.abs(_read(out) - after).max() <= 1e-5
 
 
 def test_a_source_whose_percentiles_changed_is_refused_naming_them(tmp_path):
@@ -217,3 +254,6 @@ def test_verify_refuses_what_is_not_a_finished_output(tmp_path, capsys):
     )
     assert main(["verify", str(tmp_path / "gone.zarr")]) == 2
     assert "no such file" in capsys.readouterr().err
+    (tmp_path / "garbage.tif").write_bytes(b"not a TIFF at all")
+    assert main(["verify", str(tmp_path / "garbage.tif")]) == 2
+    assert "garbage.tif: cannot read it as a fused output" in capsys.readouterr().err

@@ -101,14 +101,20 @@ def verify_output(out: str | os.PathLike[str]) -> VerifyReport:
     out = str(out).rstrip("/")
     if not os.path.exists(out):
         raise InputError(f"{out}: no such file or directory")
-    missing = tiff_missing_bytes(out) if kind_of(out) == "tiff" else 0
-    if missing:
-        return VerifyReport(out, 0, [f"{out}: cut short: {missing} bytes of its image data are missing"])
-    record = _record(out)
+    kind = kind_of(out)
+    try:
+        missing = tiff_missing_bytes(out) if kind == "tiff" else 0
+        if missing:
+            return VerifyReport(out, 0, [f"{out}: cut short: {missing} bytes of its image data are missing"])
+        record = _record(out, kind)
+    except (OSError, ValueError, KeyError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{out}: cannot read it as a fused output ({type(error).__name__}: {error})") from None
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in record["layout"].items()}
     layout = OutputLayout(**fields)
     chunks: dict[str, str] = record["chunks"]
-    if kind_of(out) == "zarr":
+    if kind == "zarr":
         stored = StoredChunks(out)
         problems = {key: stored.problem(key, expected) for key, expected in chunks.items()}
     else:
@@ -117,17 +123,14 @@ def verify_output(out: str | os.PathLike[str]) -> VerifyReport:
     return VerifyReport(out, len(chunks), lines)
 
 
-def _record(out: str) -> dict[str, Any]:
+def _record(out: str, kind: str) -> dict[str, Any]:
     """The ``fusionmamba`` record of a finished output: its layout and chunk digests."""
-    try:
-        if kind_of(out) == "zarr":
-            import zarr
+    if kind == "zarr":
+        import zarr
 
-            record = dict(zarr.open_group(out, mode="r").attrs.get("fusionmamba", {}))
-        else:
-            record = (tiff_description(out) or {}).get("fusionmamba", {})
-    except (OSError, ValueError, KeyError) as error:
-        raise InputError(f"{out}: cannot read it as a fused output ({type(error).__name__}: {error})") from None
+        record = dict(zarr.open_group(out, mode="r").attrs.get("fusionmamba", {}))
+    else:
+        record = (tiff_description(out) or {}).get("fusionmamba", {})
     if not record.get("engine") or record.get("complete") is False:
         raise InputError(f"{out}: not a finished output of fusionmamba fuse")
     if "chunks" not in record:
