@@ -141,16 +141,14 @@ def _record(out: str, kind: str) -> dict[str, Any]:
 def _tiff_problems(out: str, layout: OutputLayout, chunks: dict[str, str]) -> dict[str, str | None]:
     """What is wrong with each block of an OME-TIFF output (named as the chunks it was made of)."""
     data = open_image(out).data.reshape(layout.shape)
-    sizes = layout.store_chunks()
-    order = layout._store_order()
+    height, width = layout.plane_shape
     problems: dict[str, str | None] = {}
-    for key, expected in chunks.items():
-        coords = [int(c) for c in key.split("/")[1].split(".")]
-        store_start = {axis: coord * size for axis, coord, size in zip(order, coords, sizes)}
-        plane = tuple(store_start[i] for i in range(len(layout.lead)))
-        y0, x0 = store_start[len(layout.lead)], store_start[len(layout.lead) + 1]
-        region = plane + (slice(y0, y0 + layout.chunk), slice(x0, x0 + layout.chunk))
-        problems[key] = _check(key, partial(_block, data, layout, region), expected)
+    for plane in np.ndindex(*layout.lead):
+        for y0 in range(0, height, layout.chunk):
+            for x0 in range(0, width, layout.chunk):
+                key = chunk_key(layout, plane, y0, x0)
+                region = plane + (slice(y0, y0 + layout.chunk), slice(x0, x0 + layout.chunk))
+                problems[key] = _check(key, partial(_block, data, layout, region), chunks.get(key, ""))
     return problems
 
 
