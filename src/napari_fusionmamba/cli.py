@@ -432,6 +432,29 @@ def _fuse_folder(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _add_verify_parser(commands) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="check a fused output: every chunk present, readable and as written",
+        description="Check a finished output of fusionmamba fuse: every chunk present, readable and equal to "
+        "what was written (its digest, recorded when it was written). Prints one line per missing or damaged "
+        "chunk, naming it. Exit code 0 when the output is sound, 1 when chunks are missing or damaged, 2 when "
+        "OUTPUT is not a finished output of fusionmamba fuse.",
+    )
+    verify.add_argument("output", help="a .zarr / .ome.zarr or .tif / .ome.tif written by fusionmamba fuse")
+    verify.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .engine import verify_output
+
+    report = verify_output(args.output)
+    for line in report.problems:
+        print(line, file=sys.stderr)
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionmamba", description="Multimodal image fusion with the FusionMamba network."
@@ -445,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fuse_folder_parser(commands)
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
+    _add_verify_parser(commands)
     return parser
 
 
