@@ -15,6 +15,8 @@ from .writers import (
     create_ome_zarr,
     ome_tiff_placement,
     read_plane_region,
+    tiff_description,
+    tiff_missing_bytes,
     write_block,
     zarr_to_tiff,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "ome_tiff_placement",
     "open_image",
     "read_plane_region",
+    "tiff_description",
+    "tiff_missing_bytes",
     "write_block",
     "zarr_to_tiff",
 ]
