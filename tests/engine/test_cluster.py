@@ -18,6 +18,7 @@ import pytest
 import tifffile
 import zarr
 
+from napari_fusionmamba.cli import main
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.io.samples import load_neurons
 
@@ -116,3 +117,4 @@ def test_a_cluster_that_loses_a_worker_mid_run_gives_the_local_result_bit_for_bi
     ours, theirs = zarr.open_group(str(out), mode="r")["0"], zarr.open_group(str(local), mode="r")["0"]
     assert ours.shape[-2:] == (SIDE, SIDE) and ours.nchunks_initialized == ours.nchunks
     np.testing.assert_array_equal(ours[...], theirs[...])
+    assert main(["verify", str(out)]) == 0  # every chunk present and as its worker wrote it
