@@ -245,9 +245,9 @@ def _scan_torch(
     T = _chunk_length(length) if chunk is None else chunk
     nc = -(-length // T)
     pad = nc * T - length
-    # dt = 0 on the padding: the state passes through unchanged, outputs are dropped
-    x = F.pad(dt * u, [0, pad])
-    dt, B, C = F.pad(dt, [0, pad]), F.pad(B.float(), [0, pad]), F.pad(C.float(), [0, pad])
+    x, B, C = dt * u, B.float(), C.float()
+    if pad > 0:  # dt = 0 on the padding: the state passes through unchanged, outputs are dropped
+        x, dt, B, C = F.pad(x, [0, pad]), F.pad(dt, [0, pad]), F.pad(B, [0, pad]), F.pad(C, [0, pad])
     # time-major slices: dt, x (T, batch, groups, per, nc, 1); B, C (T, batch, groups, 1, nc, N)
     dt = dt.view(batch, groups, per, nc, T).permute(4, 0, 1, 2, 3).unsqueeze(-1)
     x = x.view(batch, groups, per, nc, T).permute(4, 0, 1, 2, 3).unsqueeze(-1)
