@@ -1,6 +1,6 @@
 """Ship a trained checkpoint inside the package as a named model.
 
-    python scripts/bundle_weights.py RUN_DIR/best.safetensors gfp-pc --recipe recipes/gfp-pc.json recipes/gfp-pc-leg2.json
+    python scripts/bundle_weights.py RUN/best.safetensors gfp-pc --recipe recipes/gfp-pc.json recipes/gfp-pc-leg2.json
 
 Floating-point tensors are stored as float16 (half the size; they load back into the float32
 network), and the provenance gains the recipe and the run's wall time and final losses from
