@@ -251,3 +251,17 @@ def test_wins_counts_strict_wins_over_every_other_method():
     }
     assert wins(results, "net") == ["EN"]  # SD lost to max, MI missing, the rest tied
     assert wins(results, "max") == ["SD"]
+
+
+def test_scoring_several_fusions_shares_the_sources_terms_without_changing_a_number():
+    """compare_methods computes each source's filters, pyramids and threshold once for all
+    methods: every value equals scoring each method's result on its own."""
+    from napari_fusionmamba.quality.baselines import BASELINES
+    from napari_fusionmamba.quality.metrics import compare_methods, fusion_input
+
+    a, b = smooth_image(5, (48, 40)), smooth_image(6, (48, 40), 4.0)
+    shared = compare_methods(a, b)
+    plane_a, plane_b = fusion_input(a), fusion_input(b)
+    for name, method in BASELINES.items():
+        alone = evaluate(method(plane_a, plane_b), plane_a, plane_b)
+        assert shared[name] == alone, name

@@ -20,7 +20,7 @@ _HALF_STEPS = np.log(np.arange(1, 1021) / 2.0)
 central-difference gradients (half levels), so that most windows' pdfs need no logarithm."""
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _log_difference(d: float) -> float:
     """ln d for d > 0: a table look-up for whole and half gray levels, else the logarithm."""
     k = 2.0 * d
@@ -29,7 +29,7 @@ def _log_difference(d: float) -> float:
     return math.log(d)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _marginal(window: np.ndarray, p: np.ndarray, logs: np.ndarray, cdf: np.ndarray) -> float:
     """Window -> pdf ``p`` (min-max normalised to [0, 1], constant -> ones, divided by the sum),
     its ln (0 where p is 0), its cumulative sum; returns its entropy in nats."""
@@ -56,7 +56,7 @@ def _marginal(window: np.ndarray, p: np.ndarray, logs: np.ndarray, cdf: np.ndarr
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _coupling(cf: np.ndarray, cx: np.ndarray, upper: bool, cells: np.ndarray, masses: np.ndarray) -> int:
     """The cells (row f, column x) and masses of the coupling whose joint CDF is the Frechet
     bound: comonotone for the upper bound min(F_i, X_j), countermonotone for the lower bound
@@ -77,7 +77,7 @@ def _coupling(cf: np.ndarray, cx: np.ndarray, upper: bool, cells: np.ndarray, ma
     return count
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _window_score(x: tuple, f: tuple, cells: np.ndarray, masses: np.ndarray) -> float:  # type: ignore[type-arg]
     """Normalised feature MI of one window pair from their marginals (pdf, ln pdf, cdf, entropy)."""
     px, lx, cx, hx = x
