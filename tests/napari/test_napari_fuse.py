@@ -461,18 +461,33 @@ def test_pickers_default_to_two_fitting_layers_and_run_refuses_one_layer_twice(m
     assert errors == ["Fuse: layer 'MAP2' is chosen as both A and B; choose two different layers."]
 
 
-def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napari_viewer, qtbot):
+def test_an_image_is_fused_with_every_plane_of_a_stack_or_the_one_shown(make_napari_viewer, qtbot):
+    """The demo: the MAP2 projection with each focal plane of the phase stack, one progress bar
+    over all planes; or only with the plane the viewer shows."""
     from napari_fusionmamba.engine import fuse
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "neurons")
     viewer.dims.set_point(0, 2)  # the third focal plane
     widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32, gray_output=True)
+    seen = []
+    widget.runner._progress.changed.connect(lambda done, total: seen.append((done, total)))
     _run(widget, qtbot)
-    result = viewer.layers[-1]
+    stack = viewer.layers[-1]
     map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
-    np.testing.assert_allclose(result.data, fuse(map2, phase[2], method="average"), atol=1e-6)
-    assert not np.allclose(result.data, fuse(map2, phase[0], method="average"), atol=1e-3)
+    assert stack.data.shape == (3, 512, 512)
+    for z in range(3):
+        np.testing.assert_allclose(stack.data[z], fuse(map2, phase[z], method="average"), atol=1e-6)
+    assert {total for _, total in seen} == {3 * 25} and seen[-1] == (75, 75)  # 5 x 5 tiles per plane, one bar
+
+    widget.stack.value = fuse_widget.PLANE
+    _run(widget, qtbot)
+    shown = viewer.layers[-1]
+    assert shown.data.shape == (1, 512, 512)
+    np.testing.assert_allclose(shown.data[0], stack.data[2], atol=1e-6)
+    np.testing.assert_allclose(
+        shown.translate[0], viewer.layers["phase"].translate[0] + 2 * viewer.layers["phase"].scale[0]
+    )
 
 
 def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
@@ -517,16 +532,17 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     viewer.dims.set_point(0, 1)
     map2, phase = viewer.layers["MAP2"], viewer.layers["phase"]
     widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=256, overlap=32)
+    widget.stack.value = fuse_widget.PLANE
     _run(widget, qtbot)
     coloured = viewer.layers[-1]
-    assert coloured.rgb and coloured.data.shape == (512, 512, 3)
-    red, green, blue = np.moveaxis(np.asarray(coloured.data), -1, 0)
+    assert coloured.rgb and coloured.data.shape == (1, 512, 512, 3)
+    red, green, blue = np.moveaxis(np.asarray(coloured.data[0]), -1, 0)
     np.testing.assert_array_equal(green, 0)  # magenta: red and blue, never green
     np.testing.assert_allclose(red, blue)
     assert red[map2.data >= map2.contrast_limits[1]].min() >= 0.5  # what shows saturated is bright
     tint = colormap_tint(map2.colormap.colors, map2.colormap.controls, map2.contrast_limits)
     expected = fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tint)
-    np.testing.assert_allclose(coloured.data, expected, atol=1e-6)
+    np.testing.assert_allclose(coloured.data[0], expected, atol=1e-6)
     assert coloured.metadata["tint"]["colormap"] == "magenta"
 
     map2.contrast_limits = (map2.contrast_limits[0], 2 * map2.contrast_limits[1])  # dimmer on screen
@@ -536,8 +552,8 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     widget.gray_output.value = True
     _run(widget, qtbot)
     gray = viewer.layers[-1]
-    assert not gray.rgb and gray.data.shape == (512, 512)
-    np.testing.assert_allclose(gray.data, fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
+    assert not gray.rgb and gray.data.shape == (1, 512, 512)
+    np.testing.assert_allclose(gray.data[0], fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
 
 
 def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer, qtbot, monkeypatch):

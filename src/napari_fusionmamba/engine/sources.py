@@ -56,7 +56,8 @@ class Source(Planes):
 
     def read(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """A window of one plane as float32 (colour keeps its first three samples)."""
-        index = tuple(plane) + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
+        plane = tuple(plane)[len(plane) - len(self.lead) :]  # a single image goes with every plane
+        index = plane + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
         with reading(self.name):
             window = self.data()[index]
             if hasattr(window, "compute"):
@@ -156,7 +157,7 @@ def check_pair(a: Source, b: Source) -> None:
             f"spatial shapes differ: {a.name} is {a.plane_shape[0]}x{a.plane_shape[1]}, "
             f"{b.name} is {b.plane_shape[0]}x{b.plane_shape[1]} (the sources must be registered)"
         )
-    if a.lead != b.lead:
+    if a.lead != b.lead and a.lead and b.lead:  # a single image goes with every plane of a stack
         raise InputError(f"different numbers of planes: {a.name} has {_planes(a)}, {b.name} has {_planes(b)}")
 
 

@@ -58,30 +58,25 @@ def fits(a, b, plane_over_stack: bool = False) -> bool:
     return plane_over_stack and shape_a[-2:] == shape_b[-2:] and min(len(shape_a), len(shape_b)) == 2
 
 
-def registered_pair(a, b, who: str, viewer=None) -> tuple[Any, Any, tuple[int, ...]]:
-    """The full-resolution data of image layers A and B and their shape without the colour axis,
-    after the checks every widget makes: two layers, one shape, and a gray B. An ``InputError``
-    names the layers, after ``who`` (the widget).
+def registered_pair(a, b, who: str, plane_over_stack: bool = False) -> tuple[Any, Any, tuple[int, ...]]:
+    """The full-resolution data of image layers A and B and the shape of their result without
+    the colour axis, after the checks every widget makes: two layers, one shape, and a gray B.
+    An ``InputError`` names the layers, after ``who`` (the widget).
 
-    With a ``viewer``, a single image goes with the plane the viewer shows of a stack (a MAP2
-    image over a Z stack of phase-contrast planes, say).
+    With ``plane_over_stack``, a single image may go with every plane of a stack (a MAP2
+    projection over a Z stack of phase-contrast planes, say): the result has the stack's shape.
     """
     if a is b:
         raise InputError(f"{who}: layer '{a.name}' is chosen as both A and B; choose two different layers.")
-    data_a, data_b = full_resolution(a), full_resolution(b)
     shape_a, shape_b = spatial_shape(a), spatial_shape(b)
-    if not fits(a, b, plane_over_stack=viewer is not None):
+    if not fits(a, b, plane_over_stack):
         raise InputError(
             f"{who}: layers '{a.name}' {shape_a} and '{b.name}' {shape_b} differ in shape; "
             "they must be registered images of the same size."
         )
     if b.rgb:
         raise InputError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
-    if len(shape_a) > len(shape_b):
-        data_a, shape_a = data_a[current_plane(viewer, a)], shape_b
-    elif len(shape_b) > len(shape_a):
-        data_b = data_b[current_plane(viewer, b)]
-    return data_a, data_b, shape_a
+    return full_resolution(a), full_resolution(b), max(shape_a, shape_b, key=len)
 
 
 def _looks_gray(layer) -> bool:

@@ -254,20 +254,24 @@ class FuseWidget(ScrollingContainer):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a, data_b, shape_a = registered_pair(a, b, "Fuse", self._viewer)
+        data_a, data_b, shape = registered_pair(a, b, "Fuse", plane_over_stack=True)
         if not np.allclose(a.scale[-2:], b.scale[-2:]):
             raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
-        # the result lies where A lies; a single image fused with a stack's plane lies where the image lies
-        placed = a if len(spatial_shape(a)) == len(shape_a) else b
+        # the result lies where the stack lies (A, when both are stacks or single images)
+        placed = a if len(spatial_shape(a)) == len(shape) else b
         scale, translate = tuple(placed.scale), list(placed.translate)
-        if self.stack.value == PLANE and len(shape_a) > 2:
-            plane = current_plane(self._viewer, a)
+        if self.stack.value == PLANE and len(shape) > 2:
+            plane = current_plane(self._viewer, placed)
             # one plane, kept where it was: its leading axes become length 1, its translate moves
-            data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane) :])
-            data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane) :])
+            data_a, data_b = (
+                data[plane].reshape((1,) * len(plane) + data.shape[len(plane) :])
+                if len(spatial_shape(layer)) > 2
+                else data
+                for data, layer in ((data_a, a), (data_b, b))
+            )
             for axis, index in enumerate(plane):
                 translate[axis] += index * scale[axis]
         choice = str(self.model.value)
@@ -288,7 +292,7 @@ class FuseWidget(ScrollingContainer):
             request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
         self._choose_engine(request, choice)
         request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
-        self._choose_output(request, shape_a)
+        self._choose_output(request, shape)
         request.metadata = {
             "fused_from": [a.name, b.name],
             "model": choice if request.checkpoint is None else str(request.checkpoint),
