@@ -53,8 +53,8 @@ def main() -> None:
 
     print("FMI, CPU s: compiled window loop vs the previous numpy tables (benchmarks/_fmi_numpy.py)")
     for feature in ("gradient", "pixel"):
-        new = timed(lambda: feature_mutual_information(fused, a, b, feature))[1]
-        old = timed(lambda: numpy_fmi(fused, a, b, feature))[1]
+        new = timed(lambda feature=feature: feature_mutual_information(fused, a, b, feature))[1]
+        old = timed(lambda feature=feature: numpy_fmi(fused, a, b, feature))[1]
         print(f"  {feature:<10} {new:8.3f} vs {old:8.3f}   {old / new:5.1f}x faster")
 
     planes = [x / 255.0 for x in (fused, a, b)]

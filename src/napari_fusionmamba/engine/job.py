@@ -103,7 +103,7 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     """Check the sources, the engine and the tiling in the caller's process (errors before any
     output), and compute each source's normalisation once."""
     names = options.names or ("A", "B")
-    sa, sb = as_source(a, names[0]), as_source(b, names[1])
+    sa, sb = (as_source(x, name, channel) for x, name, channel in zip((a, b), names, options.channels))
     check_pair(sa, sb)
     engine = choose_engine(options.model, options.method, options.device)
     multiple = predictor(engine)[1]

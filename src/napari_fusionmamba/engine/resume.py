@@ -67,7 +67,8 @@ def source_identity(source: Source) -> dict[str, Any]:
             if os.path.isfile(os.path.join(folder, name))
         ]
     )
-    return {"path": path, "files": sorted((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files)}
+    identity = {"path": path, "files": sorted((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files)}
+    return identity if source.channel is None else {**identity, "channel": source.channel}
 
 
 def run_record(job: FusionJob, layout: OutputLayout, kind: str) -> dict[str, Any]:
