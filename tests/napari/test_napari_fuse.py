@@ -576,3 +576,29 @@ def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer
     widget.progress.changed.connect(lambda _value: shown.append(widget.progress.native.text()))
     _run(widget, qtbot)
     assert any(re.fullmatch(r"[1-8]/9 tiles · 0:0\d elapsed · about 0:0\d left", text) for text in shown), shown
+
+
+def test_two_channels_of_one_layer_are_fused_as_a_and_b(make_napari_viewer, qtbot, notes):
+    """A two-channel image held as one layer (fluorescence and phase contrast along its first
+    axis): the channel pickers appear for it and pick A and B; the same channel twice is refused."""
+    from napari_fusionmamba.engine import fuse
+
+    gfp, phase = real_looking_pair(64, 64)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([gfp, phase]), name="both")
+    viewer.add_image(gfp, name="single")
+    widget = _widget(viewer, qtbot, "single", "single", model="method:max")
+    assert not _shown(widget.channel_a, widget) and not _shown(widget.channel_b, widget)
+    widget.a.value = widget.b.value = viewer.layers["both"]
+    assert _shown(widget.channel_a, widget) and _shown(widget.channel_b, widget)
+    assert [c for c in widget.channel_a.choices] == [None, 0, 1]
+    widget.channel_a.value, widget.channel_b.value = 0, 1
+    _run(widget, qtbot)
+    result = viewer.layers[-1]
+    assert result.name == "fused(both [0], both [1]) · max" and result.data.shape == (64, 64)
+    np.testing.assert_allclose(result.data, fuse(gfp, phase, method="max", **SETTINGS), atol=1e-6)
+
+    widget.channel_b.value = 0
+    widget.run_button.clicked.emit()
+    assert not widget.runner.running
+    assert notes[-1] == ("error", "Fuse: layer 'both' is chosen as both A and B; choose two different layers.")

@@ -22,6 +22,7 @@ from ...io.files import free_path
 from ._common import (
     Runner,
     ScrollingContainer,
+    channel_count,
     current_plane,
     follow_pair,
     layer_picker,
@@ -130,8 +131,23 @@ class FuseWidget(ScrollingContainer):
         self.b = layer_picker(
             self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
-        self.extend([self.a, self.b])
-        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True)
+        self.channel_a, self.channel_b = (
+            ComboBox(
+                label=f"Channel ({side})",
+                choices=lambda _widget=None, picker=picker: _channel_choices(picker.value),
+                tooltip=f"For a multichannel layer (channels along its first axis): the channel to use as {side}, "
+                "e.g. fluorescence and phase contrast as two channels of one image.",
+            )
+            for side, picker in (("A", self.a), ("B", self.b))
+        )
+        self.extend([self.a, self.channel_a, self.b, self.channel_b])
+        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True, kept=self._two_channels)
+        self.a.changed.connect(self._on_layers)
+        self.b.changed.connect(self._on_layers)
+        inserted = self._viewer.layers.events.inserted
+        inserted.connect(self._on_layers, position="last")  # after the pickers have settled
+        self.a.native.destroyed.connect(lambda *_: inserted.disconnect(self._on_layers))
+        self._on_layers()
 
     def _add_engine(self) -> None:
         """The model (or classical method) and where it runs."""
@@ -238,6 +254,16 @@ class FuseWidget(ScrollingContainer):
         for widget in (self.device, self.backend):  # classical methods run on the CPU, tiled alike
             widget.enabled = network
 
+    def _two_channels(self) -> bool:
+        """Whether one layer picked as A and B is meant: two of its channels are picked."""
+        return self.channel_a.value != self.channel_b.value
+
+    def _on_layers(self, _value=None) -> None:
+        """List the picked layers' channels; each list shows only for a multichannel layer."""
+        for channel in (self.channel_a, self.channel_b):
+            channel.reset_choices()
+            channel.visible = len(channel.choices) > 1
+
     def _on_device(self, _value=None) -> None:
         self.backend.value = scan_backend(self.device.value)
 
@@ -254,31 +280,34 @@ class FuseWidget(ScrollingContainer):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a, data_b, shape = registered_pair(a, b, "Fuse", plane_over_stack=True)
+        channels = (self.channel_a.value, self.channel_b.value)
+        data_a, data_b, shape = registered_pair(a, b, "Fuse", plane_over_stack=True, channels=channels)
         if not np.allclose(a.scale[-2:], b.scale[-2:]):
             raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
-        # the result lies where the stack lies (A, when both are stacks or single images)
-        placed = a if len(spatial_shape(a)) == len(shape) else b
-        scale, translate = tuple(placed.scale), list(placed.translate)
+        # the result lies where the stack lies (A, when both are stacks or single images); a
+        # picked channel's axis is no axis of the result
+        dims = [len(spatial_shape(layer)) - (channel is not None) for layer, channel in zip((a, b), channels)]
+        placed, channel = (a, channels[0]) if dims[0] == len(shape) else (b, channels[1])
+        skip = channel is not None
+        scale, translate = tuple(placed.scale)[skip:], list(placed.translate)[skip:]
         if self.stack.value == PLANE and len(shape) > 2:
-            plane = current_plane(self._viewer, placed)
+            plane = current_plane(self._viewer, placed)[skip:]
             # one plane, kept where it was: its leading axes become length 1, its translate moves
             data_a, data_b = (
-                data[plane].reshape((1,) * len(plane) + data.shape[len(plane) :])
-                if len(spatial_shape(layer)) > 2
-                else data
-                for data, layer in ((data_a, a), (data_b, b))
+                data[plane].reshape((1,) * len(plane) + data.shape[len(plane) :]) if ndim > 2 else data
+                for data, ndim in zip((data_a, data_b), dims)
             )
             for axis, index in enumerate(plane):
                 translate[axis] += index * scale[axis]
         choice = str(self.model.value)
+        names = tuple(layer.name + ("" if c is None else f" [{c}]") for layer, c in zip((a, b), channels))
         request = FuseRequest(
             a=data_a,
             b=data_b,
-            name=f"fused({a.name}, {b.name})",  # the model's name follows once it is chosen
+            name=f"fused({names[0]}, {names[1]})",  # the model's name follows once it is chosen
             scale=scale,
             translate=tuple(translate),
             tile=self.tile.value,
@@ -286,7 +315,7 @@ class FuseWidget(ScrollingContainer):
             batch=self.batch.value,
             device=self.device.value,
             rgb=a.rgb,
-            names=(a.name, b.name),
+            names=names,
         )
         if not self.gray_output.value and not a.rgb and not a.colormap.name.startswith(("gray", "grey")):
             request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
@@ -294,7 +323,7 @@ class FuseWidget(ScrollingContainer):
         request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
         self._choose_output(request, shape)
         request.metadata = {
-            "fused_from": [a.name, b.name],
+            "fused_from": list(names),
             "model": choice if request.checkpoint is None else str(request.checkpoint),
             "tile": request.tile,
             "overlap": request.overlap,
@@ -458,6 +487,11 @@ def _open_lazy(path: Path, rgb: bool):
     if rgb and "C" in image.axes:
         levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
     return levels if len(levels) > 1 else levels[0]
+
+
+def _channel_choices(layer) -> list[tuple[str, int | None]]:
+    """Every channel of a multichannel layer (its first axis), after "all" (a stack as it is)."""
+    return [("all (a stack)", None)] + [(f"channel {i}", i) for i in range(channel_count(layer))]
 
 
 def _fmt(values) -> str:
