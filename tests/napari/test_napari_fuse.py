@@ -602,3 +602,52 @@ def test_two_channels_of_one_layer_are_fused_as_a_and_b(make_napari_viewer, qtbo
     widget.run_button.clicked.emit()
     assert not widget.runner.running
     assert notes[-1] == ("error", "Fuse: layer 'both' is chosen as both A and B; choose two different layers.")
+
+
+def test_a_folder_of_pairs_fuses_in_one_go_reporting_the_pairs_it_skips(make_napari_viewer, qtbot, tmp_path, notes):
+    """Pairs matched by name: each good pair fused as ``fuse_files`` fuses it, a pair of
+    different sizes failed with its reason, a name in one folder only skipped; the rest runs."""
+    import tifffile
+
+    from napari_fusionmamba.engine import fuse_files
+    from napari_fusionmamba.io import open_image
+
+    a_dir, b_dir, out_dir = tmp_path / "gfp", tmp_path / "phase", tmp_path / "fused"
+    a_dir.mkdir(), b_dir.mkdir()
+    for seed, name in enumerate(["well1", "well2"]):
+        gfp, phase = real_looking_pair(64, 64, seed=seed)
+        tifffile.imwrite(a_dir / f"{name}.tif", gfp)
+        tifffile.imwrite(b_dir / f"{name}.ome.tif", phase)
+    tifffile.imwrite(a_dir / "bad.tif", np.zeros((64, 64), np.uint16))
+    tifffile.imwrite(b_dir / "bad.tif", np.zeros((64, 80), np.uint16))
+    tifffile.imwrite(a_dir / "lonely.tif", np.zeros((64, 64), np.uint16))
+
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.model.value = "method:max"
+    widget.tile.value, widget.overlap.value = 64, 16
+    widget.folder_a.value, widget.folder_b.value, widget.folder_out.value = a_dir, b_dir, out_dir
+    widget.folder_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.folder_runner.running, timeout=120_000)
+
+    table = widget.folder_results.value
+    statuses = dict(zip(table["index"], (row[0] for row in table["data"])))
+    assert statuses == {"bad": "failed", "lonely": "skipped", "well1": "fused", "well2": "fused"}
+    assert "64x80" in table["data"][table["index"].index("bad")][1]
+    for name in ("well1", "well2"):
+        expected = fuse_files(
+            a_dir / f"{name}.tif",
+            b_dir / f"{name}.ome.tif",
+            tmp_path / f"{name}.zarr",
+            method="max",
+            tile=64,
+            overlap=16,
+        )
+        assert expected.summary()
+        np.testing.assert_array_equal(
+            open_image(out_dir / f"{name}.ome.zarr").data.compute(),
+            open_image(tmp_path / f"{name}.zarr").data.compute(),
+        )
+    assert not (out_dir / "bad.ome.zarr").exists()
+    assert ("info", "Fuse folder: fused 2, skipped 1, failed 1") in notes

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox, Table
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
@@ -108,7 +108,9 @@ class FuseWidget(ScrollingContainer):
         self._add_engine()
         self._add_tiling()
         self._add_output()
+        self._add_folder()
         self.runner = Runner(self.run_button, self.progress, name="Run")
+        self.folder_runner = Runner(self.folder_button, self.folder_progress, name="Fuse folder")
         persist(
             self,
             "fuse",
@@ -119,6 +121,7 @@ class FuseWidget(ScrollingContainer):
         self.device.changed.connect(self._on_device)
         self.output.changed.connect(self._on_output)
         self.run_button.changed.connect(self._on_run)
+        self.folder_button.changed.connect(self._on_folder)
         self._on_model()
         self._on_device()
         self._on_output()
@@ -236,6 +239,41 @@ class FuseWidget(ScrollingContainer):
         )
         self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
+    def _add_folder(self) -> None:
+        """Fuse every pair of two folders matched by name, with the model and tiling above (what
+        ``fusionmamba fuse-folder`` does): a pair that cannot be fused is reported and skipped."""
+        self.folder_a = FileEdit(
+            label="A folder", mode="d", tooltip="Folder of A images (fluorescence ...): NAME.tif, NAME.ome.zarr ..."
+        )
+        self.folder_b = FileEdit(
+            label="B folder", mode="d", tooltip="Folder of B images under the same names (the extension may differ)."
+        )
+        self.folder_out = FileEdit(
+            label="Output folder",
+            mode="d",
+            tooltip="Where NAME.ome.zarr (or NAME.ome.tif) go; outputs already there are kept.",
+        )
+        self.folder_format = ComboBox(label="Format", choices=("zarr", "tif"), value="zarr")
+        self.folder_button = PushButton(
+            text="Fuse folder", tooltip="Fuse every pair of the two folders; press again to cancel."
+        )
+        self.folder_progress = ProgressBar(label="Folder", tooltip="Chunks of the pair being fused.")
+        self.folder_results = Table(label="Pairs", tooltip="Each name: fused, kept (already there), skipped or failed.")
+        self.folder_results.visible = False
+        folder = Container(
+            label="Folder of pairs",
+            widgets=[
+                self.folder_a,
+                self.folder_b,
+                self.folder_out,
+                self.folder_format,
+                self.folder_button,
+                self.folder_progress,
+                self.folder_results,
+            ],
+        )
+        self.extend([Label(value="<b>Folder of pairs</b>"), folder])
+
     # --- view updates ---------------------------------------------------------------------
 
     def _disable_missing_devices(self) -> None:
@@ -332,6 +370,48 @@ class FuseWidget(ScrollingContainer):
         if request.tint is not None:
             request.metadata["tint"] = {"colormap": a.colormap.name, "contrast_limits": list(a.contrast_limits)}
         return request
+
+    def _on_folder(self, _value=None) -> None:
+        self.folder_runner.toggle(self._folder_request, self._start_folder)
+
+    def _folder_request(self) -> FolderRequest:
+        """The folders and the engine and tiling chosen above, checked on the UI thread."""
+        folders = [self.folder_a.value, self.folder_b.value, self.folder_out.value]
+        if any(not folder or not str(folder).strip(". ") for folder in folders):
+            raise InputError("Fuse folder: choose the A folder, the B folder and the output folder.")
+        engine = FuseRequest(a=None, b=None, name="", scale=(), translate=())
+        self._choose_engine(engine, str(self.model.value))
+        a_dir, b_dir, out_dir = (Path(folder) for folder in folders)
+        return FolderRequest(
+            a_dir,
+            b_dir,
+            out_dir,
+            output_format=self.folder_format.value,
+            model=None if engine.method else str(engine.checkpoint or engine.model),
+            method=engine.method,
+            tile=self.tile.value,
+            overlap=self.overlap.value,
+            batch=self.batch.value,
+            device=self.device.value,
+        )
+
+    def _start_folder(self, request: FolderRequest) -> None:
+        self.folder_runner.start(
+            lambda progress, cancelled: run_folder(request, progress, cancelled),
+            on_result=self._show_folder,
+            what=f"Fusing the pairs of {request.a_dir.name} and {request.b_dir.name}",
+            unit="chunks of this pair",
+        )
+
+    def _show_folder(self, report) -> None:
+        """Each name's outcome in the table; failures stay listed with their one-line reason."""
+        self.folder_results.value = {
+            "data": [[r.status, r.message] for r in report.results],
+            "index": [r.name for r in report.results],
+            "columns": ["status", "what happened"],
+        }
+        self.folder_results.visible = True
+        show_info(f"Fuse folder: {report.summary()}")
 
     def _choose_engine(self, request: FuseRequest, choice: str) -> None:
         """The model, checkpoint file or classical method picked in the Model list."""
@@ -437,6 +517,45 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         report = fuse_files(a, b, str(request.out), **options)
         return report, report.engine
     return fuse(a, b, **options), describe_engine(options["model"], options["method"])
+
+
+@dataclass
+class FolderRequest:
+    """A folder run: the three folders, the output format and the engine and tiling."""
+
+    a_dir: Path
+    b_dir: Path
+    out_dir: Path
+    output_format: str = "zarr"
+    model: str | None = None
+    method: str | None = None
+    tile: int = 256
+    overlap: int = 64
+    batch: int = 4
+    device: str = "auto"
+
+
+def run_folder(request: FolderRequest, progress, cancelled):
+    """The worker's job: ``engine.fuse_folder`` (never touches the viewer); returns its report."""
+    from ...engine import FuseOptions, fuse_folder
+
+    options = FuseOptions(
+        model=request.model,
+        method=request.method,
+        tile=request.tile,
+        overlap=request.overlap,
+        batch=request.batch,
+        device=request.device,
+    )
+    return fuse_folder(
+        request.a_dir,
+        request.b_dir,
+        request.out_dir,
+        options,
+        progress=lambda _name, done, total: progress(done, total),
+        output_format=request.output_format,
+        cancel=cancelled,
+    )
 
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
