@@ -136,10 +136,11 @@ class FuseWidget(ScrollingContainer):
         )
         self.channel_a, self.channel_b = (
             ComboBox(
-                label=f"Channel ({side})",
+                label=f"Channel / plane ({side})",
                 choices=lambda _widget=None, picker=picker: _channel_choices(picker.value),
-                tooltip=f"For a multichannel layer (channels along its first axis): the channel to use as {side}, "
-                "e.g. fluorescence and phase contrast as two channels of one image.",
+                tooltip=f"For a layer holding several images along its first axis (channels, or planes): all of "
+                f"them as a stack, or the one to use as {side}, e.g. fluorescence and phase contrast as two "
+                "channels of one image.",
             )
             for side, picker in (("A", self.a), ("B", self.b))
         )
@@ -260,7 +261,7 @@ class FuseWidget(ScrollingContainer):
         self.folder_progress = ProgressBar(label="Folder", tooltip="Chunks of the pair being fused.")
         self.folder_results = Table(label="Pairs", tooltip="Each name: fused, kept (already there), skipped or failed.")
         self.folder_results.visible = False
-        folder = Container(
+        self.folder_section = Container(
             label="Folder of pairs",
             widgets=[
                 self.folder_a,
@@ -272,7 +273,7 @@ class FuseWidget(ScrollingContainer):
                 self.folder_results,
             ],
         )
-        self.extend([Label(value="<b>Folder of pairs</b>"), folder])
+        self.extend([Label(value="<b>Folder of pairs</b>"), self.folder_section])
 
     # --- view updates ---------------------------------------------------------------------
 
@@ -609,8 +610,8 @@ def _open_lazy(path: Path, rgb: bool):
 
 
 def _channel_choices(layer) -> list[tuple[str, int | None]]:
-    """Every channel of a multichannel layer (its first axis), after "all" (a stack as it is)."""
-    return [("all (a stack)", None)] + [(f"channel {i}", i) for i in range(channel_count(layer))]
+    """Every channel (or plane) along a layer's first axis, after "all" (a stack as it is)."""
+    return [("all (a stack)", None)] + [(str(i), i) for i in range(channel_count(layer))]
 
 
 def _fmt(values) -> str:
