@@ -254,7 +254,9 @@ class FuseWidget(ScrollingContainer):
             mode="d",
             tooltip="Where NAME.ome.zarr (or NAME.ome.tif) go; outputs already there are kept.",
         )
-        self.folder_format = ComboBox(label="Format", choices=("zarr", "tif"), value="zarr")
+        self.folder_format = ComboBox(
+            label="Format", choices=("zarr", "tif"), value="zarr", tooltip="NAME.ome.zarr or NAME.ome.tif outputs."
+        )
         self.folder_button = PushButton(
             text="Fuse folder", tooltip="Fuse every pair of the two folders; press again to cancel."
         )
@@ -273,7 +275,8 @@ class FuseWidget(ScrollingContainer):
                 self.folder_results,
             ],
         )
-        self.extend([Label(value="<b>Folder of pairs</b>"), self.folder_section])
+        self.folder_section.tooltip = "Fuse every pair of two folders matched by name, with the settings above."
+        self.extend([self.folder_section])
 
     # --- view updates ---------------------------------------------------------------------
 
