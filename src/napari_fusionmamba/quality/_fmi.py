@@ -57,30 +57,36 @@ def _marginal(window: np.ndarray, p: np.ndarray, logs: np.ndarray, cdf: np.ndarr
 
 
 @njit(cache=True, inline="always")
-def _coupling(cf: np.ndarray, cx: np.ndarray, upper: bool, cells: np.ndarray, masses: np.ndarray) -> int:
+def _coupling(cf: np.ndarray, px: np.ndarray, upper: bool, cells: np.ndarray, masses: np.ndarray) -> int:
     """The cells (row f, column x) and masses of the coupling whose joint CDF is the Frechet
     bound: comonotone for the upper bound min(F_i, X_j), countermonotone for the lower bound
-    max(F_i + X_j - 1, 0). The bound's second difference is exactly this mass, non-zero on at
-    most 2n - 1 cells along a staircase, found by one merge walk; returns their number."""
+    max(F_i + X_j - 1, 0) (x taken in reverse). The bound's second difference is exactly this
+    mass, non-zero on at most 2n - 1 cells along a staircase: one merge walk of the two CDFs,
+    each cell's mass the step from the previous breakpoint; returns their number."""
     n = cf.size
-    count, i, j = 0, 0, 0 if upper else n - 1
-    while i < n and 0 <= j < n:
-        before_x = cx[j - 1] if j > 0 else 0.0
-        high_x, low_x = (cx[j], before_x) if upper else (1.0 - before_x, 1.0 - cx[j])
-        mass = min(cf[i], high_x) - max(cf[i - 1] if i > 0 else 0.0, low_x)
-        if mass > 0:
-            cells[count, 0], cells[count, 1], masses[count] = i, j, mass
+    count, i, t = 0, 0, 0
+    x_cdf = px[0] if upper else px[n - 1]
+    before = 0.0
+    while i < n and t < n:
+        f_cdf = cf[i]
+        high = min(f_cdf, x_cdf)
+        if high > before:
+            cells[count, 0], cells[count, 1], masses[count] = i, t if upper else n - 1 - t, high - before
             count += 1
-        f_done, x_done = cf[i] <= high_x, high_x <= cf[i]
+            before = high
+        f_done, x_done = f_cdf <= x_cdf, x_cdf <= f_cdf
         i += f_done
-        j += (1 if upper else -1) * x_done
+        if x_done:
+            t += 1
+            if t < n:
+                x_cdf += px[t] if upper else px[n - 1 - t]
     return count
 
 
 @njit(cache=True, inline="always")
 def _window_score(x: tuple, f: tuple, cells: np.ndarray, masses: np.ndarray) -> float:  # type: ignore[type-arg]
     """Normalised feature MI of one window pair from their marginals (pdf, ln pdf, cdf, entropy)."""
-    px, lx, cx, hx = x
+    px, lx, _, hx = x
     pf, lf, cf, hf = f
     n = px.size
     mean_x, mean_f = px.sum() / n, pf.sum() / n
@@ -101,7 +107,7 @@ def _window_score(x: tuple, f: tuple, cells: np.ndarray, masses: np.ndarray) -> 
         return 0.0  # the joint is the independent product: no information
 
     # the mix of bound and product whose correlation is c: c / the bound's own correlation
-    count = _coupling(cf, cx, c >= 0, cells, masses)
+    count = _coupling(cf, px, c >= 0, cells, masses)
     e_fx = 0.0
     for k in range(count):
         e_fx += masses[k] * (cells[k, 0] + 1.0) * (cells[k, 1] + 1.0)
