@@ -1,12 +1,11 @@
 """The Fast-FMI window scores as one compiled loop (numba) over every window position.
 
-Each window pair's 9 x 9 joint table lives in small buffers reused for every window, never in
-an (81, windows) array: the numpy form this replaces moved such tables through memory. Most
-cells of the joint table are the independent product alone (the Frechet bound's second
-difference is zero off its staircase), and their -p ln p comes from the marginals' logarithms
-already at hand, so only the ~2n cells on the staircase need a logarithm of their own.
-Imported only when FMI is computed (numba's import costs time); compiled once, cached on disk.
-"""
+No 9 x 9 joint table is ever built (the numpy form this replaced moved (81, windows) tables
+through memory): the joint is a mix of the independent product and the coupling behind the
+Frechet bound, whose mass lies on at most 2n - 1 cells of a staircase. The product's entropy
+over all cells comes in closed form from the marginals' logarithms, so only the staircase cells
+need a logarithm of their own. Imported only when FMI is computed (numba's import costs time);
+compiled once, cached on disk."""
 
 from __future__ import annotations
 
