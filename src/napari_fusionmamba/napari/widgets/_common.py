@@ -68,6 +68,37 @@ def channel_count(layer) -> int:
     return shape[0] if len(shape) > 2 else 0
 
 
+def channel_picker(viewer, layers: ComboBox, side: str) -> ComboBox:
+    """A list of the channels (or planes) along the first axis of the layer picked in ``layers``,
+    after "all" (a stack as it is): one multichannel layer can then give both A and B. It lists
+    the picked layer's again whenever the pick or the layer list changes; call
+    :func:`show_channels` once it sits in its container."""
+    picker = ComboBox(
+        label=f"Channel / plane ({side})",
+        choices=lambda _widget=None: (
+            [("all (a stack)", None)] + [(str(i), i) for i in range(channel_count(layers.value))]
+        ),
+        tooltip=f"For a layer holding several images along its first axis (channels, or planes): all of them "
+        f"as a stack, or the one to use as {side}, e.g. fluorescence and phase contrast as two channels of one image.",
+        visible=False,
+    )
+
+    def refresh(_event=None):
+        show_channels(picker)
+
+    layers.changed.connect(refresh)
+    inserted = viewer.layers.events.inserted
+    inserted.connect(refresh, position="last")  # after the layer pickers have settled
+    picker.native.destroyed.connect(lambda *_: inserted.disconnect(refresh))
+    return picker
+
+
+def show_channels(picker: ComboBox) -> None:
+    """List the channels again; the list shows only for a layer that has several."""
+    picker.reset_choices()
+    picker.visible = len(picker.choices) > 1
+
+
 def registered_pair(
     a, b, who: str, plane_over_stack: bool = False, channels: tuple[int | None, int | None] = (None, None)
 ) -> tuple[Any, Any, tuple[int, ...]]:

@@ -22,13 +22,14 @@ from ...io.files import free_path
 from ._common import (
     Runner,
     ScrollingContainer,
-    channel_count,
+    channel_picker,
     current_plane,
     follow_pair,
     layer_picker,
     persist,
     refresh_on_open,
     registered_pair,
+    show_channels,
     spatial_shape,
 )
 
@@ -135,23 +136,12 @@ class FuseWidget(ScrollingContainer):
             self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
         self.channel_a, self.channel_b = (
-            ComboBox(
-                label=f"Channel / plane ({side})",
-                choices=lambda _widget=None, picker=picker: _channel_choices(picker.value),
-                tooltip=f"For a layer holding several images along its first axis (channels, or planes): all of "
-                f"them as a stack, or the one to use as {side}, e.g. fluorescence and phase contrast as two "
-                "channels of one image.",
-            )
-            for side, picker in (("A", self.a), ("B", self.b))
+            channel_picker(self._viewer, picker, side) for picker, side in ((self.a, "A"), (self.b, "B"))
         )
         self.extend([self.a, self.channel_a, self.b, self.channel_b])
         follow_pair(self._viewer, self.a, self.b, plane_over_stack=True, kept=self._two_channels)
-        self.a.changed.connect(self._on_layers)
-        self.b.changed.connect(self._on_layers)
-        inserted = self._viewer.layers.events.inserted
-        inserted.connect(self._on_layers, position="last")  # after the pickers have settled
-        self.a.native.destroyed.connect(lambda *_: inserted.disconnect(self._on_layers))
-        self._on_layers()
+        show_channels(self.channel_a)
+        show_channels(self.channel_b)
 
     def _add_engine(self) -> None:
         """The model (or classical method) and where it runs."""
@@ -299,12 +289,6 @@ class FuseWidget(ScrollingContainer):
     def _two_channels(self) -> bool:
         """Whether one layer picked as A and B is meant: two of its channels are picked."""
         return self.channel_a.value != self.channel_b.value
-
-    def _on_layers(self, _value=None) -> None:
-        """List the picked layers' channels; each list shows only for a multichannel layer."""
-        for channel in (self.channel_a, self.channel_b):
-            channel.reset_choices()
-            channel.visible = len(channel.choices) > 1
 
     def _on_device(self, _value=None) -> None:
         self.backend.value = scan_backend(self.device.value)
@@ -610,11 +594,6 @@ def _open_lazy(path: Path, rgb: bool):
     if rgb and "C" in image.axes:
         levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
     return levels if len(levels) > 1 else levels[0]
-
-
-def _channel_choices(layer) -> list[tuple[str, int | None]]:
-    """Every channel (or plane) along a layer's first axis, after "all" (a stack as it is)."""
-    return [("all (a stack)", None)] + [(str(i), i) for i in range(channel_count(layer))]
 
 
 def _fmt(values) -> str:
