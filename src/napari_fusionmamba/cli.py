@@ -1,4 +1,4 @@
-"""The ``fusionmamba`` command: ``fuse | fuse-folder | finetune | evaluate | info``.
+"""The ``fusionmamba`` command: ``fuse | fuse-folder | finetune | evaluate | export | import | info``.
 
 Each subcommand is a thin shell over the public Python function of the same job; heavy imports
 happen inside the handlers so ``fusionmamba --help`` answers at once. It catches only the
@@ -140,6 +140,13 @@ def _add_finetune_parser(commands) -> None:
         metavar="A1,A2,A3",
         help="the objective's intensity, texture and structure weights (default 10,1,10)",
     )
+    p.add_argument(
+        "--target-background",
+        type=float,
+        metavar="LEVEL",
+        help="keep-both: A's background level in [0, 1] units (default 0.035); signal above it is kept",
+    )
+    p.add_argument("--target-gain", type=float, metavar="G", help="keep-both: gain on that signal (default 1.1)")
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument(
         "--checkpoint-steps",
@@ -169,7 +176,8 @@ def _finetune(args: argparse.Namespace) -> int:
     flags = {
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
-        "objective": args.objective, "checkpoint_every_steps": args.checkpoint_steps,
+        "objective": args.objective, "target_background": args.target_background, "target_gain": args.target_gain,
+        "checkpoint_every_steps": args.checkpoint_steps,
         "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
@@ -434,6 +442,67 @@ def _fuse_folder(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _add_verify_parser(commands) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="check a fused output: every chunk present, readable and as written",
+        description="Check a finished output of fusionmamba fuse: every chunk present, readable and equal to "
+        "what was written (its digest, recorded when it was written). Prints one line per missing or damaged "
+        "chunk, naming it. Exit code 0 when the output is sound, 1 when chunks are missing or damaged, 2 when "
+        "OUTPUT is not a finished output of fusionmamba fuse.",
+    )
+    verify.add_argument("output", help="a .zarr / .ome.zarr or .tif / .ome.tif written by fusionmamba fuse")
+    verify.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .engine import verify_output
+
+    report = verify_output(args.output)
+    for line in report.problems:
+        print(line, file=sys.stderr)
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _add_share_parsers(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a model as a bioimage.io model package (.zip)",
+        description="Write MODEL (a name from `fusionmamba info --models` or a checkpoint path) as a bioimage.io "
+        "model package (format 0.5): TorchScript and state-dict weights, test tensors, cover, model card, "
+        "licence and citations, validated before it is written. Needs the bioimageio extra.",
+    )
+    export.add_argument("model", metavar="MODEL", help="model name or .safetensors checkpoint")
+    export.add_argument("out", metavar="OUT.zip", help="the package to write")
+    export.set_defaults(handler=_export)
+    imported = commands.add_parser(
+        "import",
+        help="register the model of a bioimage.io package written by `fusionmamba export`",
+        description="Validate PACKAGE.zip and register its model by name, so every tool can use it. Only "
+        "packages written by `fusionmamba export` are accepted, and only their safetensors checkpoint is read.",
+    )
+    imported.add_argument("package", metavar="PACKAGE.zip")
+    imported.add_argument("--name", help="register under this name (default: the name it was exported with)")
+    imported.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
+    imported.set_defaults(handler=_import)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .zoo import export_model
+
+    print(f"wrote {export_model(args.model, args.out)}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .zoo import import_model
+
+    entry = import_model(args.package, args.name, overwrite=args.overwrite)
+    print(f"registered as model {entry.name!r}: {entry.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionmamba", description="Multimodal image fusion with the FusionMamba network."
@@ -447,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fuse_folder_parser(commands)
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
+    _add_verify_parser(commands)
+    _add_share_parsers(commands)
     return parser
 
 

@@ -72,15 +72,17 @@ def run_chunk(
     plane: tuple[int, ...],
     region: tuple[int, int, int, int],
 ) -> int:
-    """Fuse one output chunk (``region`` = y0, y1, x0, x1), write it, then mark it done (a
-    killed run redoes unmarked ones). Returns how many tiles it ran."""
+    """Fuse one output chunk (``region`` = y0, y1, x0, x1), write it, then mark it done with the
+    digests of its inputs and of what was written (a killed run redoes unmarked ones). Returns
+    how many tiles it ran."""
     y0, y1, x0, x1 = region
     runner = _RUNNERS.get(_runner_key(job))
     if runner is None:
         runner = remember(_RUNNERS, _runner_key(job), BatchRunner(predictor(job.engine)[0], job.batch))
-    block = job.region(runner, plane, y0, y1, x0, x1)
-    write_block(store, layout, plane, y0, x0, to_dtype(block, np.dtype(layout.dtype)))
-    mark_done(done, plane, y0, x0)
+    block, inputs = job.region(runner, plane, y0, y1, x0, x1)
+    stored = to_dtype(block, np.dtype(layout.dtype))
+    write_block(store, layout, plane, y0, x0, stored)
+    mark_done(done, layout, plane, y0, x0, inputs, stored)
     return len(job.grid().touching(y0, y1, x0, x1))
 
 
