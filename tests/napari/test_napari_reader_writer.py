@@ -163,3 +163,17 @@ def test_ome_zarr_omero_channels_set_names_colours_and_contrast(make_napari_view
     assert [layer.colormap.name for layer in layers] == ["#ff00ff", "gray"]
     assert [tuple(layer.contrast_limits) for layer in layers] == [(100, 3000), (50, 3900)]
     np.testing.assert_allclose(layers[1].scale, (0.3, 0.3))
+
+
+def test_three_unnamed_ome_tiff_channels_open_as_colour_and_named_ones_as_layers(make_napari_viewer, tmp_path):
+    import tifffile
+
+    colour = np.random.default_rng(1).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.ome.tif", colour, metadata={"axes": "CYX"})
+    names = {"Name": ["DAPI", "GFP", "phase"]}
+    tifffile.imwrite(tmp_path / "three.ome.tif", colour, metadata={"axes": "CYX", "Channel": names})
+    viewer = make_napari_viewer()
+    [rgb] = viewer.open(str(tmp_path / "rgb.ome.tif"), plugin=PLUGIN)
+    assert rgb.rgb and rgb.data.shape == (16, 16, 3)
+    layers = viewer.open(str(tmp_path / "three.ome.tif"), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["three [DAPI]", "three [GFP]", "three [phase]"]

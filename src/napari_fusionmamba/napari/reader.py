@@ -42,7 +42,8 @@ def read(path) -> list[tuple]:
     scale = list(image.pixel_size) if image.pixel_size is not None else None
     translate = list(image.origin) if image.origin is not None else None
     rgb = axes.endswith("S")
-    if axes == "CYX" and levels[0].shape[0] in (3, 4) and not image.channels:  # colour stored OME-style
+    named = any(channel.name or channel.color for channel in image.channels)
+    if axes == "CYX" and levels[0].shape[0] in (3, 4) and not named:  # colour stored OME-style
         levels = [da.moveaxis(level, 0, -1) for level in levels]
         scale, translate = (None if v is None else list(v)[1:] for v in (scale, translate))
         axes, rgb = "YXS", True
