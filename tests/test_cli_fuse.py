@@ -309,3 +309,27 @@ def test_fuse_folder_with_the_network(folders, tmp_path):
         open_image(single).data.compute(),
         atol=1e-6,
     )
+
+
+def test_two_channels_of_one_ome_tiff_are_fused(pair, tmp_path, capsys):
+    """fluorescence and phase contrast as channels 0 and 1 of one file; the channel is named
+    when it is missing, and one input without channels is refused."""
+    a, b = pair
+    meta = {"axes": "CYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "Channel": {"Name": ["GFP", "phase"]}}
+    both = tmp_path / "both.ome.tif"
+    tifffile.imwrite(both, np.stack([a, b]), metadata=meta)
+    out = str(tmp_path / "fused.ome.zarr")
+    assert main(["fuse", str(both), "--channel-a", "0", "--channel-b", "1", "-o", out, "--method", "max"]) == 0
+    image = open_image(out)
+    assert image.axes == "YX" and image.pixel_size == pytest.approx((0.2, 0.2))
+    np.testing.assert_allclose(image.data.compute(), fuse(a, b, method="max"), atol=1e-6)
+    swapped = str(tmp_path / "swapped.zarr")
+    assert main(["fuse", str(both), "--channel-a", "1", "--channel-b", "0", "-o", swapped, "--method", "max"]) == 0
+    np.testing.assert_allclose(open_image(swapped).data.compute(), fuse(b, a, method="max"), atol=1e-6)
+
+    capsys.readouterr()
+    assert main(["fuse", str(both), "--channel-a", "0", "--channel-b", "2", "-o", str(tmp_path / "x.zarr")]) == 2
+    assert capsys.readouterr().err.strip() == f"fusionmamba fuse: error: {both}: no channel 2; it has 2 (0 to 1)"
+    assert main(["fuse", str(both), "-o", str(tmp_path / "y.zarr")]) == 2
+    assert "--channel-a and --channel-b" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()

@@ -9,6 +9,7 @@ anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -308,10 +309,17 @@ def _add_fuse_parser(commands) -> None:
         help="first source (functional / fluorescence / CT / infrared): "
         ".tif .tiff .png .jpg .zarr .ome.zarr or PATH.zarr/ARRAY",
     )
-    fuse.add_argument("b", help="second source (structural / phase contrast / MRI / visible)")
+    fuse.add_argument(
+        "b",
+        nargs="?",
+        help="second source (structural / phase contrast / MRI / visible); leave it out to fuse two "
+        "channels of A (--channel-a, --channel-b)",
+    )
     fuse.add_argument(
         "-o", "--output", required=True, help="output .zarr / .ome.zarr (OME-Zarr 0.4) or .tif / .tiff (OME-TIFF)"
     )
+    fuse.add_argument("--channel-a", type=int, metavar="N", help="fuse channel N (from 0) of A's C axis")
+    fuse.add_argument("--channel-b", type=int, metavar="N", help="fuse channel N (from 0) of B's C axis (or of A's)")
     _add_fusion_options(fuse)
     fuse.set_defaults(handler=_fuse)
 
@@ -368,10 +376,12 @@ def _fuse(args: argparse.Namespace) -> int:
     from .engine import fuse_files
     from .errors import FusionCancelled
 
-    options = _fuse_options(args)
+    if args.b is None and (args.channel_a is None or args.channel_b is None):
+        raise InputError("fuse: give two sources, or one with --channel-a and --channel-b (two of its channels)")
+    options = dataclasses.replace(_fuse_options(args), channels=(args.channel_a, args.channel_b))
     bar = _ChunkBar(not args.no_progress)
     try:
-        report = fuse_files(args.a, args.b, args.output, options, progress=bar)
+        report = fuse_files(args.a, args.b or args.a, args.output, options, progress=bar)
     except (KeyboardInterrupt, FusionCancelled):
         print("fusionmamba fuse: stopped; run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt from None

@@ -102,6 +102,27 @@ def test_stack_is_fused_plane_by_plane_with_one_normalisation_per_stack():
     assert np.abs(out - np.maximum(normalised(a), normalised(b))).max() < 1e-5
 
 
+def test_an_image_goes_with_every_plane_of_a_stack_in_memory_and_to_files(tmp_path):
+    """A projection (Y, X) with each plane of a Z stack: one fused plane per stack plane, one
+    progress count over all of them, the stack's axes and pixel sizes in the file."""
+    projection = real_looking_pair(48, seed=9)[0]
+    stack = np.stack([real_looking_pair(48, seed=s)[1] for s in range(3)])
+    counts = []
+    out = fuse(projection, stack, method="max", tile=32, overlap=8, progress=lambda d, t: counts.append((d, t)))
+    assert out.shape == (3, 48, 48)
+    for z in range(3):
+        assert np.abs(out[z] - np.maximum(normalised(projection), normalised(stack)[z])).max() < 1e-5
+    totals = {total for _, total in counts}
+    assert len(totals) == 1 and counts[-1] == (totals.pop(),) * 2 and counts == sorted(counts)
+    tifffile.imwrite(tmp_path / "map2.tif", projection)
+    meta = {"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5}
+    tifffile.imwrite(tmp_path / "phase.ome.tif", stack, metadata=meta)
+    fuse_files(str(tmp_path / "map2.tif"), str(tmp_path / "phase.ome.tif"), str(tmp_path / "f.ome.zarr"), method="max")
+    image = open_image(tmp_path / "f.ome.zarr")
+    assert image.axes == "ZYX" and image.pixel_size == pytest.approx((2.0, 0.5, 0.5))
+    np.testing.assert_allclose(image.data.compute(), out, atol=1e-6)
+
+
 def test_time_and_z_stack_keeps_its_axes_through_files(tmp_path):
     a = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[0] for z in range(2)]) for t in range(3)])
     b = np.stack([np.stack([real_looking_pair(48, seed=t * 2 + z)[1] for z in range(2)]) for t in range(3)])

@@ -158,3 +158,31 @@ def test_pyramid_levels_are_2x2_means_with_doubled_scale(tmp_path):
     last = open_image(store + "/3")
     assert last.pixel_size == (2.0, 4.0, 4.0)
     assert np.isclose(last.data[0, -1, -1].compute(), image.levels[2][0, -1, -1].compute(), atol=1)  # edge kept
+
+
+def test_one_channel_of_an_ome_tiff_keeps_its_other_axes_and_calibration(tmp_path):
+    import tifffile
+
+    from napari_fusionmamba.errors import InputError
+    from napari_fusionmamba.io import Channel, open_image
+
+    data = np.arange(2 * 3 * 16 * 20, dtype=np.uint16).reshape(3, 2, 16, 20)  # Z, C, Y, X
+    meta = {
+        "axes": "ZCYX",
+        "PhysicalSizeX": 0.25,
+        "PhysicalSizeY": 0.25,
+        "PhysicalSizeZ": 2.0,
+        "Channel": {"Name": ["GFP", "phase"], "Color": [0x00FF00FF, -1]},
+    }
+    tifffile.imwrite(tmp_path / "stack.ome.tif", data, metadata=meta)
+    image = open_image(tmp_path / "stack.ome.tif")
+    assert image.axes == "ZCYX" and image.channel_count == 2
+    assert image.channels == [Channel("GFP", (0.0, 1.0, 0.0)), Channel("phase", (1.0, 1.0, 1.0))]
+    phase = image.channel(1)
+    assert phase.axes == "ZYX" and phase.pixel_size == pytest.approx((2.0, 0.25, 0.25))
+    np.testing.assert_array_equal(phase.data.compute(), data[:, 1])
+    assert phase.channels == [Channel("phase", (1.0, 1.0, 1.0))]
+    with pytest.raises(InputError, match=r"stack.ome.tif: no channel 2; it has 2 \(0 to 1\)"):
+        image.channel(2)
+    with pytest.raises(InputError, match="has no channel axis"):
+        phase.channel(0)

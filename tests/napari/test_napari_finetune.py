@@ -212,3 +212,22 @@ def test_pair_rows_default_to_two_layers_of_one_shape_and_refuse_one_layer_twice
     row.b.value = row.a.value
     with pytest.raises(InputError, match="layer 'MAP2' is chosen as both A and B"):
         widget._request()
+
+
+def test_a_row_trains_on_two_channels_of_one_layer(make_napari_viewer, qtbot):
+    """A two-channel layer (fluorescence, phase contrast along its first axis) as A and B of one
+    pair, through the channel lists that appear for it."""
+    gfp, phase = real_looking_pair(64, 64)
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    qtbot.addWidget(widget.native)
+    row = widget.rows[0]
+    both = viewer.add_image(np.stack([gfp, phase]), name="both")
+    row.a.value = row.b.value = both
+    assert row.channel_a.native.isVisibleTo(widget.native) and row.channel_b.native.isVisibleTo(widget.native)
+    row.channel_a.value, row.channel_b.value = 0, 1
+    widget.crop.value = 32
+    [pair] = widget._request().pairs
+    np.testing.assert_array_equal(pair.a, gfp)
+    np.testing.assert_array_equal(pair.b, phase)
+    assert pair.name == "both [0] + both [1]"

@@ -461,18 +461,33 @@ def test_pickers_default_to_two_fitting_layers_and_run_refuses_one_layer_twice(m
     assert errors == ["Fuse: layer 'MAP2' is chosen as both A and B; choose two different layers."]
 
 
-def test_an_image_is_fused_with_the_plane_the_viewer_shows_of_a_stack(make_napari_viewer, qtbot):
+def test_an_image_is_fused_with_every_plane_of_a_stack_or_the_one_shown(make_napari_viewer, qtbot):
+    """The demo: the MAP2 projection with each focal plane of the phase stack, one progress bar
+    over all planes; or only with the plane the viewer shows."""
     from napari_fusionmamba.engine import fuse
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-fusionmamba", "neurons")
     viewer.dims.set_point(0, 2)  # the third focal plane
     widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=128, overlap=32, gray_output=True)
+    seen = []
+    widget.runner._progress.changed.connect(lambda done, total: seen.append((done, total)))
     _run(widget, qtbot)
-    result = viewer.layers[-1]
+    stack = viewer.layers[-1]
     map2, phase = viewer.layers["MAP2"].data, viewer.layers["phase"].data
-    np.testing.assert_allclose(result.data, fuse(map2, phase[2], method="average"), atol=1e-6)
-    assert not np.allclose(result.data, fuse(map2, phase[0], method="average"), atol=1e-3)
+    assert stack.data.shape == (3, 512, 512)
+    for z in range(3):
+        np.testing.assert_allclose(stack.data[z], fuse(map2, phase[z], method="average"), atol=1e-6)
+    assert {total for _, total in seen} == {3 * 25} and seen[-1] == (75, 75)  # 5 x 5 tiles per plane, one bar
+
+    widget.stack.value = fuse_widget.PLANE
+    _run(widget, qtbot)
+    shown = viewer.layers[-1]
+    assert shown.data.shape == (1, 512, 512)
+    np.testing.assert_allclose(shown.data[0], stack.data[2], atol=1e-6)
+    np.testing.assert_allclose(
+        shown.translate[0], viewer.layers["phase"].translate[0] + 2 * viewer.layers["phase"].scale[0]
+    )
 
 
 def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
@@ -517,16 +532,17 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     viewer.dims.set_point(0, 1)
     map2, phase = viewer.layers["MAP2"], viewer.layers["phase"]
     widget = _widget(viewer, qtbot, "MAP2", "phase", model="method:average", tile=256, overlap=32)
+    widget.stack.value = fuse_widget.PLANE
     _run(widget, qtbot)
     coloured = viewer.layers[-1]
-    assert coloured.rgb and coloured.data.shape == (512, 512, 3)
-    red, green, blue = np.moveaxis(np.asarray(coloured.data), -1, 0)
+    assert coloured.rgb and coloured.data.shape == (1, 512, 512, 3)
+    red, green, blue = np.moveaxis(np.asarray(coloured.data[0]), -1, 0)
     np.testing.assert_array_equal(green, 0)  # magenta: red and blue, never green
     np.testing.assert_allclose(red, blue)
     assert red[map2.data >= map2.contrast_limits[1]].min() >= 0.5  # what shows saturated is bright
     tint = colormap_tint(map2.colormap.colors, map2.colormap.controls, map2.contrast_limits)
     expected = fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tint)
-    np.testing.assert_allclose(coloured.data, expected, atol=1e-6)
+    np.testing.assert_allclose(coloured.data[0], expected, atol=1e-6)
     assert coloured.metadata["tint"]["colormap"] == "magenta"
 
     map2.contrast_limits = (map2.contrast_limits[0], 2 * map2.contrast_limits[1])  # dimmer on screen
@@ -536,8 +552,8 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     widget.gray_output.value = True
     _run(widget, qtbot)
     gray = viewer.layers[-1]
-    assert not gray.rgb and gray.data.shape == (512, 512)
-    np.testing.assert_allclose(gray.data, fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
+    assert not gray.rgb and gray.data.shape == (1, 512, 512)
+    np.testing.assert_allclose(gray.data[0], fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
 
 
 def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer, qtbot, monkeypatch):
@@ -560,3 +576,78 @@ def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer
     widget.progress.changed.connect(lambda _value: shown.append(widget.progress.native.text()))
     _run(widget, qtbot)
     assert any(re.fullmatch(r"[1-8]/9 tiles · 0:0\d elapsed · about 0:0\d left", text) for text in shown), shown
+
+
+def test_two_channels_of_one_layer_are_fused_as_a_and_b(make_napari_viewer, qtbot, notes):
+    """A two-channel image held as one layer (fluorescence and phase contrast along its first
+    axis): the channel pickers appear for it and pick A and B; the same channel twice is refused."""
+    from napari_fusionmamba.engine import fuse
+
+    gfp, phase = real_looking_pair(64, 64)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([gfp, phase]), name="both")
+    viewer.add_image(gfp, name="single")
+    widget = _widget(viewer, qtbot, "single", "single", model="method:max")
+    assert not _shown(widget.channel_a, widget) and not _shown(widget.channel_b, widget)
+    widget.a.value = widget.b.value = viewer.layers["both"]
+    assert _shown(widget.channel_a, widget) and _shown(widget.channel_b, widget)
+    assert [c for c in widget.channel_a.choices] == [None, 0, 1]
+    widget.channel_a.value, widget.channel_b.value = 0, 1
+    _run(widget, qtbot)
+    result = viewer.layers[-1]
+    assert result.name == "fused(both [0], both [1]) · max" and result.data.shape == (64, 64)
+    np.testing.assert_allclose(result.data, fuse(gfp, phase, method="max", **SETTINGS), atol=1e-6)
+
+    widget.channel_b.value = 0
+    widget.run_button.clicked.emit()
+    assert not widget.runner.running
+    assert notes[-1] == ("error", "Fuse: layer 'both' is chosen as both A and B; choose two different layers.")
+
+
+def test_a_folder_of_pairs_fuses_in_one_go_reporting_the_pairs_it_skips(make_napari_viewer, qtbot, tmp_path, notes):
+    """Pairs matched by name: each good pair fused as ``fuse_files`` fuses it, a pair of
+    different sizes failed with its reason, a name in one folder only skipped; the rest runs."""
+    import tifffile
+
+    from napari_fusionmamba.engine import fuse_files
+    from napari_fusionmamba.io import open_image
+
+    a_dir, b_dir, out_dir = tmp_path / "gfp", tmp_path / "phase", tmp_path / "fused"
+    a_dir.mkdir(), b_dir.mkdir()
+    for seed, name in enumerate(["well1", "well2"]):
+        gfp, phase = real_looking_pair(64, 64, seed=seed)
+        tifffile.imwrite(a_dir / f"{name}.tif", gfp)
+        tifffile.imwrite(b_dir / f"{name}.ome.tif", phase)
+    tifffile.imwrite(a_dir / "bad.tif", np.zeros((64, 64), np.uint16))
+    tifffile.imwrite(b_dir / "bad.tif", np.zeros((64, 80), np.uint16))
+    tifffile.imwrite(a_dir / "lonely.tif", np.zeros((64, 64), np.uint16))
+
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.model.value = "method:max"
+    widget.tile.value, widget.overlap.value = 64, 16
+    widget.folder_a.value, widget.folder_b.value, widget.folder_out.value = a_dir, b_dir, out_dir
+    widget.folder_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.folder_runner.running, timeout=120_000)
+
+    table = widget.folder_results.value
+    statuses = dict(zip(table["index"], (row[0] for row in table["data"])))
+    assert statuses == {"bad": "failed", "lonely": "skipped", "well1": "fused", "well2": "fused"}
+    assert "64x80" in table["data"][table["index"].index("bad")][1]
+    for name in ("well1", "well2"):
+        expected = fuse_files(
+            a_dir / f"{name}.tif",
+            b_dir / f"{name}.ome.tif",
+            tmp_path / f"{name}.zarr",
+            method="max",
+            tile=64,
+            overlap=16,
+        )
+        assert expected.summary()
+        np.testing.assert_array_equal(
+            open_image(out_dir / f"{name}.ome.zarr").data.compute(),
+            open_image(tmp_path / f"{name}.zarr").data.compute(),
+        )
+    assert not (out_dir / "bad.ome.zarr").exists()
+    assert ("info", "Fuse folder: fused 2, skipped 1, failed 1") in notes

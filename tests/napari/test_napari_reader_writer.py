@@ -103,3 +103,77 @@ def test_reader_declines_other_files(tmp_path):
     assert napari_get_reader(str(tmp_path / "notes.txt")) is None
     assert napari_get_reader(str(tmp_path / "empty")) is None
     assert napari_get_reader(str(tmp_path / "missing.tif")) is None
+
+
+def test_a_two_channel_ome_tiff_opens_as_named_coloured_layers_ready_to_fuse(make_napari_viewer, tmp_path, qtbot):
+    """Fluorescence and phase contrast as two channels of one OME-TIFF: one layer per channel,
+    named and coloured as the file says (also when napari is asked to split the channels), and
+    the Fuse widget's pickers take them as A and B."""
+    import tifffile
+
+    from conftest import real_looking_pair
+    from napari_fusionmamba.napari.widgets.fuse import FuseWidget
+
+    gfp, phase = real_looking_pair(64, 64)
+    meta = {
+        "axes": "CYX",
+        "PhysicalSizeX": 0.5,
+        "PhysicalSizeY": 0.5,
+        "Channel": {"Name": ["GFP", "phase"], "Color": [0x00FF00FF, -1]},  # RGBA: green, white
+    }
+    path = tmp_path / "well.ome.tif"
+    tifffile.imwrite(path, np.stack([gfp, phase]), metadata=meta)
+    viewer = make_napari_viewer()
+    for options in ({}, {"channel_axis": 0}):  # napari's own split-by-channel request
+        viewer.layers.clear()
+        layers = viewer.open(str(path), plugin=PLUGIN, **options)
+        assert [layer.name for layer in layers] == ["well [GFP]", "well [phase]"]
+        assert [layer.colormap.name for layer in layers] == ["#00ff00", "gray"]
+        np.testing.assert_allclose(layers[0].colormap.colors[-1], (0, 1, 0, 1))
+        for layer, data in zip(layers, (gfp, phase)):
+            np.testing.assert_array_equal(np.asarray(layer.data), data)
+            np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget.native)
+    assert (widget.a.value.name, widget.b.value.name) == ("well [GFP]", "well [phase]")
+
+
+def test_ome_zarr_omero_channels_set_names_colours_and_contrast(make_napari_viewer, tmp_path, stack):
+    import zarr
+
+    path = tmp_path / "cells.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", data=stack[:2], chunks=(1, 48, 64))
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.3, 0.3]}]}],
+        }
+    ]
+    group.attrs["omero"] = {
+        "channels": [
+            {"label": "MAP2", "color": "FF00FF", "window": {"start": 100, "end": 3000, "min": 0, "max": 4000}},
+            {"label": "phase", "color": "FFFFFF", "window": {"start": 50, "end": 3900, "min": 0, "max": 4000}},
+        ]
+    }
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["cells [MAP2]", "cells [phase]"]
+    assert [layer.colormap.name for layer in layers] == ["#ff00ff", "gray"]
+    assert [tuple(layer.contrast_limits) for layer in layers] == [(100, 3000), (50, 3900)]
+    np.testing.assert_allclose(layers[1].scale, (0.3, 0.3))
+
+
+def test_three_unnamed_ome_tiff_channels_open_as_colour_and_named_ones_as_layers(make_napari_viewer, tmp_path):
+    import tifffile
+
+    colour = np.random.default_rng(1).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.ome.tif", colour, metadata={"axes": "CYX"})
+    names = {"Name": ["DAPI", "GFP", "phase"]}
+    tifffile.imwrite(tmp_path / "three.ome.tif", colour, metadata={"axes": "CYX", "Channel": names})
+    viewer = make_napari_viewer()
+    [rgb] = viewer.open(str(tmp_path / "rgb.ome.tif"), plugin=PLUGIN)
+    assert rgb.rgb and rgb.data.shape == (16, 16, 3)
+    layers = viewer.open(str(tmp_path / "three.ome.tif"), plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["three [DAPI]", "three [GFP]", "three [phase]"]

@@ -93,9 +93,15 @@ def test_mutual_information_by_hand():
 @pytest.mark.parametrize("feature", ["pixel", "gradient"])
 def test_fmi_matches_the_reference_algorithm(feature):
     a, b = smooth_image(3, (12, 14), 1.0), smooth_image(4, (12, 14), 1.0)
-    for fused in (np.maximum(a, b), np.rint((a + b) / 2), 255 - a):  # the last one: c < 0 windows
+    patchy = a.copy()
+    patchy[2:7, 3:9] = 40.0  # flat windows, one-hot pdfs and windows equal to a source's
+    patchy[8:, :5] = b[8:, :5]
+    for fused in (np.maximum(a, b), np.rint((a + b) / 2), 255 - a, patchy):  # 255 - a: c < 0 windows
         expected = reference_fmi(fused, a, b, feature)
-        assert M.feature_mutual_information(fused, a, b, feature) == pytest.approx(expected, abs=1e-6)
+        assert M.feature_mutual_information(fused, a, b, feature) == pytest.approx(expected, abs=1e-9)
+    off_grid = (a + b) / 2.7  # not whole or half gray levels: the logarithms are computed
+    expected = reference_fmi(off_grid, a / 1.3, b, feature)
+    assert M.feature_mutual_information(off_grid, a / 1.3, b, feature) == pytest.approx(expected, abs=1e-9)
 
 
 def test_fmi_is_one_for_identical_images_and_stays_in_0_1(triple):
@@ -245,3 +251,17 @@ def test_wins_counts_strict_wins_over_every_other_method():
     }
     assert wins(results, "net") == ["EN"]  # SD lost to max, MI missing, the rest tied
     assert wins(results, "max") == ["SD"]
+
+
+def test_scoring_several_fusions_shares_the_sources_terms_without_changing_a_number():
+    """compare_methods computes each source's filters, pyramids and threshold once for all
+    methods: every value equals scoring each method's result on its own."""
+    from napari_fusionmamba.quality.baselines import BASELINES
+    from napari_fusionmamba.quality.metrics import compare_methods, fusion_input
+
+    a, b = smooth_image(5, (48, 40)), smooth_image(6, (48, 40), 4.0)
+    shared = compare_methods(a, b)
+    plane_a, plane_b = fusion_input(a), fusion_input(b)
+    for name, method in BASELINES.items():
+        alone = evaluate(method(plane_a, plane_b), plane_a, plane_b)
+        assert shared[name] == alone, name

@@ -87,6 +87,7 @@ def fuse_folder(
     progress: Callable[[str, int, int], None] | None = None,
     on_result: Callable[[PairResult], None] | None = None,
     output_format: str = "zarr",
+    cancel: Callable[[], bool] | None = None,
 ) -> FolderReport:
     """Fuse ``A_DIR/NAME.*`` with ``B_DIR/NAME.*`` into ``OUT_DIR/NAME.ome.zarr`` (or
     ``.ome.tif``) for every NAME in both folders, in name order.
@@ -95,7 +96,8 @@ def fuse_folder(
     raises a user-facing error (unreadable file, shapes that differ...) is failed; the others
     still fuse. An output already there is kept unless ``options.overwrite``; an interrupted
     pair resumes as ``fuse_files`` does. ``progress(name, done, total)`` counts each pair's
-    chunks; ``on_result`` hears each name as it is settled. Missing folders are refused.
+    chunks; ``on_result`` hears each name as it is settled; ``cancel()`` returning True stops
+    with ``FusionCancelled`` (the pair under way resumes next time). Missing folders are refused.
     """
     if output_format not in FORMATS:
         raise InputError(f"unknown output format {output_format!r}: choose {' or '.join(FORMATS)}")
@@ -115,7 +117,7 @@ def fuse_folder(
     results = []
     for name in sorted(a_images.keys() | b_images.keys()):
         result = _fuse_pair(name, a_images.get(name, []), b_images.get(name, []), a_dir, b_dir, out_dir,
-                            output_format, options, progress)  # fmt: skip
+                            output_format, options, progress, cancel)  # fmt: skip
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -142,6 +144,7 @@ def _fuse_pair(
     output_format: str,
     options: FuseOptions,
     progress: Callable[[str, int, int], None] | None,
+    cancel: Callable[[], bool] | None = None,
 ) -> PairResult:
     for files, folder, other in ((a, a_dir, b_dir), (b, b_dir, a_dir)):
         if not files:
@@ -159,6 +162,7 @@ def _fuse_pair(
             out,
             options,
             progress=None if progress is None else (lambda done, total: progress(name, done, total)),
+            cancel=cancel,
         )
     except FusionCancelled:
         raise

@@ -193,7 +193,8 @@ def _output_dtype(job: FusionJob, dtype: str) -> np.dtype[Any]:
 
 def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
     """Shape, dtype, chunk and placement of the output: the sources' pixel size and A's origin
-    (or B's, when only B says where it starts), so the output lies where the sources lie."""
+    (or B's, when only B says where it starts, or is the stack an image goes with), so the
+    output lies where the sources lie."""
     chunk = int(options.chunk) if options.chunk is not None else default_chunk(job.tile, job.overlap)
     if chunk < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
@@ -205,8 +206,8 @@ def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
         and not np.allclose(a.pixel_size[-2:], b.pixel_size[-2:], rtol=1e-2)
     ):
         warnings.warn(f"pixel sizes differ ({a.pixel_size} and {b.pixel_size}); using {a.name}'s", stacklevel=3)
-    spatial = len(job.out_axes.rstrip("S"))
-    pixel_source = a if a.pixel_size is not None else b
+    spatial = len(job.out_axes.rstrip("S"))  # an image fused with a stack: the stack's sizes fit
+    pixel_source = next((s for s in (a, b) if s.pixel_size is not None and len(s.pixel_size) == spatial), a)
     pixel = (
         pixel_source.pixel_size
         if pixel_source.pixel_size is not None and len(pixel_source.pixel_size) == spatial
@@ -215,8 +216,8 @@ def output_layout(job: FusionJob, options: FuseOptions) -> OutputLayout:
     if pixel is not None and not all(math.isfinite(v) and v > 0 for v in pixel):
         warnings.warn(f"{pixel_source.name}: pixel size {pixel} is not positive and finite; not written", stacklevel=3)
         pixel = None
-    place = a if a.origin is not None else b
-    origin = place.origin if place.origin is not None and len(place.origin) == spatial else None
+    place = next((s for s in (a, b) if s.origin is not None and len(s.origin) == spatial), None)
+    origin = place.origin if place is not None else None
     if origin is not None and not all(math.isfinite(v) for v in origin):
         origin = None
     return OutputLayout(

@@ -46,7 +46,8 @@ class FusionJob:
 
     @property
     def lead(self) -> tuple[int, ...]:
-        return self.a.lead
+        """The stack's leading shape; a single image (no leading axes) goes with every plane."""
+        return max(self.a.lead, self.b.lead, key=len)
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -114,7 +115,7 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     """Check the sources, the engine and the tiling in the caller's process (errors before any
     output), and compute each source's normalisation once."""
     names = options.names or ("A", "B")
-    sa, sb = as_source(a, names[0]), as_source(b, names[1])
+    sa, sb = (as_source(x, name, channel) for x, name, channel in zip((a, b), names, options.channels))
     check_pair(sa, sb)
     engine = choose_engine(options.model, options.method, options.device)
     multiple = predictor(engine)[1]
@@ -153,7 +154,8 @@ def fuse(
     """Fuse two registered images in memory.
 
     ``a`` and ``b``: arrays (numpy, dask, zarr), ``OpenedImage`` or paths, of one spatial shape;
-    (Y, X), stacks (..., Y, X) with the same planes, colour (..., Y, X, 3|4) fused on luminance.
+    (Y, X), stacks (..., Y, X) with the same planes (or one image and a stack: the image goes
+    with every plane), colour (..., Y, X, 3|4) fused on luminance.
     ``options`` (a ``FuseOptions``) and ``keywords`` (its fields, e.g. ``model=``, ``tile=``)
     say how; the file-output options do not apply here. ``progress(done, total)`` counts tiles;
     ``cancel()`` returning True stops with ``FusionCancelled``.

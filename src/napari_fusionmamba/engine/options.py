@@ -20,7 +20,9 @@ class FuseOptions:
     ``tile`` / ``overlap`` / ``batch``: the tiling (tile a multiple of the network's stride).
     ``device``: "auto", "cpu", "cuda[:N]" or "mps". ``normalise``: "percentile" (robust,
     default), "range" (integer dtype range / float min-max) or None (inputs already in [0, 1]).
-    ``names`` label array inputs in error messages. ``tint``: an ``io.colour.Tint`` for a gray
+    ``names`` label array inputs in error messages. ``channels``: the channel of A and of B
+    to fuse, for files with a C axis (None: all of them, plane by plane); one file may give
+    both (fluorescence and phase contrast of one OME-TIFF). ``tint``: an ``io.colour.Tint`` for a gray
     source A shown in colour: A is normalised to the tint's limits (when it has them) and the
     fused gray is coloured by its colormap into RGB, so the result looks as A was shown.
 
@@ -39,6 +41,7 @@ class FuseOptions:
     device: str = "auto"
     normalise: str | None = "percentile"
     names: tuple[str, str] | None = None
+    channels: tuple[int | None, int | None] = (None, None)
     tint: Any = None
     chunk: int | None = None
     dtype: str = "float32"

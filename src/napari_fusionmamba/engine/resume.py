@@ -58,7 +58,8 @@ class PartialRun:
 def source_identity(source: Source) -> dict[str, Any]:
     """What names a source on a rerun; its content is checked chunk by chunk (``sound_chunks``)."""
     name = os.path.abspath(source.ref) if isinstance(source.ref, str) else source.name
-    return {"name": name, "axes": source.axes, "shape": list(source.shape), "dtype": str(source.dtype)}
+    identity = {"name": name, "axes": source.axes, "shape": list(source.shape), "dtype": str(source.dtype)}
+    return identity if source.channel is None else {**identity, "channel": source.channel}
 
 
 def run_record(job: FusionJob, layout: OutputLayout, kind: str) -> dict[str, Any]:

@@ -47,16 +47,18 @@ class Source(Planes):
     pixel_size: tuple[float, ...] | None = None
     unit: str | None = None
     origin: tuple[float, ...] | None = None
+    channel: int | None = None  # of a path's C axis
 
     def data(self) -> Any:
         """The lazy array (opened once per process for paths)."""
         if isinstance(self.ref, str):
-            return _opened(self.ref).data
+            return _opened(self.ref, self.channel).data
         return self.ref
 
     def read(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """A window of one plane as float32 (colour keeps its first three samples)."""
-        index = tuple(plane) + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
+        plane = tuple(plane)[len(plane) - len(self.lead) :]  # a single image goes with every plane
+        index = plane + (slice(y0, y1), slice(x0, x1)) + ((slice(0, 3),) if self.colour else ())
         with reading(self.name):
             window = self.data()[index]
             if hasattr(window, "compute"):
@@ -77,7 +79,7 @@ def reading(name: str) -> Iterator[None]:
         raise ImageReadError(f"{name}: cannot read (damaged data? {type(error).__name__}: {detail})") from None
 
 
-_OPENED: dict[tuple[str, int, int], OpenedImage] = {}
+_OPENED: dict[tuple[str, int, int, int | None], OpenedImage] = {}
 #: Entries kept in the per-process caches (a napari session or a cluster worker lives long).
 CACHE_SIZE = 4
 
@@ -90,24 +92,31 @@ def remember(cache: dict[K, V], key: K, value: V) -> V:
     return value
 
 
-def _opened(path: str) -> OpenedImage:
-    """Sources opened in this process, reopened when the file changes."""
+def _opened(path: str, channel: int | None = None) -> OpenedImage:
+    """Sources opened in this process (one channel of them, when given), reopened when the file
+    changes."""
     if not os.path.exists(path):
         return open_image(path)  # raises, naming the path
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
+    key = (path, stat.st_mtime_ns, stat.st_size, channel)
     if key in _OPENED:
         return _OPENED[key]
-    return remember(_OPENED, key, open_image(path))
+    image = open_image(path)
+    return remember(_OPENED, key, image if channel is None else image.channel(channel))
 
 
-def as_source(value: Any, name: str) -> Source:
-    """Wrap a path, an ``OpenedImage`` or an array, refusing data that cannot be fused."""
+def as_source(value: Any, name: str, channel: int | None = None) -> Source:
+    """Wrap a path, an ``OpenedImage`` or an array, refusing data that cannot be fused;
+    ``channel`` picks one channel of a file's (or ``OpenedImage``'s) C axis."""
+    if channel is not None and isinstance(value, OpenedImage):
+        value = value.channel(channel)
+    elif channel is not None and not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name}: a channel is picked from a file or an OpenedImage, whose axes name C")
     if isinstance(value, (str, os.PathLike)):
         path = str(value)
-        image = _opened(path)
+        image = _opened(path, channel)
         source = Source(
-            path,
+            path if channel is None else f"{path} (channel {channel})",
             path,
             image.axes,
             tuple(image.data.shape),
@@ -115,6 +124,7 @@ def as_source(value: Any, name: str) -> Source:
             image.pixel_size,
             image.unit,
             image.origin,
+            channel,
         )
     elif isinstance(value, OpenedImage):
         source = Source(
@@ -156,7 +166,7 @@ def check_pair(a: Source, b: Source) -> None:
             f"spatial shapes differ: {a.name} is {a.plane_shape[0]}x{a.plane_shape[1]}, "
             f"{b.name} is {b.plane_shape[0]}x{b.plane_shape[1]} (the sources must be registered)"
         )
-    if a.lead != b.lead:
+    if a.lead != b.lead and a.lead and b.lead:  # a single image goes with every plane of a stack
         raise InputError(f"different numbers of planes: {a.name} has {_planes(a)}, {b.name} has {_planes(b)}")
 
 

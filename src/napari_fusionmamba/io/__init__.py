@@ -8,7 +8,7 @@ tifffile, imageio and ``errors``; never torch, the network, napari or Qt.
 """
 
 from .axes import Planes, guess_axes, ome_axis
-from .readers import OpenedImage, is_zarr_path, kind_of, open_image
+from .readers import Channel, OpenedImage, is_zarr_path, kind_of, open_image
 from .writers import (
     OutputLayout,
     add_pyramid,
@@ -22,6 +22,7 @@ from .writers import (
 )
 
 __all__ = [
+    "Channel",
     "OpenedImage",
     "OutputLayout",
     "Planes",

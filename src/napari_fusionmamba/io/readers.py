@@ -3,7 +3,8 @@
 Every reader returns an ``OpenedImage``: a dask array (TIFF pages through tifffile's zarr
 interface, so nothing is loaded whole), its axes letters (``T Z C ... Y X`` plus ``S`` for colour
 samples, always last), the pixel size when the file says it, and the store's multiscale levels
-(full resolution first) for viewers.
+(full resolution first) for viewers, and what OME metadata says of each channel (its name,
+colour and display window) so a viewer shows the channels as the acquisition software did.
 """
 
 from __future__ import annotations
@@ -15,13 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageNotFoundError, ImageReadError
+from ..errors import ImageNotFoundError, ImageReadError, InputError
 from .axes import OME_UNITS, guess_axes
 from .files import not_regular
 
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel as OME metadata describes it: ``color`` (r, g, b) in [0, 1] and ``window``
+    (the display range, in data values) are None when the file does not say."""
+
+    name: str | None = None
+    color: tuple[float, float, float] | None = None
+    window: tuple[float, float] | None = None
 
 
 @dataclass
@@ -42,10 +53,41 @@ class OpenedImage:
     levels: list[Any] = field(default_factory=list)
     unit: str | None = None
     origin: tuple[float, ...] | None = None
+    channels: list[Channel] = field(default_factory=list)  # one per index of the C axis, when known
 
     @property
     def colour(self) -> bool:
         return self.axes.endswith("S")
+
+    @property
+    def channel_count(self) -> int:
+        """How many channels the C axis holds (0 without one)."""
+        return int(self.data.shape[self.axes.index("C")]) if "C" in self.axes else 0
+
+    def channel(self, index: int) -> OpenedImage:
+        """This image with its C axis reduced to channel ``index`` (its other axes, pixel sizes,
+        origin and levels kept); an ``InputError`` names the file when there is no such channel."""
+        count = self.channel_count
+        if not count:
+            raise InputError(f"{self.path}: has no channel axis (axes {self.axes}); leave the channel out")
+        if not 0 <= index < count:
+            raise InputError(f"{self.path}: no channel {index}; it has {count} (0 to {count - 1})")
+        axis = self.axes.index("C")
+        take = (slice(None),) * axis + (index,)
+
+        def dropped(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+            return None if values is None else values[:axis] + values[axis + 1 :]  # C precedes S
+
+        return OpenedImage(
+            data=self.data[take],
+            pixel_size=dropped(self.pixel_size),
+            axes=self.axes.replace("C", ""),
+            path=self.path,
+            levels=[level[take] for level in self.levels],
+            unit=self.unit,
+            origin=dropped(self.origin),
+            channels=self.channels[index : index + 1],
+        )
 
 
 def is_zarr_path(path: str | os.PathLike[str]) -> bool:
@@ -110,6 +152,7 @@ def _squeeze(image: OpenedImage) -> OpenedImage:
         levels=[level[index] for level in image.levels] if image.levels else [],
         unit=image.unit,
         origin=kept(image.origin),
+        channels=image.channels,
     )
 
 
@@ -143,7 +186,23 @@ def _open_tiff(path: str) -> OpenedImage:
         levels = [da.moveaxis(level, axes.index("S"), -1) for level in levels]
         axes = axes.replace("S", "") + "S"
     origin = tuple(positions.get(ax, 0.0) for ax in axes if ax != "S") if positions else None
-    return OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
+    image = OpenedImage(levels[0], _per_axis(axes, sizes), axes, path, levels, unit if sizes else None, origin)
+    image.channels = _ome_tiff_channels(pixels)
+    return image
+
+
+def _ome_tiff_channels(pixels: dict[str, Any] | None) -> list[Channel]:
+    """Name and colour of each OME-XML ``Channel`` (Color: a signed 32-bit RGBA integer)."""
+    found = (pixels or {}).get("Channel") or []
+    channels = []
+    for entry in found if isinstance(found, list) else [found]:
+        color = None
+        if "Color" in entry:
+            rgba = int(entry["Color"]) & 0xFFFFFFFF
+            color = ((rgba >> 24) / 255, ((rgba >> 16) & 0xFF) / 255, ((rgba >> 8) & 0xFF) / 255)
+        name = entry.get("Name")
+        channels.append(Channel(None if name is None else str(name), color))
+    return channels
 
 
 def _ome_pixels(tif: Any) -> dict[str, Any] | None:
@@ -218,7 +277,26 @@ def _from_multiscales(path: str, meta: dict[str, Any], group: Any, dataset: str 
     unit = next(
         (a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space" and a.get("unit")), None
     )
-    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None, origin)
+    channels = _omero_channels(dict(group.attrs))
+    return OpenedImage(levels[0], pixel, axes, path, levels, unit if pixel else None, origin, channels)
+
+
+def _omero_channels(attrs: dict[str, Any]) -> list[Channel]:
+    """Label, colour (hex RRGGBB) and display window of each OME-Zarr ``omero`` channel."""
+    channels = []
+    for entry in attrs.get("ome", attrs).get("omero", {}).get("channels", []):
+        hex_colour = str(entry.get("color", ""))
+        color = None
+        if len(hex_colour) == 6:
+            try:
+                color = tuple(int(hex_colour[i : i + 2], 16) / 255 for i in (0, 2, 4))
+            except ValueError:
+                color = None
+        window = entry.get("window") or {}
+        span = (float(window["start"]), float(window["end"])) if "start" in window and "end" in window else None
+        label = entry.get("label")
+        channels.append(Channel(None if label is None else str(label), color, span))  # type: ignore[arg-type]
+    return channels
 
 
 def _open_zarr(path: str) -> OpenedImage:

@@ -13,11 +13,14 @@ all call it.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -72,6 +75,44 @@ def fusion_input(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Shared building blocks
+
+_SHARED: ContextVar[tuple[dict[tuple[object, ...], tuple[object, ...]], set[int]] | None] = ContextVar(
+    "_SHARED", default=None
+)
+_T = TypeVar("_T")
+
+
+def _shared(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Inside :func:`_sharing`, compute ``fn`` of the sources (and of what is computed from them
+    alone) once: scoring several fused images against the same two sources then converts,
+    filters and thresholds each source once instead of once per image. Kept results hold their
+    arguments, so their ids cannot be reused; nothing here writes into them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object) -> _T:
+        shared = _SHARED.get()
+        if shared is None or not all(id(arg) in shared[1] for arg in args if isinstance(arg, np.ndarray)):
+            return fn(*args)
+        cache, sources = shared
+        key = (fn.__name__, *map(id, args))
+        if key not in cache:
+            result = fn(*args)
+            cache[key] = (result, *args)
+            if isinstance(result, np.ndarray):
+                sources.add(id(result))
+        return cache[key][0]  # type: ignore[return-value]
+
+    return wrapper
+
+
+@contextmanager
+def _sharing(*sources: np.ndarray) -> Iterator[None]:
+    """Share the :func:`_shared` terms of ``sources`` between the metric calls inside this block."""
+    token = _SHARED.set(({}, {id(source) for source in sources}))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def _histogram(x: np.ndarray) -> np.ndarray:
@@ -160,109 +201,6 @@ def mi(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return mutual_information(fused, a) + mutual_information(fused, b)
 
 
-_FMI_CHUNK = 4096  # windows per vectorised batch: keeps the (9, 9, n) temporaries in cache
-
-# The FMI helpers hold one window per column, shape (9, n): every reduction over a window's
-# values then runs across contiguous rows, which numpy vectorises far better than n short rows.
-
-
-def _window_pdfs(windows: np.ndarray) -> np.ndarray:
-    """Min-max normalise each window to [0, 1] (constant -> ones), then divide by its sum."""
-    low = windows.min(axis=0)
-    span = windows.max(axis=0) - low
-    flat = span == 0
-    normalised = (windows - low) / np.where(flat, 1.0, span)
-    normalised[:, flat] = 1.0
-    return np.asarray(normalised / normalised.sum(axis=0))
-
-
-def _pdf_entropy(p: np.ndarray) -> np.ndarray:
-    """Entropy (bits) of each column, skipping zeros; -p log2|p| so negatives count too."""
-    terms = np.abs(p)
-    terms += np.finfo(p.dtype).tiny  # log2 of a zero cell stays finite; 0 * finite = 0
-    np.log2(terms, out=terms)
-    terms *= p
-    return np.asarray(-terms.sum(axis=0))
-
-
-def _fmi_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Normalised feature MI of each pair of windows (columns of x and f), Fast-FMI style.
-
-    Each window, normalised to sum 1, is read as a distribution over its pixel positions; the
-    joint distribution is Nelsen's mix of the independent product and the Frechet bound
-    (upper when the marginals correlate positively, lower otherwise) whose correlation
-    matches the Pearson correlation of the two marginals. Identical windows score 1. The
-    9 x 9 joint tables are float32: four times less memory traffic, and the entropies
-    stay within ~1e-6 bits of float64.
-    """
-    value = np.ones(x.shape[1])
-    differ = ~np.all(x == f, axis=0)
-    if differ.any():
-        value[differ] = _fmi_differing_windows(x[:, differ], f[:, differ])
-    return value
-
-
-def _fmi_differing_windows(x: np.ndarray, f: np.ndarray) -> np.ndarray:
-    px, pf = _window_pdfs(x), _window_pdfs(f)
-    cx, cf = np.cumsum(px, axis=0), np.cumsum(pf, axis=0)
-
-    dx = px - px.mean(axis=0)
-    df = pf - pf.mean(axis=0)
-    num = (dx * df).sum(axis=0)
-    den = np.sqrt((dx * dx).sum(axis=0) * (df * df).sum(axis=0))
-    c = np.where(num == 0, 0.0, num / np.where(den > 0, den, 1.0))
-
-    index = np.arange(1, px.shape[0] + 1, dtype=np.float64)
-    sd_x = np.sqrt(np.maximum((index * index) @ px - (index @ px) ** 2, 0.0))
-    sd_f = np.sqrt(np.maximum((index * index) @ pf - (index @ pf) ** 2, 0.0))
-
-    h_joint = np.empty(len(c))
-    for cols in (np.flatnonzero(c >= 0), np.flatnonzero(c < 0)):
-        if cols.size:
-            h_joint[cols] = _nelsen_joint_entropy(
-                px[:, cols], pf[:, cols], cx[:, cols], cf[:, cols], c[cols], sd_x[cols] * sd_f[cols]
-            )
-
-    h_x, h_f = _pdf_entropy(px), _pdf_entropy(pf)
-    information = h_x + h_f - h_joint
-    total = h_x + h_f
-    return np.where((information == 0) | (total == 0), 0.0, 2.0 * information / np.where(total > 0, total, 1.0))
-
-
-def _nelsen_joint_entropy(
-    px: np.ndarray, pf: np.ndarray, cx: np.ndarray, cf: np.ndarray, c: np.ndarray, sd_product: np.ndarray
-) -> np.ndarray:
-    """Entropy of the joint distribution of windows whose correlations c share one sign."""
-    cf32, cx32 = cf.astype(np.float32)[:, None, :], cx.astype(np.float32)[None, :, :]
-    if c[0] >= 0:  # Frechet upper bound of the joint CDF (first axis indexes f)
-        bound = np.minimum(cf32, cx32)
-    else:  # lower bound
-        bound = cf32 + cx32
-        bound -= 1
-        np.maximum(bound, 0, out=bound)
-    n = bound.shape[0]
-    cov_bound = bound.reshape(n * n, -1).sum(axis=0, dtype=np.float64) - cf.sum(axis=0) * cx.sum(axis=0)
-    corr_bound = cov_bound / np.where(sd_product > 0, sd_product, 1.0)
-    usable = (sd_product > 0) & (c != 0) & (corr_bound != 0)
-    mix = np.where(usable, c / np.where(corr_bound != 0, corr_bound, 1.0), 0.0).astype(np.float32)
-
-    # joint pdf = mix * (mixed second difference of the bound) + (1 - mix) * product
-    bound[1:] -= bound[:-1].copy()
-    bound[:, 1:] -= bound[:, :-1].copy()
-    bound *= mix
-    joint = np.multiply(pf.astype(np.float32)[:, None, :], px.astype(np.float32)[None, :, :])
-    joint *= 1 - mix
-    joint += bound
-    return _pdf_entropy(joint.reshape(n * n, -1)).astype(np.float64)
-
-
-def _column_major_windows(feature: np.ndarray, rows: slice, size: int) -> np.ndarray:
-    """size x size windows whose top-left row is in ``rows``: one per column, its values read
-    column by column (the reference code's order), shape (size * size, n)."""
-    view = sliding_window_view(feature, (size, size))[rows]
-    return np.asarray(view.transpose(3, 2, 0, 1).reshape(size * size, -1))
-
-
 def feature_mutual_information(
     fused: np.ndarray, a: np.ndarray, b: np.ndarray, feature: str = "gradient", window: int = 3
 ) -> float:
@@ -278,33 +216,31 @@ def feature_mutual_information(
         images = [fused, a, b]
     else:
         raise InputError(f"unknown FMI feature {feature!r}: use 'gradient' or 'pixel'")
-    f_img, a_img, b_img = images
+    f_img, a_img, b_img = (np.ascontiguousarray(x, dtype=np.float64) for x in images)
     height, width = f_img.shape
     if height < window or width < window:
         raise InputError(f"FMI needs images of at least {window}x{window} pixels, got {f_img.shape}")
-    total, count = 0.0, 0
-    rows_per_chunk = max(1, _FMI_CHUNK // (width - window + 1))
-    for start in range(0, height - window + 1, rows_per_chunk):
-        rows = slice(start, start + rows_per_chunk)
-        wf = _column_major_windows(f_img, rows, window)
-        fmi_a = _fmi_windows(_column_major_windows(a_img, rows, window), wf)
-        fmi_b = _fmi_windows(_column_major_windows(b_img, rows, window), wf)
-        total += float(((fmi_a + fmi_b) / 2.0).sum())
-        count += fmi_a.size
-    return total / count
+    from ._fmi import fmi_sum  # numba: imported and compiled only when FMI is asked for
+
+    windows = (height - window + 1) * (width - window + 1)
+    return float(fmi_sum(f_img, a_img, b_img, window) / windows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Structural and visual-fidelity metrics
 
 
-def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
-    """Pixel-domain multi-scale VIF of Sheikh & Bovik (the reference vifp_mscale)."""
-    sigma_nsq, eps = 2.0, 1e-10
+_VIF_NOISE, _VIF_EPS = 2.0, 1e-10
+
+
+@_shared
+def _vif_reference(reference: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Per scale of the reference: its filtered image, local means and variances, and the
+    information it carries (the denominator of VIF)."""
     if min(reference.shape) < 17:
         raise InputError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
-    num = den = 0.0
-    ref, dist = reference, distorted
+    scales = []
+    ref = reference
     for scale in range(1, 5):
         size = 2 ** (4 - scale + 1) + 1
         win = _gaussian_1d(size, size / 5.0)
@@ -312,30 +248,43 @@ def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
             if min(ref.shape) < size:
                 break
             ref = _filter_valid(ref, win)[::2, ::2]
-            dist = _filter_valid(dist, win)[::2, ::2]
         if min(ref.shape) < size:
             break
-        mu1, mu2 = _filter_valid(ref, win), _filter_valid(dist, win)
+        mu1 = _filter_valid(ref, win)
         sigma1_sq = np.maximum(_filter_valid(ref * ref, win) - mu1 * mu1, 0.0)
+        sigma1_sq[sigma1_sq < _VIF_EPS] = 0.0
+        scales.append((ref, mu1, sigma1_sq, float(np.log10(1.0 + sigma1_sq / _VIF_NOISE).sum())))
+    return scales
+
+
+def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
+    """Pixel-domain multi-scale VIF of Sheikh & Bovik (the reference vifp_mscale)."""
+    num = den = 0.0
+    dist = distorted
+    for scale, (ref, mu1, sigma1_sq, information) in enumerate(_vif_reference(reference), start=1):
+        size = 2 ** (4 - scale + 1) + 1
+        win = _gaussian_1d(size, size / 5.0)
+        if scale > 1:
+            dist = _filter_valid(dist, win)[::2, ::2]
+        mu2 = _filter_valid(dist, win)
         sigma2_sq = np.maximum(_filter_valid(dist * dist, win) - mu2 * mu2, 0.0)
         sigma12 = _filter_valid(ref * dist, win) - mu1 * mu2
 
-        g = sigma12 / (sigma1_sq + eps)
+        g = sigma12 / (sigma1_sq + _VIF_EPS)
         sv_sq = sigma2_sq - g * sigma12
-        flat1 = sigma1_sq < eps
+        flat1 = sigma1_sq == 0.0
         g[flat1] = 0.0
         sv_sq[flat1] = sigma2_sq[flat1]
-        sigma1_sq[flat1] = 0.0
-        flat2 = sigma2_sq < eps
+        flat2 = sigma2_sq < _VIF_EPS
         g[flat2] = 0.0
         sv_sq[flat2] = 0.0
         negative = g < 0
         sv_sq[negative] = sigma2_sq[negative]
         g[negative] = 0.0
-        sv_sq = np.maximum(sv_sq, eps)
+        sv_sq = np.maximum(sv_sq, _VIF_EPS)
 
-        num += float(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + sigma_nsq)).sum())
-        den += float(np.log10(1.0 + sigma1_sq / sigma_nsq).sum())
+        num += float(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + _VIF_NOISE)).sum())
+        den += information
     return num / den if den > 0 else 1.0
 
 
@@ -349,6 +298,7 @@ _SOBEL_Y = np.array([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]])
 _SOBEL_X = _SOBEL_Y.T[:, ::-1].copy()  # [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
 
 
+@_shared
 def _sobel_strength_orientation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Edge strength and orientation (atan(sy/sx), pi/2 where sx = 0), zero-padded 'same'."""
     sx = ndimage.convolve(x, _SOBEL_X, mode="constant")
@@ -409,13 +359,19 @@ _SSIM_C2 = (0.03 * PEAK) ** 2
 _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 
 
-def _ssim_maps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SSIM and its contrast-structure term at every 'valid' 11x11 Gaussian window position."""
+@_shared
+def _ssim_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and variance of x in the 'valid' 11x11 Gaussian windows."""
     if min(x.shape) < _SSIM_WINDOW.size:
         raise InputError(f"SSIM needs images of at least {_SSIM_WINDOW.size}x{_SSIM_WINDOW.size} pixels, got {x.shape}")
-    mu_x, mu_y = _filter_valid(x, _SSIM_WINDOW), _filter_valid(y, _SSIM_WINDOW)
-    var_x = _filter_valid(x * x, _SSIM_WINDOW) - mu_x * mu_x
-    var_y = _filter_valid(y * y, _SSIM_WINDOW) - mu_y * mu_y
+    mu = _filter_valid(x, _SSIM_WINDOW)
+    return mu, _filter_valid(x * x, _SSIM_WINDOW) - mu * mu
+
+
+@_shared
+def _ssim_maps(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM and its contrast-structure term at every 'valid' 11x11 Gaussian window position."""
+    (mu_x, var_x), (mu_y, var_y) = _ssim_moments(x), _ssim_moments(y)
     cov = _filter_valid(x * y, _SSIM_WINDOW) - mu_x * mu_y
     cs_map = (2.0 * cov + _SSIM_C2) / (var_x + var_y + _SSIM_C2)
     luminance = (2.0 * mu_x * mu_y + _SSIM_C1) / (mu_x * mu_x + mu_y * mu_y + _SSIM_C1)
@@ -433,6 +389,7 @@ def structural_similarity(x: np.ndarray, y: np.ndarray) -> float:
     return _ssim_and_cs(x, y)[0]
 
 
+@_shared
 def _halve(x: np.ndarray) -> np.ndarray:
     """2x2 mean then keep every second pixel (odd edges repeat their last row / column)."""
     if x.shape[0] % 2:
@@ -480,6 +437,12 @@ def ms_ssim(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 # What each source keeps (this package's)
 
 
+@_shared
+def _foreground(a: np.ndarray) -> np.ndarray:
+    """Pixels above a's Otsu threshold (none when a is constant)."""
+    return a > threshold_otsu(a) if np.ptp(a) > 0 else np.zeros(a.shape, bool)
+
+
 def region_fidelity(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     """Fidelity: how well F keeps each source where that source matters (this package's metric).
 
@@ -489,7 +452,7 @@ def region_fidelity(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     that copying either source, or max(a, b) where a is dimmer than b, scores low. A constant a
     has no foreground: then only the SSIM part counts.
     """
-    foreground = a > threshold_otsu(a) if np.ptp(a) > 0 else np.zeros(a.shape, bool)
+    foreground = _foreground(a)
     ssim_map = _ssim_maps(fused, b)[0]
     top, left = (a.shape[0] - ssim_map.shape[0]) // 2, (a.shape[1] - ssim_map.shape[1]) // 2
     outside = ~foreground[top : top + ssim_map.shape[0], left : left + ssim_map.shape[1]]
@@ -581,7 +544,7 @@ def evaluate(
     unknown = [key for key in keys if key not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
-    images = [to_gray8(image, name) for image, name in zip((fused, a, b), names)]
+    images = [_shared(to_gray8)(image, name) for image, name in zip((fused, a, b), names)]
     for image, name in zip(images[1:], names[1:]):
         if image.shape != images[0].shape:
             raise InputError(
@@ -621,14 +584,15 @@ def compare_methods(
     if plane_a.shape != plane_b.shape:
         raise InputError(f"{names[1]} has shape {plane_b.shape} but {names[0]} has {plane_a.shape}")
     results = {}
-    for done, (name, method) in enumerate(methods.items()):
-        if cancel is not None and cancel():
-            raise FusionCancelled("evaluation cancelled")
-        started = time.perf_counter()
-        fused = np.asarray(method(plane_a, plane_b))
-        if seconds is not None:
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-        results[name] = evaluate(fused, plane_a, plane_b, metrics, names=(name, *names))
-        if progress is not None:
-            progress(done + 1, len(methods))
+    with _sharing(plane_a, plane_b):
+        for done, (name, method) in enumerate(methods.items()):
+            if cancel is not None and cancel():
+                raise FusionCancelled("evaluation cancelled")
+            started = time.perf_counter()
+            fused = np.asarray(method(plane_a, plane_b))
+            if seconds is not None:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+            results[name] = evaluate(fused, plane_a, plane_b, metrics, names=(name, *names))
+            if progress is not None:
+                progress(done + 1, len(methods))
     return results

@@ -52,49 +52,96 @@ def spatial_shape(layer) -> tuple[int, ...]:
 def fits(a, b, plane_over_stack: bool = False) -> bool:
     """Whether layers A and B can be fused: one shape, or (``plane_over_stack``) one image over a
     stack of images of its size."""
-    shape_a, shape_b = spatial_shape(a), spatial_shape(b)
+    return _shapes_fit(spatial_shape(a), spatial_shape(b), plane_over_stack)
+
+
+def _shapes_fit(shape_a: tuple[int, ...], shape_b: tuple[int, ...], plane_over_stack: bool) -> bool:
     if shape_a == shape_b:
         return True
     return plane_over_stack and shape_a[-2:] == shape_b[-2:] and min(len(shape_a), len(shape_b)) == 2
 
 
-def registered_pair(a, b, who: str, viewer=None) -> tuple[Any, Any, tuple[int, ...]]:
-    """The full-resolution data of image layers A and B and their shape without the colour axis,
-    after the checks every widget makes: two layers, one shape, and a gray B. An ``InputError``
-    names the layers, after ``who`` (the widget).
+def channel_count(layer) -> int:
+    """How many channels a multichannel layer holds along its first axis (0 for a single image:
+    nothing to pick)."""
+    shape = spatial_shape(layer) if layer is not None else ()
+    return shape[0] if len(shape) > 2 else 0
 
-    With a ``viewer``, a single image goes with the plane the viewer shows of a stack (a MAP2
-    image over a Z stack of phase-contrast planes, say).
+
+def channel_picker(viewer, layers: ComboBox, side: str) -> ComboBox:
+    """A list of the channels (or planes) along the first axis of the layer picked in ``layers``,
+    after "all" (a stack as it is): one multichannel layer can then give both A and B. It lists
+    the picked layer's again whenever the pick or the layer list changes; call
+    :func:`show_channels` once it sits in its container."""
+    picker = ComboBox(
+        label=f"Channel / plane ({side})",
+        choices=lambda _widget=None: (
+            [("all (a stack)", None)] + [(str(i), i) for i in range(channel_count(layers.value))]
+        ),
+        tooltip=f"For a layer holding several images along its first axis (channels, or planes): all of them "
+        f"as a stack, or the one to use as {side}, e.g. fluorescence and phase contrast as two channels of one image.",
+        visible=False,
+    )
+
+    def refresh(_event=None):
+        show_channels(picker)
+
+    layers.changed.connect(refresh)
+    inserted = viewer.layers.events.inserted
+    inserted.connect(refresh, position="last")  # after the layer pickers have settled
+    picker.native.destroyed.connect(lambda *_: inserted.disconnect(refresh))
+    return picker
+
+
+def show_channels(picker: ComboBox) -> None:
+    """List the channels again; the list shows only for a layer that has several."""
+    picker.reset_choices()
+    picker.visible = len(picker.choices) > 1
+
+
+def registered_pair(
+    a, b, who: str, plane_over_stack: bool = False, channels: tuple[int | None, int | None] = (None, None)
+) -> tuple[Any, Any, tuple[int, ...]]:
+    """The full-resolution data of image layers A and B (one channel of each, when ``channels``
+    picks one along a multichannel layer's first axis) and the shape of their result without the
+    colour axis, after the checks every widget makes: two layers (or two channels of one), one
+    shape, and a gray B. An ``InputError`` names the layers, after ``who`` (the widget).
+
+    With ``plane_over_stack``, a single image may go with every plane of a stack (a MAP2
+    projection over a Z stack of phase-contrast planes, say): the result has the stack's shape.
     """
-    if a is b:
+    if a is b and channels[0] == channels[1]:
         raise InputError(f"{who}: layer '{a.name}' is chosen as both A and B; choose two different layers.")
-    data_a, data_b = full_resolution(a), full_resolution(b)
-    shape_a, shape_b = spatial_shape(a), spatial_shape(b)
-    if not fits(a, b, plane_over_stack=viewer is not None):
+    if b.rgb:
+        raise InputError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
+    views = []
+    for layer, channel in zip((a, b), channels):
+        data, shape = full_resolution(layer), spatial_shape(layer)
+        if channel is not None:
+            data, shape = data[channel], shape[1:]
+        views.append((data, shape))
+    (data_a, shape_a), (data_b, shape_b) = views
+    if not _shapes_fit(shape_a, shape_b, plane_over_stack):
         raise InputError(
             f"{who}: layers '{a.name}' {shape_a} and '{b.name}' {shape_b} differ in shape; "
             "they must be registered images of the same size."
         )
-    if b.rgb:
-        raise InputError(f"{who}: the structure layer '{b.name}' is RGB; choose a gray image for B.")
-    if len(shape_a) > len(shape_b):
-        data_a, shape_a = data_a[current_plane(viewer, a)], shape_b
-    elif len(shape_b) > len(shape_a):
-        data_b = data_b[current_plane(viewer, b)]
-    return data_a, data_b, shape_a
+    return data_a, data_b, max(shape_a, shape_b, key=len)
 
 
 def _looks_gray(layer) -> bool:
     return not layer.rgb and layer.colormap.name.startswith(("gray", "grey"))
 
 
-def choose_pair(a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
+def choose_pair(
+    a: ComboBox, b: ComboBox, plane_over_stack: bool = False, kept: Callable[[], bool] = lambda: False
+) -> None:
     """Unless the user picked two different layers, point pickers ``a`` and ``b`` at two different
     image layers that fit together: a coloured layer (fluorescence) for A and a gray one for B
     when there are such."""
     from itertools import permutations
 
-    if a.value is not None and b.value is not None and a.value is not b.value:
+    if a.value is not None and b.value is not None and (a.value is not b.value or kept()):
         return
     images = [layer for layer in a.choices if layer is not None]
     pairs = [(x, y) for x, y in permutations(images, 2) if not y.rgb and fits(x, y, plane_over_stack)]
@@ -102,13 +149,16 @@ def choose_pair(a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> Non
         a.value, b.value = max(pairs, key=lambda p: (not _looks_gray(p[0])) + _looks_gray(p[1]))
 
 
-def follow_pair(viewer, a: ComboBox, b: ComboBox, plane_over_stack: bool = False) -> None:
-    """``choose_pair`` now and whenever layers are added (a sample opened after the widget)."""
+def follow_pair(
+    viewer, a: ComboBox, b: ComboBox, plane_over_stack: bool = False, kept: Callable[[], bool] = lambda: False
+) -> None:
+    """``choose_pair`` now and whenever layers are added (a sample opened after the widget);
+    ``kept()`` says when one layer picked as both A and B is the user's choice (two channels)."""
 
     def choose(_event=None):
         a.reset_choices()  # the new layer may not be listed yet
         b.reset_choices()
-        choose_pair(a, b, plane_over_stack)
+        choose_pair(a, b, plane_over_stack, kept)
 
     choose()
     viewer.layers.events.inserted.connect(choose, position="last")

@@ -135,25 +135,18 @@ class EvaluateWidget(ScrollingContainer):
 
 
 def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, dict[str, float]]:
-    """The worker's job: metrics of the fused plane, then of each classical method on A and B."""
+    """The worker's job: metrics of the fused plane, then of each classical method on A and B
+    (one ``compare_methods`` call, so the sources' terms are computed once for all)."""
+    from ...quality.baselines import BASELINES
     from ...quality.metrics import compare_methods, evaluate
 
     fused, a, b = (np.asarray(plane) for plane in planes)
-    steps = 1 + (len(_methods()) if with_methods else 0)
-    results = {names[0]: evaluate(fused, a, b, names=names)}
-    progress(1, steps)
-    if with_methods:
-        results.update(
-            compare_methods(
-                a,
-                b,
-                _methods(),
-                names=names[1:],
-                cancel=cancelled,
-                progress=lambda done, total: progress(1 + done, steps),
-            )
-        )
-    return results
+    if not with_methods:
+        results = {names[0]: evaluate(fused, a, b, names=names)}
+        progress(1, 1)
+        return results
+    methods = {names[0]: lambda _a, _b: fused, **BASELINES}
+    return compare_methods(a, b, methods, names=names[1:], cancel=cancelled, progress=progress)
 
 
 def _explain_and_mark_best(native, results: dict[str, dict[str, float]], keys: list[str]) -> None:
@@ -174,12 +167,6 @@ def _explain_and_mark_best(native, results: dict[str, dict[str, float]], keys: l
                 font = item.font()
                 font.setBold(True)
                 item.setFont(font)
-
-
-def _methods() -> list[str]:
-    from ...quality.baselines import BASELINES
-
-    return list(BASELINES)
 
 
 def _cell(value: float) -> str:

@@ -37,6 +37,7 @@ from ...errors import FusionMambaError, InputError
 from ._common import (
     Runner,
     ScrollingContainer,
+    channel_picker,
     current_plane,
     follow_pair,
     full_resolution,
@@ -44,6 +45,7 @@ from ._common import (
     persist,
     refresh_models,
     registered_pair,
+    show_channels,
 )
 from .share import ShareModels
 
@@ -84,7 +86,8 @@ class _Steps(QObject):
 
 
 class PairRow(Container):
-    """One pair: image A, image B, an optional Labels / Shapes mask, and a Remove button."""
+    """One pair: image A, image B (each with its channel, for a multichannel layer), an optional
+    Labels / Shapes mask, and a Remove button."""
 
     def __init__(self, viewer, on_remove):
         super().__init__(layout="horizontal", labels=False)
@@ -102,8 +105,13 @@ class PairRow(Container):
         )
         self.remove = PushButton(text="Remove")
         self.remove.changed.connect(lambda _v=None: on_remove(self))
-        self.extend([self.a, self.b, self.mask, self.remove])
-        follow_pair(viewer, self.a, self.b)
+        self.channel_a, self.channel_b = (
+            channel_picker(viewer, picker, side) for picker, side in ((self.a, "A"), (self.b, "B"))
+        )
+        self.extend([self.a, self.channel_a, self.b, self.channel_b, self.mask, self.remove])
+        follow_pair(viewer, self.a, self.b, kept=lambda: self.channel_a.value != self.channel_b.value)
+        show_channels(self.channel_a)
+        show_channels(self.channel_b)
 
 
 class FinetuneWidget(ScrollingContainer):
@@ -232,10 +240,12 @@ class FinetuneWidget(ScrollingContainer):
             a, b = row.a.value, row.b.value
             if a is None or b is None:
                 raise InputError(f"Fine-tune: pair {index + 1}: choose two image layers.")
-            data_a, data_b, shape = registered_pair(a, b, "Fine-tune")
-            # a T / Z stack trains on the plane the viewer shows
-            plane = current_plane(self._viewer, a)
-            name = f"{a.name} + {b.name}" + (f" at {plane}" if plane else "")
+            channels = (row.channel_a.value, row.channel_b.value)
+            data_a, data_b, shape = registered_pair(a, b, "Fine-tune", channels=channels)
+            # a T / Z stack trains on the plane the viewer shows (a picked channel's axis is no axis of it)
+            plane = current_plane(self._viewer, a)[channels[0] is not None :]
+            a_name, b_name = (layer.name + ("" if c is None else f" [{c}]") for layer, c in zip((a, b), channels))
+            name = f"{a_name} + {b_name}" + (f" at {plane}" if plane else "")
             mask = _mask_array(row.mask.value, shape, plane)
             request.pairs.append(Pair(np.asarray(data_a[plane]), np.asarray(data_b[plane]), mask, name=name))
             request.places.append((tuple(a.scale), tuple(a.translate)))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox, Table
 from napari.utils.notifications import show_info
 
 from ...errors import FusionMambaError, InputError
@@ -22,12 +22,14 @@ from ...io.files import free_path
 from ._common import (
     Runner,
     ScrollingContainer,
+    channel_picker,
     current_plane,
     follow_pair,
     layer_picker,
     persist,
     refresh_on_open,
     registered_pair,
+    show_channels,
     spatial_shape,
 )
 
@@ -107,7 +109,9 @@ class FuseWidget(ScrollingContainer):
         self._add_engine()
         self._add_tiling()
         self._add_output()
+        self._add_folder()
         self.runner = Runner(self.run_button, self.progress, name="Run")
+        self.folder_runner = Runner(self.folder_button, self.folder_progress, name="Fuse folder")
         persist(
             self,
             "fuse",
@@ -118,6 +122,7 @@ class FuseWidget(ScrollingContainer):
         self.device.changed.connect(self._on_device)
         self.output.changed.connect(self._on_output)
         self.run_button.changed.connect(self._on_run)
+        self.folder_button.changed.connect(self._on_folder)
         self._on_model()
         self._on_device()
         self._on_output()
@@ -130,8 +135,13 @@ class FuseWidget(ScrollingContainer):
         self.b = layer_picker(
             self._viewer, "Structure (B)", "Structural image registered to A: phase contrast, MRI, visible light."
         )
-        self.extend([self.a, self.b])
-        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True)
+        self.channel_a, self.channel_b = (
+            channel_picker(self._viewer, picker, side) for picker, side in ((self.a, "A"), (self.b, "B"))
+        )
+        self.extend([self.a, self.channel_a, self.b, self.channel_b])
+        follow_pair(self._viewer, self.a, self.b, plane_over_stack=True, kept=self._two_channels)
+        show_channels(self.channel_a)
+        show_channels(self.channel_b)
 
     def _add_engine(self) -> None:
         """The model (or classical method) and where it runs."""
@@ -220,6 +230,44 @@ class FuseWidget(ScrollingContainer):
         )
         self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
+    def _add_folder(self) -> None:
+        """Fuse every pair of two folders matched by name, with the model and tiling above (what
+        ``fusionmamba fuse-folder`` does): a pair that cannot be fused is reported and skipped."""
+        self.folder_a = FileEdit(
+            label="A folder", mode="d", tooltip="Folder of A images (fluorescence ...): NAME.tif, NAME.ome.zarr ..."
+        )
+        self.folder_b = FileEdit(
+            label="B folder", mode="d", tooltip="Folder of B images under the same names (the extension may differ)."
+        )
+        self.folder_out = FileEdit(
+            label="Output folder",
+            mode="d",
+            tooltip="Where NAME.ome.zarr (or NAME.ome.tif) go; outputs already there are kept.",
+        )
+        self.folder_format = ComboBox(
+            label="Format", choices=("zarr", "tif"), value="zarr", tooltip="NAME.ome.zarr or NAME.ome.tif outputs."
+        )
+        self.folder_button = PushButton(
+            text="Fuse folder", tooltip="Fuse every pair of the two folders; press again to cancel."
+        )
+        self.folder_progress = ProgressBar(label="Folder", tooltip="Chunks of the pair being fused.")
+        self.folder_results = Table(label="Pairs", tooltip="Each name: fused, kept (already there), skipped or failed.")
+        self.folder_results.visible = False
+        self.folder_section = Container(
+            label="Folder of pairs",
+            widgets=[
+                self.folder_a,
+                self.folder_b,
+                self.folder_out,
+                self.folder_format,
+                self.folder_button,
+                self.folder_progress,
+                self.folder_results,
+            ],
+        )
+        self.folder_section.tooltip = "Fuse every pair of two folders matched by name, with the settings above."
+        self.extend([self.folder_section])
+
     # --- view updates ---------------------------------------------------------------------
 
     def _disable_missing_devices(self) -> None:
@@ -238,6 +286,10 @@ class FuseWidget(ScrollingContainer):
         for widget in (self.device, self.backend):  # classical methods run on the CPU, tiled alike
             widget.enabled = network
 
+    def _two_channels(self) -> bool:
+        """Whether one layer picked as A and B is meant: two of its channels are picked."""
+        return self.channel_a.value != self.channel_b.value
+
     def _on_device(self, _value=None) -> None:
         self.backend.value = scan_backend(self.device.value)
 
@@ -254,27 +306,34 @@ class FuseWidget(ScrollingContainer):
         a, b = self.a.value, self.b.value
         if a is None or b is None:
             raise InputError("Fuse: choose two image layers (Fluorescence (A) and Structure (B)).")
-        data_a, data_b, shape_a = registered_pair(a, b, "Fuse", self._viewer)
+        channels = (self.channel_a.value, self.channel_b.value)
+        data_a, data_b, shape = registered_pair(a, b, "Fuse", plane_over_stack=True, channels=channels)
         if not np.allclose(a.scale[-2:], b.scale[-2:]):
             raise InputError(
                 f"Fuse: layers '{a.name}' (scale {_fmt(a.scale)}) and '{b.name}' (scale {_fmt(b.scale)}) "
                 "have different pixel sizes."
             )
-        # the result lies where A lies; a single image fused with a stack's plane lies where the image lies
-        placed = a if len(spatial_shape(a)) == len(shape_a) else b
-        scale, translate = tuple(placed.scale), list(placed.translate)
-        if self.stack.value == PLANE and len(shape_a) > 2:
-            plane = current_plane(self._viewer, a)
+        # the result lies where the stack lies (A, when both are stacks or single images); a
+        # picked channel's axis is no axis of the result
+        dims = [len(spatial_shape(layer)) - (channel is not None) for layer, channel in zip((a, b), channels)]
+        placed, channel = (a, channels[0]) if dims[0] == len(shape) else (b, channels[1])
+        skip = channel is not None
+        scale, translate = tuple(placed.scale)[skip:], list(placed.translate)[skip:]
+        if self.stack.value == PLANE and len(shape) > 2:
+            plane = current_plane(self._viewer, placed)[skip:]
             # one plane, kept where it was: its leading axes become length 1, its translate moves
-            data_a = data_a[plane].reshape((1,) * len(plane) + data_a.shape[len(plane) :])
-            data_b = data_b[plane].reshape((1,) * len(plane) + data_b.shape[len(plane) :])
+            data_a, data_b = (
+                data[plane].reshape((1,) * len(plane) + data.shape[len(plane) :]) if ndim > 2 else data
+                for data, ndim in zip((data_a, data_b), dims)
+            )
             for axis, index in enumerate(plane):
                 translate[axis] += index * scale[axis]
         choice = str(self.model.value)
+        names = tuple(layer.name + ("" if c is None else f" [{c}]") for layer, c in zip((a, b), channels))
         request = FuseRequest(
             a=data_a,
             b=data_b,
-            name=f"fused({a.name}, {b.name})",  # the model's name follows once it is chosen
+            name=f"fused({names[0]}, {names[1]})",  # the model's name follows once it is chosen
             scale=scale,
             translate=tuple(translate),
             tile=self.tile.value,
@@ -282,15 +341,15 @@ class FuseWidget(ScrollingContainer):
             batch=self.batch.value,
             device=self.device.value,
             rgb=a.rgb,
-            names=(a.name, b.name),
+            names=names,
         )
         if not self.gray_output.value and not a.rgb and not a.colormap.name.startswith(("gray", "grey")):
             request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
         self._choose_engine(request, choice)
         request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
-        self._choose_output(request, shape_a)
+        self._choose_output(request, shape)
         request.metadata = {
-            "fused_from": [a.name, b.name],
+            "fused_from": list(names),
             "model": choice if request.checkpoint is None else str(request.checkpoint),
             "tile": request.tile,
             "overlap": request.overlap,
@@ -299,6 +358,48 @@ class FuseWidget(ScrollingContainer):
         if request.tint is not None:
             request.metadata["tint"] = {"colormap": a.colormap.name, "contrast_limits": list(a.contrast_limits)}
         return request
+
+    def _on_folder(self, _value=None) -> None:
+        self.folder_runner.toggle(self._folder_request, self._start_folder)
+
+    def _folder_request(self) -> FolderRequest:
+        """The folders and the engine and tiling chosen above, checked on the UI thread."""
+        folders = [self.folder_a.value, self.folder_b.value, self.folder_out.value]
+        if any(not folder or not str(folder).strip(". ") for folder in folders):
+            raise InputError("Fuse folder: choose the A folder, the B folder and the output folder.")
+        engine = FuseRequest(a=None, b=None, name="", scale=(), translate=())
+        self._choose_engine(engine, str(self.model.value))
+        a_dir, b_dir, out_dir = (Path(folder) for folder in folders)
+        return FolderRequest(
+            a_dir,
+            b_dir,
+            out_dir,
+            output_format=self.folder_format.value,
+            model=None if engine.method else str(engine.checkpoint or engine.model),
+            method=engine.method,
+            tile=self.tile.value,
+            overlap=self.overlap.value,
+            batch=self.batch.value,
+            device=self.device.value,
+        )
+
+    def _start_folder(self, request: FolderRequest) -> None:
+        self.folder_runner.start(
+            lambda progress, cancelled: run_folder(request, progress, cancelled),
+            on_result=self._show_folder,
+            what=f"Fusing the pairs of {request.a_dir.name} and {request.b_dir.name}",
+            unit="chunks of this pair",
+        )
+
+    def _show_folder(self, report) -> None:
+        """Each name's outcome in the table; failures stay listed with their one-line reason."""
+        self.folder_results.value = {
+            "data": [[r.status, r.message] for r in report.results],
+            "index": [r.name for r in report.results],
+            "columns": ["status", "what happened"],
+        }
+        self.folder_results.visible = True
+        show_info(f"Fuse folder: {report.summary()}")
 
     def _choose_engine(self, request: FuseRequest, choice: str) -> None:
         """The model, checkpoint file or classical method picked in the Model list."""
@@ -404,6 +505,45 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         report = fuse_files(a, b, str(request.out), **options)
         return report, report.engine
     return fuse(a, b, **options), describe_engine(options["model"], options["method"])
+
+
+@dataclass
+class FolderRequest:
+    """A folder run: the three folders, the output format and the engine and tiling."""
+
+    a_dir: Path
+    b_dir: Path
+    out_dir: Path
+    output_format: str = "zarr"
+    model: str | None = None
+    method: str | None = None
+    tile: int = 256
+    overlap: int = 64
+    batch: int = 4
+    device: str = "auto"
+
+
+def run_folder(request: FolderRequest, progress, cancelled):
+    """The worker's job: ``engine.fuse_folder`` (never touches the viewer); returns its report."""
+    from ...engine import FuseOptions, fuse_folder
+
+    options = FuseOptions(
+        model=request.model,
+        method=request.method,
+        tile=request.tile,
+        overlap=request.overlap,
+        batch=request.batch,
+        device=request.device,
+    )
+    return fuse_folder(
+        request.a_dir,
+        request.b_dir,
+        request.out_dir,
+        options,
+        progress=lambda _name, done, total: progress(done, total),
+        output_format=request.output_format,
+        cancel=cancelled,
+    )
 
 
 def _as_image(data, name: str, scale, translate, rgb: bool):
