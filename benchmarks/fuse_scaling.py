@@ -41,20 +41,50 @@ print(json.dumps({"seconds": time.perf_counter() - start, "warm": warm, "chunks"
 IMPORT_ONLY = "import torch, napari_fusionmamba.engine, napari_fusionmamba.model.network, dask.array, zarr, tifffile"
 
 
-def synthetic_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Cells from a smooth random field: Poisson-noisy glowing blobs (uint16) and bright
-    borders on a textured background (uint16, phase-contrast-like)."""
+TILE = 256  # the TIFFs' tile side: the generator makes one tile at a time
+
+
+def write_synthetic_pair(size: int, a_path: str, b_path: str, seed: int = 0, strips: bool = False) -> None:
+    """Write cells from a smooth random field as two uint16 TIFFs, one tile at a time (memory:
+    the (size / 8)^2 coarse field and a tile, never the image): Poisson-noisy glowing blobs, and
+    bright borders on a textured background (phase-contrast-like). ``strips``: strip TIFFs
+    (16 rows per strip) instead of tiled ones."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     coarse = ndimage.gaussian_filter(rng.standard_normal((size // 8, size // 8)), 2.0)
-    field = ndimage.zoom(coarse, 8, order=1)
-    cells = field > np.percentile(field, 55)
-    glow = ndimage.uniform_filter(cells.astype(np.float32), 9)
-    a = rng.poisson(150 + 3000 * glow).astype(np.uint16)
-    border = np.abs(ndimage.sobel(cells.astype(np.float32), 0)) + np.abs(ndimage.sobel(cells.astype(np.float32), 1))
-    b = (20000 + 6000 * border - 4000 * cells + 800 * rng.standard_normal((size, size))).clip(0, 65535)
-    return a, b.astype(np.uint16)
+    threshold = np.percentile(coarse, 55)
+    margin = 8
+
+    def tile_of(y: int, x: int, which: int) -> np.ndarray:
+        yy, xx = np.mgrid[y - margin : y + TILE + margin, x - margin : x + TILE + margin]
+        field = ndimage.map_coordinates(coarse, [yy / 8.0, xx / 8.0], order=1, mode="nearest")
+        cells = (field > threshold).astype(np.float32)
+        noise = np.random.default_rng([seed, which, y, x])
+        inner = (slice(margin, margin + TILE), slice(margin, margin + TILE))
+        if which == 0:
+            glow = ndimage.uniform_filter(cells, 9)[inner]
+            return noise.poisson(150 + 3000 * glow).astype(np.uint16)
+        border = (np.abs(ndimage.sobel(cells, 0)) + np.abs(ndimage.sobel(cells, 1)))[inner]
+        b = 20000 + 6000 * border - 4000 * cells[inner] + 800 * noise.standard_normal((TILE, TILE))
+        return b.clip(0, 65535).astype(np.uint16)
+
+    def tiles(which: int):
+        for y in range(0, size, TILE):
+            for x in range(0, size, TILE):
+                yield tile_of(y, x, which)
+
+    def rows(which: int):  # bands of TILE rows, cut into strips by tifffile
+        for y in range(0, size, TILE):
+            yield np.concatenate([tile_of(y, x, which) for x in range(0, size, TILE)], axis=1)
+
+    import tifffile
+
+    for which, path in enumerate((a_path, b_path)):
+        if strips:
+            tifffile.imwrite(path, rows(which), shape=(size, size), dtype=np.uint16, rowsperstrip=16)
+        else:
+            tifffile.imwrite(path, tiles(which), shape=(size, size), dtype=np.uint16, tile=(TILE, TILE))
 
 
 def run_child(code: str, *args: str) -> tuple[dict | None, float, float]:

@@ -241,7 +241,8 @@ def blend_region(
     region = tuple(region) if region is not None else (0, grid.height, 0, grid.width)
     corners = grid.touching(*region)
     acc = weighted_sum(runner, a, b, grid, corners, region, origin, progress, cancel)
-    return acc / weight_sum(grid, region)
+    fused: np.ndarray = acc / weight_sum(grid, region)
+    return fused
 
 
 def smaller_tile(tile: int, overlap: int, multiple: int) -> tuple[int, int] | None:
