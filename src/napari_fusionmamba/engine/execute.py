@@ -11,7 +11,10 @@ forgotten when the run ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -129,6 +132,34 @@ def execute(
     return _execute_on_cluster(tasks, scheduler, progress, cancel)
 
 
+def one_torch_thread() -> None:
+    """Torch on one thread in this process (and in torch imported later): chunk workers already
+    run side by side on every core, and torch's own threads waiting on each other at every
+    operation made a busy 2-core machine several times slower."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+@contextmanager
+def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
+    """The dask keywords and torch settings that give each local worker one torch thread, restored
+    after the run (threads share this process's torch)."""
+    torch = sys.modules.get("torch")
+    if scheduler == "processes":
+        yield {"initializer": one_torch_thread}
+    elif scheduler in ("threads", "threading") and torch is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield {}
+        finally:
+            torch.set_num_threads(before)
+    else:  # synchronous: one worker, torch keeps every core
+        yield {}
+
+
 def _execute_locally(
     tasks: list[Any], scheduler: str, progress: Callable[[int], None], cancel: Callable[[], bool] | None
 ) -> None:
@@ -146,7 +177,8 @@ def _execute_locally(
     # computing its own dask arrays meanwhile (napari's dask cache) must not see our tasks,
     # nor we its (dask.cache raises KeyError on tasks it did not start).
     # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
-    dask.compute(*tasks, scheduler=scheduler, callbacks=[(None, None, pretask, posttask, None)])
+    with _one_torch_thread_per_worker(scheduler) as keywords:
+        dask.compute(*tasks, scheduler=scheduler, callbacks=[(None, None, pretask, posttask, None)], **keywords)
 
 
 def _execute_on_cluster(

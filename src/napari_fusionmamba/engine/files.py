@@ -30,6 +30,7 @@ from .options import FuseOptions
 from .predictors import describe_engine
 from .resume import PartialRun, chunk_name, open_partial, run_record
 from .sources import Source
+from .tiling import TileGrid
 
 #: Default chunk: the multiple of the tile stride nearest above this.
 CHUNK_TARGET = 1024
@@ -256,25 +257,45 @@ def _run_blocks(
     advance(0)
     grid, chunk, tag = job.grid(), layout.chunk, partial.run_hash[:8]
     job_node = dask.delayed(job, pure=True)
-    tiles: dict[tuple[tuple[int, ...], int, int], Any] = {}  # the tile task of each chunk, by its corner
+    groups = tile_groups(grid, chunk)
+    group_of = {corner: key for key, corners in groups.items() for corner in corners}
+    tiles: dict[tuple[tuple[int, ...], tuple[int, int, int]], Any] = {}  # tile tasks, by plane and group
 
     def parts(plane: tuple[int, ...], region: tuple[int, int, int, int]) -> list[Any]:
-        """The weighted sums reaching ``region``, from the tile task of each chunk they start in."""
-        owners = sorted({(y // chunk * chunk, x // chunk * chunk) for y, x in grid.touching(*region)})
-        for cy, cx in owners:
-            if (plane, cy, cx) not in tiles:
-                corners = [(y, x) for y, x in grid.touching(cy, cy + chunk, cx, cx + chunk) if y >= cy and x >= cx]
-                name = f"tiles-{tag}-{chunk_name(plane, cy, cx)}"
-                task = dask.delayed(fuse_tiles, pure=True)(job_node, plane, corners, chunk, dask_key_name=name)
-                tiles[plane, cy, cx] = (len(corners), task)
-        return [tiles[plane, cy, cx][1][(region[0], region[2])] for cy, cx in owners]
+        """The weighted sums reaching ``region``, from the tile task of each group touching it."""
+        needed = sorted({group_of[corner] for corner in grid.touching(*region)})
+        for key in needed:
+            if (plane, key) not in tiles:
+                name = f"tiles-{tag}-{chunk_name(plane, *key[:2])}-{key[2]}"
+                tiles[plane, key] = dask.delayed(fuse_tiles, pure=True)(
+                    job_node, plane, groups[key], chunk, dask_key_name=name
+                )
+        return [tiles[plane, key][(region[0], region[2])] for key in needed]
 
     writes = [dask.delayed(write_chunk, pure=True)(
         job_node, layout, partial.store, partial.done, plane, region, parts(plane, region),
         dask_key_name=f"chunk-{tag}-{chunk_name(plane, region[0], region[2])}")
         for plane, region in todo]  # fmt: skip
     execute(writes, scheduler, advance, cancel)
-    return sum(count for count, _ in tiles.values())
+    return sum(len(groups[key]) for _, key in tiles)
+
+
+#: Rows of tiles run by one tile task: a few batches each, and tasks for every worker even when
+#: the image is a single chunk.
+GROUP_ROWS = 2
+
+
+def tile_groups(grid: TileGrid, chunk: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
+    """The tiles of a plane in groups that one task runs: the tiles starting in one output chunk
+    (keyed by its y0, x0), ``GROUP_ROWS`` rows of them at a time (the group's index last)."""
+    groups: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    for cy in range(0, grid.height, chunk):
+        rows = [y for y in grid.ys if cy <= y < cy + chunk]
+        for cx in range(0, grid.width, chunk):
+            cols = [x for x in grid.xs if cx <= x < cx + chunk]
+            for first in range(0, len(rows) if cols else 0, GROUP_ROWS):
+                groups[cy, cx, first // GROUP_ROWS] = [(y, x) for y in rows[first : first + GROUP_ROWS] for x in cols]
+    return groups
 
 
 def finalise(out: str, kind: str, layout: OutputLayout, partial: PartialRun, engine: dict[str, Any]) -> None:

@@ -51,36 +51,52 @@ def _exp(x: float) -> float:
 _BLOCK = 32  # steps whose decays _forward computes ahead of the recurrence
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _forward(u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, y: np.ndarray) -> None:
-    """B, C come time-major, (batch, groups, L, N), so each step reads N contiguous values.
+@njit(inline="always", fastmath=True)
+def _forward_item(
+    u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, y: np.ndarray, item: int
+) -> None:
+    """One (batch, channel) sequence. B, C come time-major, (batch, groups, L, N), so each step
+    reads N contiguous values.
 
     The decays of a block of steps are computed first, off the recurrence's dependency chain
     (about 30% faster than one fused loop here).
     """
-    batch, channels, length = u.shape
+    channels, length = u.shape[1], u.shape[2]
     groups, n = B.shape[1], A.shape[1]
-    per = channels // groups
-    for item in prange(batch * channels):
-        b, d = item // channels, item % channels
-        g = d // per
-        a = A[d].copy()
-        h = np.zeros(n, np.float32)
-        decays = np.empty((_BLOCK, n), np.float32)
-        for start in range(0, length, _BLOCK):
-            steps = min(_BLOCK, length - start)
-            for s in range(steps):
-                dt_s = dt[b, d, start + s]
-                for k in range(n):
-                    decays[s, k] = _exp(dt_s * a[k])
-            for s in range(steps):
-                t = start + s
-                x = dt[b, d, t] * u[b, d, t]
-                acc = np.float32(0.0)
-                for k in range(n):
-                    h[k] = decays[s, k] * h[k] + x * B[b, g, t, k]
-                    acc += h[k] * C[b, g, t, k]
-                y[b, d, t] = acc
+    b, d = item // channels, item % channels
+    g = d // (channels // groups)
+    a = A[d].copy()
+    h = np.zeros(n, np.float32)
+    decays = np.empty((_BLOCK, n), np.float32)
+    for start in range(0, length, _BLOCK):
+        steps = min(_BLOCK, length - start)
+        for s in range(steps):
+            dt_s = dt[b, d, start + s]
+            for k in range(n):
+                decays[s, k] = _exp(dt_s * a[k])
+        for s in range(steps):
+            t = start + s
+            x = dt[b, d, t] * u[b, d, t]
+            acc = np.float32(0.0)
+            for k in range(n):
+                h[k] = decays[s, k] * h[k] + x * B[b, g, t, k]
+                acc += h[k] * C[b, g, t, k]
+            y[b, d, t] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _forward(u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, y: np.ndarray) -> None:
+    """Every sequence, spread over numba's threads (one kernel at a time: see ``_LOCK``)."""
+    for item in prange(u.shape[0] * u.shape[1]):
+        _forward_item(u, dt, A, B, C, y, item)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _forward_serial(u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, y: np.ndarray) -> None:
+    """Every sequence on the calling thread, without the GIL and without numba's thread pool: with
+    one torch thread per caller (chunk workers running side by side), callers scan at once."""
+    for item in range(u.shape[0] * u.shape[1]):
+        _forward_item(u, dt, A, B, C, y, item)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -173,9 +189,12 @@ class _NumbaScan(torch.autograd.Function):
     ) -> torch.Tensor:
         arrays = [_np(t) for t in (u, dt, A, B.transpose(2, 3), C.transpose(2, 3))]
         y = np.empty(u.shape, np.float32)
-        with _LOCK:
-            _set_threads()
-            _forward(*arrays, y)
+        if torch.get_num_threads() == 1:
+            _forward_serial(*arrays, y)
+        else:
+            with _LOCK:
+                _set_threads()
+                _forward(*arrays, y)
         ctx.arrays = arrays
         return torch.from_numpy(y)
 
