@@ -24,10 +24,8 @@ from ..io import OutputLayout, write_block
 from .job import FusionJob
 from .predictors import predictor
 from .resume import mark_done
-from .sources import remember
+from .sources import LOCAL_SCHEDULERS, local_scheduler, remember
 from .tiling import BatchRunner, weight_sum, weighted_sum
-
-LOCAL_SCHEDULERS = ("synchronous", "sync", "threads", "threading", "processes")
 
 #: Batch runners of the runs in progress in this process, by (engine key, device, batch).
 _RUNNERS: dict[tuple[str, str, int], BatchRunner] = {}
@@ -178,7 +176,8 @@ def _execute_locally(
     # nor we its (dask.cache raises KeyError on tasks it did not start).
     # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
     with _one_torch_thread_per_worker(scheduler) as keywords:
-        dask.compute(*tasks, scheduler=scheduler, callbacks=[(None, None, pretask, posttask, None)], **keywords)
+        callbacks = [(None, None, pretask, posttask, None)]
+        dask.compute(*tasks, scheduler=local_scheduler(scheduler), callbacks=callbacks, **keywords)
 
 
 def _execute_on_cluster(
