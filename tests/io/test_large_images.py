@@ -4,7 +4,6 @@ anything is decoded."""
 
 from __future__ import annotations
 
-import struct
 import tracemalloc
 
 import imageio.v3 as iio
@@ -13,6 +12,7 @@ import pytest
 import tifffile
 import zarr
 
+from conftest import decompression_bomb
 from napari_fusionmamba.errors import ImageReadError
 from napari_fusionmamba.io import open_image, readers
 
@@ -76,22 +76,8 @@ def test_large_compressed_strips_are_decoded_once_or_refused_with_advice(tmp_pat
         open_image(path)
 
 
-def _claim_size(path, height: int, width: int) -> None:
-    """Rewrite a one-strip TIFF's header to claim another size (a decompression bomb)."""
-    page = tifffile.TiffFile(path).pages[0]
-    tags = {name: page.tags[name] for name in ("ImageWidth", "ImageLength", "RowsPerStrip")}
-    data = bytearray(path.read_bytes())
-    for name, value in (("ImageWidth", width), ("ImageLength", height), ("RowsPerStrip", height)):
-        tag = tags[name]
-        fmt = "<I" if tag.dtype == 4 else "<H"
-        data[tag.valueoffset : tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
-    path.write_bytes(bytes(data))
-
-
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
-    path = tmp_path / "bomb.tif"
-    tifffile.imwrite(path, np.zeros((64, 64), np.uint16), compression="zlib", rowsperstrip=64)
-    _claim_size(path, 200_000, 200_000)  # 80 GB of pixels in a file of a few hundred bytes
+    path = decompression_bomb(tmp_path / "bomb.tif", 200_000, 200_000)  # 80 GB of pixels in 300 bytes
     assert tifffile.TiffFile(path).pages[0].shape == (200_000, 200_000)
     with pytest.raises(ImageReadError, match=r"bomb\.tif: 200000x200000 is 4e\+10 pixels.*FUSIONMAMBA_MAX_PIXELS"):
         open_image(path)
