@@ -37,6 +37,7 @@ DATA ?= ../shared/data
 bench: $(VENV)/.installed
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/fuse_scaling.py
+	$(PY) benchmarks/resume_check.py
 	$(PY) benchmarks/metrics_speed.py
 	test ! -d $(DATA)/gfp_pc || $(PY) benchmarks/quality.py --data $(DATA)/gfp_pc
 

@@ -120,3 +120,15 @@ def test_checkpoint_cadence_is_set_from_the_command_line(tmp_path, capsys):
     assert main([*common, "--checkpoint-steps", "1", "--checkpoint-minutes", "2.5", "--out", str(run)]) == 0
     settings = json.loads((run / "config.json").read_text())["settings"]
     assert (settings["checkpoint_every_steps"], settings["checkpoint_every_minutes"]) == (1, 2.5)
+
+
+def test_keep_both_target_is_set_from_the_command_line(tmp_path, capsys):
+    a_path, b_path = _write_pair(tmp_path / "data")
+    common = ["finetune", "--pair", str(a_path), str(b_path), "--crop", "32", "--steps", "1", "--from", "tiny"]
+    common += ["--objective", "keep-both"]
+    assert main([*common, "--target-gain", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "target gain must be a positive" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main([*common, "--target-background", "0.1", "--target-gain", "1.3", "--out", str(run)]) == 0
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert (settings["target_background"], settings["target_gain"]) == (0.1, 1.3)

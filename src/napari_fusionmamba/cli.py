@@ -139,6 +139,13 @@ def _add_finetune_parser(commands) -> None:
         metavar="A1,A2,A3",
         help="the objective's intensity, texture and structure weights (default 10,1,10)",
     )
+    p.add_argument(
+        "--target-background",
+        type=float,
+        metavar="LEVEL",
+        help="keep-both: A's background level in [0, 1] units (default 0.035); signal above it is kept",
+    )
+    p.add_argument("--target-gain", type=float, metavar="G", help="keep-both: gain on that signal (default 1.1)")
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument(
         "--checkpoint-steps",
@@ -168,7 +175,8 @@ def _finetune(args: argparse.Namespace) -> int:
     flags = {
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
-        "objective": args.objective, "checkpoint_every_steps": args.checkpoint_steps,
+        "objective": args.objective, "target_background": args.target_background, "target_gain": args.target_gain,
+        "checkpoint_every_steps": args.checkpoint_steps,
         "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
@@ -424,6 +432,29 @@ def _fuse_folder(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _add_verify_parser(commands) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="check a fused output: every chunk present, readable and as written",
+        description="Check a finished output of fusionmamba fuse: every chunk present, readable and equal to "
+        "what was written (its digest, recorded when it was written). Prints one line per missing or damaged "
+        "chunk, naming it. Exit code 0 when the output is sound, 1 when chunks are missing or damaged, 2 when "
+        "OUTPUT is not a finished output of fusionmamba fuse.",
+    )
+    verify.add_argument("output", help="a .zarr / .ome.zarr or .tif / .ome.tif written by fusionmamba fuse")
+    verify.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .engine import verify_output
+
+    report = verify_output(args.output)
+    for line in report.problems:
+        print(line, file=sys.stderr)
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionmamba", description="Multimodal image fusion with the FusionMamba network."
@@ -437,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fuse_folder_parser(commands)
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
+    _add_verify_parser(commands)
     return parser
 
 

@@ -89,3 +89,56 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys, sources):
     assert main(["fuse", *sources, "-o", out, "--method", "max", "--no-progress"]) == 0
     assert np.asarray(open_image(out).data).shape == (96, 96)
     assert not os.path.exists(out + ".fusionmamba-lock")
+
+
+#: A writer that waits for GO, then tries to take OUT's lock and holds it for a second.
+CONTENDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from napari_fusionmamba.errors import InputError
+    from napari_fusionmamba.io.locks import exclusive
+    out, ready, go = sys.argv[1:]
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        pass
+    try:
+        with exclusive(out, "this output"):
+            print("took it", flush=True)
+            time.sleep(1.0)
+    except InputError as error:
+        print("refused" if "in use by process" in str(error) else error, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_stale_lock_found_by_many_processes_at_once_is_taken_by_exactly_one(tmp_path):
+    """Eight processes released together on one stale lock, four times: each time exactly one
+    takes it and the other seven are refused, naming it (a takeover by rename-then-remove let
+    two through about once in eight such rounds)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    for round_ in range(4):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        out = str(folder / "out.zarr")
+        with open(out + ".fusionmamba-lock", "w") as handle:
+            json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00"}, handle)
+        ready = [folder / f"ready{i}" for i in range(8)]
+        contenders = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONTENDER, out, str(r), str(folder / "go")],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for r in ready
+        ]
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (folder / "go").touch()
+        outcomes = sorted(c.communicate(timeout=120)[0].strip() for c in contenders)
+        assert outcomes == ["refused"] * 7 + ["took it"], outcomes
+        assert not os.path.exists(out + ".fusionmamba-lock")

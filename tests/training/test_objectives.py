@@ -94,10 +94,13 @@ def _dim_fluorescence_pair(size=64):
 
 def test_keep_both_target_lays_the_fluorescence_on_the_structure():
     a, b = _dim_fluorescence_pair()
-    target = keep_both_target(a, b)
+    target = keep_both_target(a, b)  # a's signal above 0.035, times 1.1
     assert torch.allclose(target[..., :10, :10], b[..., :10, :10])  # background: b, untouched
-    assert torch.allclose(target[..., 25:35, 25:35], (b + 0.28)[..., 25:35, 25:35])  # signal above a's background
+    assert torch.allclose(target[..., 25:35, 25:35], (b + 1.1 * (0.3 - 0.035))[..., 25:35, 25:35])
     assert torch.equal(keep_both_target(a, torch.ones_like(b)), torch.ones_like(b))  # clipped to [0, 1]
+    # the first model's rule: above the 10th percentile of each image, gain 1
+    first = keep_both_target(torch.cat([a, a + 0.1]), torch.cat([b, b]), background=None, gain=1.0)
+    assert torch.allclose(first[:, :, 25:35, 25:35], (b + 0.28)[..., 25:35, 25:35].expand(2, -1, -1, -1))
 
 
 def test_keep_both_prefers_its_target_to_max_and_to_either_source():
@@ -125,8 +128,20 @@ def test_keep_both_weights_and_weight_map_act_as_stated():
 
 
 def test_keep_both_is_registered_and_takes_the_run_s_weights():
-    objective = make_objective(TrainSettings(objective="keep-both", loss_weights=(1.0, 2.0, 3.0)))
+    settings = TrainSettings(
+        objective="keep-both", loss_weights=(1.0, 2.0, 3.0), target_background=None, target_gain=1.5
+    )
+    objective = make_objective(settings)
     assert isinstance(objective, KeepBothLoss) and (objective.a1, objective.a2, objective.a3) == (1.0, 2.0, 3.0)
+    assert (objective.background, objective.gain) == (None, 1.5)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("target_background", 1.5), ("target_background", float("nan")), ("target_gain", 0.0)]
+)
+def test_keep_both_target_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(PreflightError, match=field.replace("_", " ")):
+        check_settings(TrainSettings(objective="keep-both", **{field: value}))
 
 
 @pytest.mark.slow

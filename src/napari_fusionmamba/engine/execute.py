@@ -87,7 +87,7 @@ def fuse_tiles(
     th, tw = grid.tile_shape
     y0, y1 = min(y for y, _ in corners), max(y for y, _ in corners) + th
     x0, x1 = min(x for _, x in corners), max(x for _, x in corners) + tw
-    a, b, _ = job.inputs(plane, y0, y1, x0, x1)
+    a, b, _ = job.inputs(job.read(plane, y0, y1, x0, x1))
     sums = weighted_sum(_runner(job), a, b, grid, corners, (y0, y1, x0, x1), origin=(y0, x0))
     parts = {}
     for cy in range(y0 // chunk * chunk, y1, chunk):
@@ -108,15 +108,16 @@ def write_chunk(
     parts: list[Part],
 ) -> int:
     """Blend one output chunk (``region`` = y0, y1, x0, x1) from the weighted sums of every tile
-    reaching it, write it, then mark it done (a killed run redoes unmarked ones)."""
+    reaching it, write it, then mark it done with the digests of its inputs and of what was
+    written (a killed run redoes unmarked ones)."""
     y0, y1, x0, x1 = region
     sums = np.zeros((y1 - y0, x1 - x0), np.float32)
     for top, left, part in parts:
         sums[top - y0 : top - y0 + part.shape[0], left - x0 : left - x0 + part.shape[1]] += part
-    fused = sums / weight_sum(job.grid(), region)
-    chroma = job.inputs(plane, y0, y1, x0, x1)[2] if job.a.colour or job.b.colour else None
-    write_block(store, layout, plane, y0, x0, to_dtype(job.finish(fused, chroma), np.dtype(layout.dtype)))
-    mark_done(done, plane, y0, x0)
+    block, inputs = job.finish_region(plane, y0, y1, x0, x1, sums / weight_sum(job.grid(), region))
+    stored = to_dtype(block, np.dtype(layout.dtype))
+    write_block(store, layout, plane, y0, x0, stored)
+    mark_done(done, layout, plane, y0, x0, inputs, stored)
     return 1
 
 

@@ -16,7 +16,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,16 +28,14 @@ from .execute import check_scheduler, execute, forget_runners, fuse_tiles, write
 from .job import FusionJob, prepare_job
 from .options import FuseOptions
 from .predictors import describe_engine
-from .resume import PartialRun, chunk_name, open_partial, run_record
+from .resume import Block, PartialRun, chunk_digests, chunk_name, open_partial, run_record, sound_chunks
 from .sources import Source
 from .tiling import TileGrid
+from .verify import StoredChunks
 
 #: Default chunk: the multiple of the tile stride nearest above this.
 CHUNK_TARGET = 1024
 DTYPES = ("float32", "source")
-
-#: One output chunk: its plane index and its region (y0, y1, x0, x1).
-Block = tuple[tuple[int, ...], tuple[int, int, int, int]]
 
 
 @dataclass
@@ -57,9 +55,12 @@ class FuseReport:
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)  # describe_engine: what fused, also in the file
+    chunks_redone: int = 0  # done before, fused again: their sources changed or their data was damaged
 
     def summary(self) -> str:
         resumed = f", {self.chunks_skipped} already done" if self.chunks_skipped else ""
+        if self.chunks_redone:
+            resumed += f", {self.chunks_redone} fused again (sources changed or data damaged)"
         return (
             f"{self.out}: {'x'.join(map(str, self.shape))} {self.dtype} in {self.seconds:.1f} s "
             f"({self.chunks_computed} chunks, {self.tiles_computed} tiles computed{resumed})"
@@ -88,9 +89,9 @@ def fuse_files(
     ``scheduler=``, ``overwrite=`` ...) say how. The run is built in ``OUT.fusionmamba-partial``
     and moved to ``out`` only when complete, so ``out`` never holds a half-written image.
     Interrupted (Ctrl-C, kill, ``cancel``), the same call resumes where it stopped: finished
-    chunks are marked and skipped; other arguments refuse to resume unless ``overwrite``.
-    ``progress(done, total)`` counts chunks. Array inputs are recognised on a rerun by name,
-    shape, dtype and percentiles.
+    chunks are skipped, unless their sources' pixels changed since or their stored data is
+    missing or damaged (their digests say); other arguments refuse to resume unless
+    ``overwrite``. ``progress(done, total)`` counts chunks.
     """
     start = time.perf_counter()
     options = FuseOptions.of(options, keywords)
@@ -108,14 +109,14 @@ def fuse_files(
     with exclusive(out, "this output"):
         partial = open_partial(out, run_record(job, layout, kind), layout, options.overwrite)
         blocks = plan_blocks(job, layout.chunk)
-        finished = partial.finished()
+        finished, redone = sound_chunks(job, layout, partial, blocks)
         todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
         try:
             tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
         finally:
             forget_runners(job)
         engine = describe_engine(options.model, options.method)
-        finalise(out, kind, layout, partial, engine)
+        finalise(out, kind, layout, partial, engine, chunk_digests(layout, partial, blocks))
     return FuseReport(
         out,
         layout.shape,
@@ -130,6 +131,7 @@ def fuse_files(
         time.perf_counter() - start,
         {"tile": job.tile, "overlap": job.overlap, "batch": job.batch, "engine": job.engine.key},
         engine,
+        redone,
     )
 
 
@@ -298,19 +300,24 @@ def tile_groups(grid: TileGrid, chunk: int) -> dict[tuple[int, int, int], list[t
     return groups
 
 
-def finalise(out: str, kind: str, layout: OutputLayout, partial: PartialRun, engine: dict[str, Any]) -> None:
+def finalise(
+    out: str, kind: str, layout: OutputLayout, partial: PartialRun, engine: dict[str, Any], chunks: dict[str, str]
+) -> None:
     """Add the zarr pyramid (or write the TIFF), mark the store complete, record what fused it
-    (``engine``) and move it into place (replacing an old output only now)."""
+    (``engine``), its layout and its chunks' digests (``chunks``, full resolution; the pyramid's
+    are added), and move it into place (replacing an old output only now)."""
     import zarr
 
     store = partial.store
     if kind == "zarr":
-        add_pyramid(store, layout)
+        levels = add_pyramid(store, layout)
+        chunks = {**chunks, **StoredChunks(store).pyramid([str(level) for level in range(1, levels + 1)])}
+    record = {"engine": engine, "layout": asdict(layout), "chunks": chunks}
     group = zarr.open_group(store, mode="r+")
-    group.attrs["fusionmamba"] = {"run": partial.run_hash, "complete": True, "engine": engine}
+    group.attrs["fusionmamba"] = {"run": partial.run_hash, "complete": True, **record}
     if kind == "tiff":
         store = os.path.join(partial.folder, "out.tif")
-        zarr_to_tiff(partial.store, layout, store, description={"fusionmamba": {"engine": engine}})
+        zarr_to_tiff(partial.store, layout, store, description={"fusionmamba": record})
     if os.path.isdir(out) and not os.path.islink(out):
         shutil.rmtree(out)
     elif os.path.lexists(out):

@@ -20,6 +20,7 @@ from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
 from .tiling import TileGrid, check_tiling, tiled_fuse
+from .verify import digest
 
 #: The Cr and Cb planes of a colour source, put back around the fused luminance.
 Chroma = tuple[np.ndarray, np.ndarray]
@@ -63,14 +64,17 @@ class FusionJob:
     def grid(self) -> TileGrid:
         return TileGrid(*self.plane_shape, self.tile, self.overlap)
 
-    def inputs(
-        self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int
-    ) -> tuple[np.ndarray, np.ndarray, Chroma | None]:
-        """Normalised luminance windows of both sources, and the chroma to put back."""
+    def read(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The windows of both sources, as read (what a chunk's result depends on, with the run's
+        arguments: a resume checks their digest)."""
+        return self.a.read(plane, y0, y1, x0, x1), self.b.read(plane, y0, y1, x0, x1)
+
+    def inputs(self, windows: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Chroma | None]:
+        """Normalised luminance of both windows, and the chroma to put back."""
         chroma: Chroma | None = None
         planes = []
-        for source, norm in ((self.a, self.norm_a), (self.b, self.norm_b)):
-            window = norm(source.read(plane, y0, y1, x0, x1))
+        for window, source, norm in zip(windows, (self.a, self.b), (self.norm_a, self.norm_b)):
+            window = norm(window)
             if source.colour:
                 luma, cr, cb = rgb_to_ycrcb(window)
                 if chroma is None:  # both colour: the colour of A is kept
@@ -85,6 +89,24 @@ class FusionJob:
         if chroma is None:
             return fused.astype(np.float32, copy=False)
         return np.asarray(np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0), dtype=np.float32)
+
+    def finish_region(
+        self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int, fused: np.ndarray
+    ) -> tuple[np.ndarray, str]:
+        """The blended luminance ``fused`` of the block [y0, y1) x [x0, x1) of one plane as the
+        output block (its colour put back; float32 in [0, 1]), and the digest of the source
+        windows it was fused from."""
+        ry0, ry1, rx0, rx1 = self.grid().reach(y0, y1, x0, x1)
+        windows = self.read(plane, ry0, ry1, rx0, rx1)
+        chroma = self.inputs(windows)[2] if self.a.colour or self.b.colour else None
+        if chroma is not None:
+            cr, cb = (c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
+            chroma = (cr, cb)
+        return self.finish(fused, chroma), digest(*windows)
+
+    def input_digest(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> str:
+        """The digest of the source windows the block [y0, y1) x [x0, x1) is fused from."""
+        return digest(*self.read(plane, *self.grid().reach(y0, y1, x0, x1)))
 
 
 def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
@@ -152,7 +174,7 @@ def fuse(
             if progress is not None:  # a smaller tile after out-of-memory changes ``total``
                 progress(i * per_plane + round(done / max(total, 1) * per_plane), len(planes) * per_plane)
 
-        la, lb, chroma = job.inputs(plane, 0, height, 0, width)
+        la, lb, chroma = job.inputs(job.read(plane, 0, height, 0, width))
         fused, settings = tiled_fuse(
             predict,
             la,

@@ -14,6 +14,8 @@ from .writers import (
     create_ome_zarr,
     ome_tiff_placement,
     read_plane_region,
+    tiff_description,
+    tiff_missing_bytes,
     write_block,
     zarr_to_tiff,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "ome_tiff_placement",
     "open_image",
     "read_plane_region",
+    "tiff_description",
+    "tiff_missing_bytes",
     "write_block",
     "zarr_to_tiff",
 ]

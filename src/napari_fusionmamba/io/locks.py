@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -34,35 +35,58 @@ def _alive(holder: dict[str, Any]) -> bool:
 def _read_lock(lock: str) -> dict[str, Any]:
     try:
         with open(lock) as handle:
-            holder = json.load(handle)
+            return _holder(handle.read())
     except FileNotFoundError:
         return {}  # released meanwhile
-    except (OSError, ValueError):
-        return {"pid": None}  # unreadable: no holder can be named, taken over as stale
+    except OSError:
+        return {"pid": None}
+
+
+def _holder(text: str) -> dict[str, Any]:
+    """The holder a lock file names; an unreadable one names none and is taken over as stale."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"pid": None}
     return holder if isinstance(holder, dict) else {"pid": None}
 
 
+#: Attempts at taking a lock that other processes keep replacing, before giving up.
+ATTEMPTS = 20
+
+
 def _take(lock: str, tmp: str, path: str | os.PathLike[str], what: str) -> None:
-    """Link the finished record ``tmp`` as ``lock``, taking over a stale lock (renamed away
-    first, atomically, so only one of two late-comers removes it)."""
-    for _ in range(3):
+    """Link the finished record ``tmp`` as ``lock``, taking over a stale lock. A stale lock is
+    removed only under an ``flock`` of that very file, after checking that ``lock`` still names
+    it: of two processes finding one stale lock, exactly one removes it and links its own, and
+    the other then finds that new, live holder (a plain rename-then-remove could remove it)."""
+    for _ in range(ATTEMPTS):
         try:
             os.link(tmp, lock)
             return
         except FileExistsError:
-            holder = _read_lock(lock)
-            if holder and _alive(holder):
+            pass
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # released meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                    continue  # taken over meanwhile: look at the new holder
+            except FileNotFoundError:
+                continue
+            with open(fd, closefd=False) as handle:
+                holder = _holder(handle.read())
+            if _alive(holder):
                 raise InputError(
                     f"{path}: {what} is in use by process {holder.get('pid')} on {holder.get('host')} (started "
                     f"{holder.get('started')}); wait for it to finish or stop it (its lock: {lock})"
-                ) from None
-            if holder:
-                stale = f"{tmp}.stale"
-                try:
-                    os.replace(lock, stale)
-                    os.unlink(stale)
-                except FileNotFoundError:
-                    pass
+                )
+            os.unlink(lock)
+        finally:
+            os.close(fd)  # releases the flock
     raise InputError(f"{path}: cannot take the lock {lock}; remove it if no other process writes {path}")
 
 

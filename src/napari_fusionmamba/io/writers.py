@@ -232,3 +232,32 @@ def zarr_to_tiff(
         ome=True,
         metadata=metadata,
     )
+
+
+def tiff_missing_bytes(path: str) -> int:
+    """How many bytes of a TIFF's image data lie beyond its end (a file cut short); 0 when none."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        end = max(
+            (offset + count for page in tif.pages for offset, count in zip(page.dataoffsets, page.databytecounts)),
+            default=0,
+        )
+    return max(0, end - os.path.getsize(path))
+
+
+def tiff_description(path: str) -> dict[str, Any] | None:
+    """The JSON that ``zarr_to_tiff`` put in an OME-TIFF image's Description (None without one)."""
+    import xml.etree.ElementTree as ElementTree
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        ome = tif.ome_metadata
+    if not ome:
+        return None
+    element = ElementTree.fromstring(ome).find(".//{*}Image/{*}Description")
+    if element is None or not element.text:
+        return None
+    value = json.loads(element.text)
+    return value if isinstance(value, dict) else None

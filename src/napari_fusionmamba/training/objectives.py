@@ -189,49 +189,82 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-BACKGROUND_QUANTILE = 0.1
-"""Where keep-both puts a source's background: this quantile of its pixels in each crop."""
+TARGET_BACKGROUND = 0.035
+"""keep-both's background level of the fluorescence source, in its [0, 1] units (9 / 255 for
+8-bit data over 255): signal above it is laid on the structural image."""
+TARGET_GAIN = 1.1
+"""keep-both's gain on that signal: slightly above 1, so the fluorescence stands out of the
+structure it is laid on."""
+FIRST_MODEL_QUANTILE = 0.1
+"""The first keep-both model's background: the 10th percentile of each crop (``background=None``)."""
 
 
-def keep_both_target(a: torch.Tensor, b: torch.Tensor, background: float = BACKGROUND_QUANTILE) -> torch.Tensor:
-    """b plus a's signal above its background, clipped to [0, 1]: the structural image with the
-    fluorescence laid on top, so neither is lost where the other is brighter (max(a, b) drops a
-    dim GFP signal on bright phase contrast). a's background is its ``background`` quantile in
-    each image of the batch."""
-    level = torch.quantile(a.flatten(1).float(), background, dim=1).to(a.dtype).view(-1, 1, 1, 1)
-    return (b + torch.relu(a - level)).clamp(0, 1)
+def keep_both_target(
+    a: torch.Tensor, b: torch.Tensor, background: float | None = TARGET_BACKGROUND, gain: float = TARGET_GAIN
+) -> torch.Tensor:
+    """b plus ``gain`` times a's signal above ``background``, clipped to [0, 1]: the structural
+    image with the fluorescence laid on top, so neither is lost where the other is brighter
+    (max(a, b) drops a dim GFP signal on bright phase contrast). A fixed level keeps the target
+    a local rule the network can learn; ``None`` takes the 10th percentile of a in each image of
+    the batch (the first keep-both model's rule)."""
+    if background is None:
+        level = torch.quantile(a.flatten(1).float(), FIRST_MODEL_QUANTILE, dim=1).to(a.dtype).view(-1, 1, 1, 1)
+    else:
+        level = torch.tensor(background, dtype=a.dtype, device=a.device)
+    return (b + gain * torch.relu(a - level)).clamp(0, 1)
 
 
 class KeepBothLoss(nn.Module):
-    """Keep both sources: the fused image F should be T = ``keep_both_target(a, b)`` in intensity
-    and local structure, and at least as sharp as the sharpest of a, b and T.
+    """Keep both sources: the fused image F should be T = ``keep_both_target(a, b, background,
+    gain)`` in intensity and local structure, and at least as sharp as the sharpest of a, b and T.
 
     total = a1 * mean((F - T)^2) + a2 * mean|S(F) - max(S(a), S(b), S(T))| + a3 * (1 - SSIM(F, T))
+            + edge * mean S(F - T)
 
-    with S the Sobel magnitude of the paper's loss. Called like ``FusionLoss``; ``weight`` makes
+    with S the Sobel magnitude of the paper's loss; the last term asks for T's edges with their
+    direction and sign, not only their strength (what FMI and Qabf score). Called like ``FusionLoss``; ``weight`` makes
     regions count more or not at all. a is the fluorescence (functional) source, b the structural.
     """
 
-    def __init__(self, a1: float = DEFAULT_WEIGHTS[0], a2: float = DEFAULT_WEIGHTS[1], a3: float = DEFAULT_WEIGHTS[2]):
+    def __init__(
+        self,
+        a1: float = DEFAULT_WEIGHTS[0],
+        a2: float = DEFAULT_WEIGHTS[1],
+        a3: float = DEFAULT_WEIGHTS[2],
+        background: float | None = TARGET_BACKGROUND,
+        gain: float = TARGET_GAIN,
+        edge: float = 0.0,
+    ):
         super().__init__()
         self.a1, self.a2, self.a3 = a1, a2, a3
+        self.background, self.gain, self.edge = background, gain, edge
 
     @classmethod
     def from_settings(cls, settings: TrainSettings) -> KeepBothLoss:
-        """The loss a run's ``loss_weights`` ask for."""
-        return cls(*settings.loss_weights)
+        """The loss a run's ``loss_weights``, ``target_background``, ``target_gain`` and
+        ``edge_weight`` ask for."""
+        return cls(
+            *settings.loss_weights,
+            background=settings.target_background,
+            gain=settings.target_gain,
+            edge=settings.edge_weight,
+        )
 
     def forward(
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         weight = _checked_weight(fused, a, b, weight)
-        target = keep_both_target(a, b)
+        target = keep_both_target(a, b, self.background, self.gain)
         detail = torch.maximum(torch.maximum(sobel(a), sobel(b)), sobel(target))
         intensity = _weighted_mean((fused - target) ** 2, weight)
         texture = _weighted_mean((sobel(fused) - detail).abs(), weight)
         structure = 1 - ssim(fused, target, weight)
         total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
-        return total, {"intensity": intensity, "texture": texture, "structure": structure}
+        terms = {"intensity": intensity, "texture": texture, "structure": structure}
+        if self.edge:
+            terms["edges"] = _weighted_mean(sobel(fused - target), weight)
+            total = total + self.edge * terms["edges"]
+        return total, terms
 
 
 #: Training objectives by name (``TrainSettings.objective``, ``fusionmamba finetune --objective``).

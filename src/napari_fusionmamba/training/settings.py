@@ -14,7 +14,7 @@ import numpy as np
 from .._json_records import from_json
 from ..engine.sources import PERCENTILES
 from ..errors import PreflightError
-from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
+from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES, TARGET_BACKGROUND, TARGET_GAIN
 
 MIN_CROP = 16
 NORMALISE = ("percentile", "range", "none")
@@ -38,6 +38,9 @@ class TrainSettings:
     loss_weights: tuple[float, float, float] = DEFAULT_WEIGHTS  # intensity, texture, structure
     ssim_weights: tuple[float, float] = (0.5, 0.5)  # paper objective: SSIM to source a, to source b
     ssim: str = "auto"  # paper objective: the structure measure
+    target_background: float | None = TARGET_BACKGROUND  # keep-both: a's background level; None = q10 per crop
+    target_gain: float = TARGET_GAIN  # keep-both: gain on a's signal above it
+    edge_weight: float = 0.0  # keep-both: weight of the edge term, mean Sobel(F - T)
     region_weight: float = 2.0  # loss weight of mask label 2
     mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
     val_fraction: float = 0.15
@@ -145,6 +148,14 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"region weight must be positive (got {settings.region_weight})")
     if not 0 < settings.mask_coverage <= 1:
         problems.append(f"mask coverage must be in (0, 1] (got {settings.mask_coverage})")
+    if settings.target_background is not None and not (
+        _finite(settings.target_background) and 0 <= settings.target_background < 1
+    ):
+        problems.append(f"target background must be in [0, 1) or null (got {settings.target_background})")
+    if not (_finite(settings.edge_weight) and settings.edge_weight >= 0):
+        problems.append(f"edge weight must be a non-negative finite number (got {settings.edge_weight})")
+    if not (_finite(settings.target_gain) and settings.target_gain > 0):
+        problems.append(f"target gain must be a positive finite number (got {settings.target_gain})")
     if settings.objective not in OBJECTIVES:
         problems.append(f"unknown objective {settings.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if settings.normalise not in NORMALISE:
