@@ -36,7 +36,7 @@ import numpy as np
 SOURCES = ("tiled", "strips", "zarr", "ome-zarr")
 
 CHILD = """
-import json, os, sys, threading, time
+import json, os, resource, sys, threading, time
 import psutil
 args = json.loads(sys.argv[1])
 peak = [0]
@@ -57,12 +57,15 @@ from napari_fusionmamba.engine import fuse, fuse_files
 start = time.perf_counter()
 fuse(np.zeros((64, 64)), np.zeros((64, 64)), tile=64, overlap=16, device="cpu")  # load + compile once
 warm = time.perf_counter() - start
-start = time.perf_counter()
+def cpu():  # user + system seconds of this process and of its finished workers
+    usages = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in usages)
+start, cpu_start = time.perf_counter(), cpu()
 report = fuse_files(args["a"], args["b"], args["out"], device="cpu", scheduler=args["scheduler"])
-seconds = time.perf_counter() - start
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
-print(json.dumps({"seconds": seconds, "warm": warm, "chunks": report.chunks_total, "chunk": report.chunk,
-                  "rss": max(hwm, peak[0] / 2**20)}))
+print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "warm": warm, "chunks": report.chunks_total,
+                  "chunk": report.chunk, "rss": max(hwm, peak[0] / 2**20)}))
 """
 
 IMPORT_ONLY = """
@@ -195,18 +198,22 @@ def main() -> None:
                 task = json.dumps({"a": a, "b": b, "out": out, "scheduler": args.scheduler})
                 result, wall = run_child(CHILD, task, path=path)
                 runs[name].append({"size": size, "wall": wall, **result})
-                print(f"  {size}^2 {name}: {result['seconds']:.1f} s (cold start {result['warm']:.1f} s)", flush=True)
+                print(
+                    f"  {size}^2 {name}: {result['seconds']:.1f} s, {result['cpu']:.1f} CPU s "
+                    f"(cold start {result['warm']:.1f} s)",
+                    flush=True,
+                )
             for name, done in runs.items():  # the run of median time, and the largest peak
                 done.sort(key=lambda run: run["seconds"])
                 results[name].append({**done[len(done) // 2], "rss": max(run["rss"] for run in done)})
     for name, rows in results.items():
         _table(name, rows, floor)
     if args.baseline:
-        print(f"\nthroughput new / {args.baseline}, same run:")
+        print(f"\nnew / {args.baseline}, same run: throughput (wall), CPU time per pixel, peak RSS")
         for new, old in zip(results["new"], results[args.baseline]):
             print(
-                f"  {new['size']:>5}^2  {old['seconds'] / new['seconds']:.2f}x "
-                f"(peak RSS {new['rss']:.0f} vs {old['rss']:.0f} MiB)"
+                f"  {new['size']:>5}^2  {old['seconds'] / new['seconds']:.2f}x faster, "
+                f"{new['cpu'] / old['cpu']:.2f}x the CPU time, {new['rss']:.0f} vs {old['rss']:.0f} MiB"
             )
 
 
@@ -215,13 +222,14 @@ def _table(name: str, rows: list[dict], floor: float) -> None:
     base_rate = base["size"] ** 2 / base["seconds"]
     print(f"\n{name}: chunk {base['chunk']} px, import-only process {floor:.0f} MiB")
     print(
-        f"{'size':>7} {'chunks':>6} {'fuse s':>8} {'cold s':>6} {'Mpx/s':>7} {'time/px':>8} "
+        f"{'size':>7} {'chunks':>6} {'fuse s':>8} {'CPU s':>7} {'cold s':>6} {'Mpx/s':>7} {'time/px':>8} "
         f"{'peak RSS MiB':>12} {'RSS ratio':>9}"
     )
     for row in rows:
         rate = row["size"] ** 2 / row["seconds"]
         print(
-            f"{row['size']:>5}^2 {row['chunks']:>6} {row['seconds']:>8.1f} {row['warm']:>6.1f} {rate / 1e6:>7.3f} "
+            f"{row['size']:>5}^2 {row['chunks']:>6} {row['seconds']:>8.1f} {row['cpu']:>7.1f} {row['warm']:>6.1f} "
+            f"{rate / 1e6:>7.3f} "
             f"{base_rate / rate:>7.2f}x {row['rss']:>12.0f} {row['rss'] / base['rss']:>8.2f}x"
         )
 
