@@ -282,9 +282,9 @@ def _run_blocks(
     return sum(len(groups[key]) for _, key in tiles)
 
 
-#: Rows of tiles run by one tile task: a few batches each, and tasks for every worker even when
-#: the image is a single chunk.
-GROUP_ROWS = 2
+#: Rows of tiles run by one tile task: small tasks, so that the workers share even a one-chunk
+#: image evenly (a 1024 px image has 6 rows of 6 tiles).
+GROUP_ROWS = 1
 
 
 def tile_groups(grid: TileGrid, chunk: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
