@@ -106,7 +106,7 @@ def write_chunk(
     plane: tuple[int, ...],
     region: tuple[int, int, int, int],
     parts: list[Part],
-) -> int:
+) -> None:
     """Blend one output chunk (``region`` = y0, y1, x0, x1) from the weighted sums of every tile
     reaching it, write it, then mark it done with the digests of its inputs and of what was
     written (a killed run redoes unmarked ones)."""
@@ -118,7 +118,6 @@ def write_chunk(
     stored = to_dtype(block, np.dtype(layout.dtype))
     write_block(store, layout, plane, y0, x0, stored)
     mark_done(done, layout, plane, y0, x0, inputs, stored)
-    return 1
 
 
 def execute(
@@ -131,7 +130,7 @@ def execute(
     return _execute_on_cluster(tasks, scheduler, progress, cancel)
 
 
-def one_torch_thread() -> None:
+def _one_torch_thread() -> None:
     """Torch on one thread in this process (and in torch imported later): chunk workers already
     run side by side on every core, and torch's own threads waiting on each other at every
     operation made a busy 2-core machine several times slower."""
@@ -147,7 +146,7 @@ def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
     after the run (threads share this process's torch)."""
     torch = sys.modules.get("torch")
     if scheduler == "processes":
-        yield {"initializer": one_torch_thread}
+        yield {"initializer": _one_torch_thread}
     elif scheduler in ("threads", "threading") and torch is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(1)
