@@ -104,8 +104,8 @@ def synthetic_tiles(size: int, seed: int, which: int) -> Iterator[tuple[tuple[in
 
 
 def write_synthetic_pair(size: int, a_path: str, b_path: str, seed: int = 0, strips: bool = False) -> None:
-    """The pair as two uint16 TIFFs, tiled (TILE x TILE) or in zlib strips of 16 rows
-    (``strips``, read strip by strip), written one tile or one band of tiles at a time."""
+    """The pair as two uint16 TIFFs, tiled (TILE x TILE) or in strips of 16 rows (``strips``),
+    written one tile or one band of tiles at a time."""
     import tifffile
 
     def bands(which: int) -> Iterator[np.ndarray]:
@@ -118,9 +118,7 @@ def write_synthetic_pair(size: int, a_path: str, b_path: str, seed: int = 0, str
 
     for which, path in enumerate((a_path, b_path)):
         if strips:
-            tifffile.imwrite(
-                path, bands(which), shape=(size, size), dtype=np.uint16, rowsperstrip=16, compression="zlib"
-            )
+            tifffile.imwrite(path, bands(which), shape=(size, size), dtype=np.uint16, rowsperstrip=16)
         else:
             tiles = (tile for _, tile in synthetic_tiles(size, seed, which))
             tifffile.imwrite(path, tiles, shape=(size, size), dtype=np.uint16, tile=(TILE, TILE))
