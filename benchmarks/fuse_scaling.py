@@ -104,8 +104,9 @@ def synthetic_tiles(size: int, seed: int, which: int) -> Iterator[tuple[tuple[in
 
 
 def write_synthetic_pair(size: int, a_path: str, b_path: str, seed: int = 0, strips: bool = False) -> None:
-    """The pair as two uint16 TIFFs, tiled (TILE x TILE) or in strips of 16 rows (``strips``),
-    written one tile or one band of tiles at a time."""
+    """The pair as two uint16 TIFFs, tiled (TILE x TILE) or in uncompressed strips of 16 rows
+    (``strips``: memory-mapped when read; tifffile compresses only whole pages from a
+    generator), written one tile or one band of tiles at a time."""
     import tifffile
 
     def bands(which: int) -> Iterator[np.ndarray]:
