@@ -1,6 +1,6 @@
 """Ship a trained checkpoint inside the package as a named model.
 
-    python scripts/bundle_weights.py RUN_DIR/best.safetensors gfp-pc --recipe recipes/gfp-pc.json
+    python scripts/bundle_weights.py RUN_DIR/best.safetensors gfp-pc --recipe recipes/gfp-pc.json recipes/gfp-pc-leg2.json
 
 Floating-point tensors are stored as float16 (half the size; they load back into the float32
 network), and the provenance gains the recipe and the run's wall time and final losses from
@@ -19,7 +19,7 @@ from napari_fusionmamba.registry import BUNDLED_DIR, load_checkpoint, read_safet
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("checkpoint", type=Path, help="a checkpoint in a training run folder")
 parser.add_argument("name", help="model name (the file stem in the package)")
-parser.add_argument("--recipe", required=True, help="the recipe file that reproduces the run")
+parser.add_argument("--recipe", required=True, nargs="+", help="the recipe files that reproduce the run, in order")
 args = parser.parse_args()
 
 tensors, metadata = read_safetensors(args.checkpoint)
@@ -28,7 +28,7 @@ with open(args.checkpoint.parent / "log.csv", newline="") as handle:
 validation = [float(row["val_loss"]) for row in rows if row["val_loss"]]
 metadata["provenance"].update(
     {
-        "recipe": args.recipe,
+        "recipe": " then ".join(args.recipe),
         "steps": int(rows[-1]["step"]),
         "wall_seconds": round(float(rows[-1]["seconds"])),
         "final_train_loss_mean_of_last_100_steps": float(np.mean([float(r["loss"]) for r in rows[-100:]])),

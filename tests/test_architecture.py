@@ -23,6 +23,7 @@ ALLOWED = {
     "registry": {"errors", "io", "model"},
     "engine": {"errors", "io", "model", "quality", "registry"},
     "training": {"errors", "_json_records", "io", "model", "registry", "engine"},
+    "zoo": {"errors", "io", "model", "registry", "engine"},
 }
 FRONT_ENDS = {"cli", "napari"}
 

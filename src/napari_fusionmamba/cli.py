@@ -1,4 +1,4 @@
-"""The ``fusionmamba`` command: ``fuse | fuse-folder | finetune | evaluate | info``.
+"""The ``fusionmamba`` command: ``fuse | fuse-folder | finetune | evaluate | export | import | info``.
 
 Each subcommand is a thin shell over the public Python function of the same job; heavy imports
 happen inside the handlers so ``fusionmamba --help`` answers at once. It catches only the
@@ -455,6 +455,44 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _add_share_parsers(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a model as a bioimage.io model package (.zip)",
+        description="Write MODEL (a name from `fusionmamba info --models` or a checkpoint path) as a bioimage.io "
+        "model package (format 0.5): TorchScript and state-dict weights, test tensors, cover, model card, "
+        "licence and citations, validated before it is written. Needs the bioimageio extra.",
+    )
+    export.add_argument("model", metavar="MODEL", help="model name or .safetensors checkpoint")
+    export.add_argument("out", metavar="OUT.zip", help="the package to write")
+    export.set_defaults(handler=_export)
+    imported = commands.add_parser(
+        "import",
+        help="register the model of a bioimage.io package written by `fusionmamba export`",
+        description="Validate PACKAGE.zip and register its model by name, so every tool can use it. Only "
+        "packages written by `fusionmamba export` are accepted, and only their safetensors checkpoint is read.",
+    )
+    imported.add_argument("package", metavar="PACKAGE.zip")
+    imported.add_argument("--name", help="register under this name (default: the name it was exported with)")
+    imported.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
+    imported.set_defaults(handler=_import)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .zoo import export_model
+
+    print(f"wrote {export_model(args.model, args.out)}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .zoo import import_model
+
+    entry = import_model(args.package, args.name, overwrite=args.overwrite)
+    print(f"registered as model {entry.name!r}: {entry.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionmamba", description="Multimodal image fusion with the FusionMamba network."
@@ -469,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_parser(commands)
     _add_evaluate_parser(commands)
     _add_verify_parser(commands)
+    _add_share_parsers(commands)
     return parser
 
 

@@ -1,5 +1,7 @@
 """The network: shapes for any input size, every config trains, ES2D covers each pixel once."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -106,3 +108,19 @@ def test_bad_inputs_and_configs_are_refused():
         ModelConfig.from_dict({"width": 3})
     with pytest.raises(ValueError, match="expected two"):
         build_model("tiny")(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_a_traced_network_keeps_the_scan_loops_and_runs_other_sizes():
+    """torch.jit.trace keeps the torch scan compiled (TorchScript), not unrolled for the traced
+    length, so the traced network equals the eager one at every multiple of the stride."""
+    model = build_model("tiny").eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=0.1, generator=generator)  # the output depends on the network
+        example = torch.rand(1, 1, 64, 64, generator=generator)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trace warns about the shape checks it fixes
+            traced = torch.jit.trace(model, (example, example.flip(-1)), check_trace=False)
+        for shape in ((1, 1, 96, 64), (2, 1, 32, 128)):
+            a, b = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
+            torch.testing.assert_close(traced(a, b), model(a, b), rtol=0, atol=1e-5)

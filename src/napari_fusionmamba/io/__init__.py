@@ -1,6 +1,7 @@
 """Images in and out: lazy readers (TIFF, OME-TIFF, zarr, OME-Zarr, PNG / JPEG), block writers
 (OME-Zarr 0.4, tiled OME-TIFF), the axis rules (``axes``), colour (``colour``) and atomic file
-replacement and the refusal of pipes and devices (``files``), and the writers' lock (``locks``).
+replacement and the refusal of pipes and devices (``files``), the writers' lock (``locks``), and the
+sample data shipped in the package (``samples``).
 
 Owns everything that knows a file format or an axis letter. Imports numpy, dask, zarr,
 tifffile, imageio and ``errors``; never torch, the network, napari or Qt.

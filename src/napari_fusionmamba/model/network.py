@@ -200,8 +200,11 @@ class FusionMamba(nn.Module):
         return 0.0
 
 
-def build_model(config: str | ModelConfig = "tiny") -> FusionMamba:
-    """A freshly initialised network from a config name (see ``MODEL_CONFIGS``) or a config."""
+def build_model(config: str | ModelConfig | dict[str, Any] = "tiny") -> FusionMamba:
+    """A freshly initialised network from a config name (see ``MODEL_CONFIGS``), a config, or a
+    config's dict (as checkpoints and exported model packages store it)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
     if isinstance(config, str):
         if config not in MODEL_CONFIGS:
             raise InputError(f"unknown model config {config!r}: choose one of {', '.join(MODEL_CONFIGS)}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,8 @@ def selective_scan(
 ) -> torch.Tensor:
     """y = selective scan of ``u`` (same dtype and shape as ``u``), differentiable in every input."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if torch.jit.is_tracing():  # type: ignore[no-untyped-call]  # a trace would unroll the loops: keep them compiled
+        return _scripted_scan()(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), None)
     name = resolve_backend(backend, u.device)
     return _RUNNERS[name](u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
 
@@ -205,8 +207,12 @@ def _scan_reference(
 
 
 def _chunk_length(length: int) -> int:
-    """About sqrt(L): the Python loop runs ~3 sqrt(L) steps on (L / T)-wide slices."""
-    return max(1, min(length, 1 << round(math.log2(max(math.sqrt(length), 1)))))
+    """The power of two nearest sqrt(L) (on a log scale): the Python loop runs ~3 sqrt(L) steps on
+    (L / T)-wide slices. Integers only, so TorchScript compiles it."""
+    t = 1
+    while 2 * t * t <= length:
+        t *= 2
+    return t
 
 
 def _scan_torch(
@@ -227,20 +233,21 @@ def _scan_torch(
     state; the chunks' start states follow by a short carry over L / T chunks (the decay over a
     whole chunk is exp(A * sum dt)); pass 2 reruns the chunks from their true start states and
     contracts with C. Only T-step Python loops over (batch, channels, L / T, N) slices, no unstable
-    exp(-cumsum) factorisation; autograd differentiates it.
+    exp(-cumsum) factorisation; autograd differentiates it. TorchScript compiles it as written, so
+    a traced network keeps its loops (see ``selective_scan``).
     """
     dtype = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    u, delta, A = u.float(), delta.float(), A.float()
     dt = _dt(delta, delta_bias, softplus)
-    batch, channels, length = u.shape
+    batch, channels, length = u.shape[0], u.shape[1], u.shape[2]
     groups, n = B.shape[1], A.shape[1]
     per = channels // groups
-    T = chunk or _chunk_length(length)
+    T = _chunk_length(length) if chunk is None else chunk
     nc = -(-length // T)
     pad = nc * T - length
-    x = dt * u
-    if pad:  # dt = 0 on the padding: the state passes through unchanged, outputs are dropped
-        dt, x, B, C = (F.pad(t, (0, pad)) for t in (dt, x, B, C))
+    x, B, C = dt * u, B.float(), C.float()
+    if pad > 0:  # dt = 0 on the padding: the state passes through unchanged, outputs are dropped
+        x, dt, B, C = F.pad(x, [0, pad]), F.pad(dt, [0, pad]), F.pad(B, [0, pad]), F.pad(C, [0, pad])
     # time-major slices: dt, x (T, batch, groups, per, nc, 1); B, C (T, batch, groups, 1, nc, N)
     dt = dt.view(batch, groups, per, nc, T).permute(4, 0, 1, 2, 3).unsqueeze(-1)
     x = x.view(batch, groups, per, nc, T).permute(4, 0, 1, 2, 3).unsqueeze(-1)
@@ -248,10 +255,11 @@ def _scan_torch(
     C = C.view(batch, groups, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3)
     a = A.view(groups, per, 1, n)
     decay = torch.exp(dt.sum(0) * a)  # over a whole chunk: (batch, groups, per, nc, N)
-    dts, xs, Bs, Cs = (t.unbind(0) for t in (dt, x, B, C))  # (unbind: see _scan_reference)
+    # (unbind: see _scan_reference)
+    xs, Bs, Cs = x.unbind(0), B.unbind(0), C.unbind(0)
 
     # each step's decay is used by both passes (and autograd keeps it anyway): compute it once
-    decays = [torch.exp(dt_t * a) for dt_t in dts]
+    decays = [torch.exp(dt_t * a) for dt_t in dt.unbind(0)]
     h = xs[0] * Bs[0]
     for t in range(1, T):
         h = torch.addcmul(decays[t] * h, xs[t], Bs[t])
@@ -260,12 +268,18 @@ def _scan_torch(
         starts.append(decay[..., c, :] * starts[-1] + h[..., c, :])
     h = torch.stack(starts, dim=-2)
 
-    ys = []
+    ys: list[torch.Tensor] = []
     for t in range(T):
         h = torch.addcmul(decays[t] * h, xs[t], Bs[t])
         ys.append((h * Cs[t]).sum(-1))
     y = torch.stack(ys, dim=-1).reshape(batch, channels, nc * T)[..., :length]
     return _finish(y, u, D, dtype)
+
+
+@functools.cache
+def _scripted_scan() -> Callable[..., torch.Tensor]:
+    """The torch backend compiled by TorchScript, for exported (traced) networks."""
+    return torch.jit.script(_scan_torch)
 
 
 def _scan_numba(

@@ -219,10 +219,8 @@ class KeepBothLoss(nn.Module):
     gain)`` in intensity and local structure, and at least as sharp as the sharpest of a, b and T.
 
     total = a1 * mean((F - T)^2) + a2 * mean|S(F) - max(S(a), S(b), S(T))| + a3 * (1 - SSIM(F, T))
-            + edge * mean S(F - T)
 
-    with S the Sobel magnitude of the paper's loss; the last term asks for T's edges with their
-    direction and sign, not only their strength (what FMI and Qabf score). Called like ``FusionLoss``; ``weight`` makes
+    with S the Sobel magnitude of the paper's loss. Called like ``FusionLoss``; ``weight`` makes
     regions count more or not at all. a is the fluorescence (functional) source, b the structural.
     """
 
@@ -233,22 +231,15 @@ class KeepBothLoss(nn.Module):
         a3: float = DEFAULT_WEIGHTS[2],
         background: float | None = TARGET_BACKGROUND,
         gain: float = TARGET_GAIN,
-        edge: float = 0.0,
     ):
         super().__init__()
         self.a1, self.a2, self.a3 = a1, a2, a3
-        self.background, self.gain, self.edge = background, gain, edge
+        self.background, self.gain = background, gain
 
     @classmethod
     def from_settings(cls, settings: TrainSettings) -> KeepBothLoss:
-        """The loss a run's ``loss_weights``, ``target_background``, ``target_gain`` and
-        ``edge_weight`` ask for."""
-        return cls(
-            *settings.loss_weights,
-            background=settings.target_background,
-            gain=settings.target_gain,
-            edge=settings.edge_weight,
-        )
+        """The loss a run's ``loss_weights``, ``target_background`` and ``target_gain`` ask for."""
+        return cls(*settings.loss_weights, background=settings.target_background, gain=settings.target_gain)
 
     def forward(
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
@@ -260,11 +251,7 @@ class KeepBothLoss(nn.Module):
         texture = _weighted_mean((sobel(fused) - detail).abs(), weight)
         structure = 1 - ssim(fused, target, weight)
         total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
-        terms = {"intensity": intensity, "texture": texture, "structure": structure}
-        if self.edge:
-            terms["edges"] = _weighted_mean(sobel(fused - target), weight)
-            total = total + self.edge * terms["edges"]
-        return total, terms
+        return total, {"intensity": intensity, "texture": texture, "structure": structure}
 
 
 #: Training objectives by name (``TrainSettings.objective``, ``fusionmamba finetune --objective``).

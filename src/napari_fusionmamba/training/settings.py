@@ -40,7 +40,6 @@ class TrainSettings:
     ssim: str = "auto"  # paper objective: the structure measure
     target_background: float | None = TARGET_BACKGROUND  # keep-both: a's background level; None = q10 per crop
     target_gain: float = TARGET_GAIN  # keep-both: gain on a's signal above it
-    edge_weight: float = 0.0  # keep-both: weight of the edge term, mean Sobel(F - T)
     region_weight: float = 2.0  # loss weight of mask label 2
     mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
     val_fraction: float = 0.15
@@ -152,8 +151,6 @@ def check_settings(settings: TrainSettings) -> None:
         _finite(settings.target_background) and 0 <= settings.target_background < 1
     ):
         problems.append(f"target background must be in [0, 1) or null (got {settings.target_background})")
-    if not (_finite(settings.edge_weight) and settings.edge_weight >= 0):
-        problems.append(f"edge weight must be a non-negative finite number (got {settings.edge_weight})")
     if not (_finite(settings.target_gain) and settings.target_gain > 0):
         problems.append(f"target gain must be a positive finite number (got {settings.target_gain})")
     if settings.objective not in OBJECTIVES:

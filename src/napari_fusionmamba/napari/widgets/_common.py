@@ -174,6 +174,13 @@ def refresh_on_open(combo: ComboBox) -> ComboBox:
     return combo
 
 
+def refresh_models(viewer) -> None:
+    """Refresh every docked widget's choices, so a model registered just now is listed."""
+    for widget in getattr(viewer.window, "dock_widgets", {}).values():  # napari >= 0.5
+        if hasattr(widget, "reset_choices"):
+            widget.reset_choices()
+
+
 # --- docks -----------------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ progress bar, a live plot of the loss terms (training and validation) and, on va
 a preview layer of the current fusion placed over the validation crop. Train becomes Stop; a
 stopped run keeps its last state, and Resume continues it from there. When the run ends (or is
 stopped) its best model is registered under the chosen name, and every docked widget's choices
-are refreshed so Fuse lists it.
+are refreshed so Fuse lists it. Below, models are exported to and imported from bioimage.io
+packages (``share.ShareModels``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from ._common import (
     full_resolution,
     layer_picker,
     persist,
+    refresh_models,
     registered_pair,
 )
+from .share import ShareModels
 
 if TYPE_CHECKING:
     import napari
@@ -141,10 +144,11 @@ class FinetuneWidget(ScrollingContainer):
         )
         self.progress = ProgressBar(label="Progress")
         self.status = Label(value="")
+        self.share = ShareModels(viewer)
         self.extend([
             self.rows, self.add_pair, self.base, self.steps, self.crop, self.batch, self.lr,
             self.run_dir, self.model_name, self.expert, self.expert_box, self.train_button, self.resume_button,
-            self.progress, self.status,
+            self.progress, self.status, self.share,
         ])  # fmt: skip
         self._plot = LossPlot()
         self.contents.layout().addWidget(self._plot.canvas)
@@ -339,9 +343,7 @@ class FinetuneWidget(ScrollingContainer):
         except FusionMambaError as error:
             show_error(f"Fine-tune: the run is in {result.run_dir}, but registering it failed: {error}")
             return
-        for widget in getattr(self._viewer.window, "dock_widgets", {}).values():  # napari >= 0.5
-            if hasattr(widget, "reset_choices"):
-                widget.reset_choices()
+        refresh_models(self._viewer)
         self.base.reset_choices()
         how = "stopped" if result.cancelled else "done"
         self.status.value = f"{how} at step {result.step}; saved as model '{entry.name}'"
