@@ -190,17 +190,17 @@ def _open_tiff(path: str) -> OpenedImage:
 
 def _tiff_storage(path: str, series: Any) -> str:
     """How to read a TIFF series without decoding more than a read needs: "chunks" (tiles, or
-    strips of at most ``STRIP_BYTES``, read one by one), "mapped" (uncompressed contiguous
-    strips: memory-mapped), "whole" (larger compressed strips of a small image: decoded once).
-    Larger compressed strips of a large image are refused with advice."""
+    strips of at most ``STRIP_BYTES``, read one by one), "mapped" (larger uncompressed strips,
+    one for the whole image say: memory-mapped), "whole" (larger compressed strips of a small
+    image: decoded once). Larger compressed strips of a large image are refused with advice.
+    Small strips are read rather than mapped: every page a map touches stays in the process's
+    resident memory until the system reclaims it."""
     page = series.keyframe
-    if page.is_tiled or len(series.levels) > 1:
+    strip = math.prod(page.chunks) * page.dtype.itemsize
+    if page.is_tiled or len(series.levels) > 1 or strip <= STRIP_BYTES:
         return "chunks"
     if series.dataoffset is not None and page.is_memmappable:
         return "mapped"
-    strip = math.prod(page.chunks) * page.dtype.itemsize
-    if strip <= STRIP_BYTES:
-        return "chunks"
     if math.prod(series.shape) * page.dtype.itemsize <= WHOLE_BYTES:
         return "whole"
     raise ImageReadError(
