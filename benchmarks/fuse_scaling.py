@@ -6,8 +6,8 @@ time, so even 16384^2 never sits in memory here) as tiled TIFFs, strip TIFFs, za
 then fuses each pair to zarr on disk in a fresh process (``fuse_files`` with the default model on
 the CPU, default tile, overlap, batch and chunk) and reports its pixels per second (after loading
 the model and compiling the scan once, timed apart as the cold start) and peak resident memory:
-the process's own high-water mark (``VmHWM``) or, with worker processes, the sampled sum over the
-process and its workers. Ratios are against the smallest size of the same run.
+the process's own high-water mark (``VmHWM``) or, with worker processes, the sampled sum of the
+proportional set sizes of the process and its workers (each shares torch's libraries). Ratios are against the smallest size of the same run.
 
 ``--baseline REF`` runs every size with the package as it is at git ref REF too (extracted to a
 temporary folder), alternating, and prints the throughput ratio new / REF: today's figure and
@@ -43,10 +43,10 @@ peak = [0]
 def sample():  # the process and its workers (the processes scheduler), every 0.2 s
     me = psutil.Process()
     while True:
-        total = 0
-        for process in [me] + me.children(recursive=True):
+        total, processes = 0, [me] + me.children(recursive=True)
+        for process in processes:  # several: each one's share of the pages they share (PSS)
             try:
-                total += process.memory_info().rss
+                total += process.memory_full_info().pss if len(processes) > 1 else process.memory_info().rss
             except psutil.Error:
                 pass
         peak[0] = max(peak[0], total)
