@@ -7,7 +7,8 @@ then fuses each pair to zarr on disk in a fresh process (``fuse_files`` with the
 the CPU, default tile, overlap, batch and chunk) and reports its pixels per second (after loading
 the model and compiling the scan once, timed apart as the cold start) and peak resident memory:
 the process's own high-water mark (``VmHWM``) or, with worker processes, the sampled sum of the
-proportional set sizes of the process and its workers (each shares torch's libraries). Ratios are against the smallest size of the same run.
+proportional set sizes of the process and its workers (they share torch's libraries). Ratios
+are against the smallest size of the same run.
 
 ``--baseline REF`` runs every size with the package as it is at git ref REF too (extracted to a
 temporary folder), alternating, and prints the throughput ratio new / REF: today's figure and
