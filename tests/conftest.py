@@ -44,6 +44,22 @@ def write_pair_files(folder: Path, size: int) -> tuple[str, str]:
     return str(folder / "a.tif"), str(folder / "b.tif")
 
 
+def decompression_bomb(path: Path, height: int, width: int) -> Path:
+    """A zlib TIFF of a few hundred bytes whose header claims a ``height`` x ``width`` uint16
+    image in one strip: decoding it would allocate the whole claimed image."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint16), compression="zlib", rowsperstrip=64)
+    page = tifffile.TiffFile(path).pages[0]
+    data = bytearray(path.read_bytes())
+    for name, value in (("ImageWidth", width), ("ImageLength", height), ("RowsPerStrip", height)):
+        tag = page.tags[name]
+        fmt = "<I" if tag.dtype == 4 else "<H"
+        data[tag.valueoffset : tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def load_script(path: Path) -> ModuleType:
     """A script of benchmarks/ or scripts/ as a module, to test its functions directly."""
     spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)

@@ -198,11 +198,7 @@ def test_output_does_not_depend_on_chunk_size(files, network, reference, tmp_pat
     out = str(tmp_path / "out.ome.zarr")
     report = fuse_files(*files, out, model=network[1], tile=64, overlap=16, chunk=chunk, scheduler="threads")
     assert report.chunks_computed == report.chunks_total == -(-300 // chunk) * -(-260 // chunk)
-    # Tiles on chunk borders run once per chunk they touch: the price of independent chunks.
-    if report.chunks_total == 1:
-        assert report.tiles_computed == 36
-    else:
-        assert 36 < report.tiles_computed <= 5 * 36, report.tiles_computed
+    assert report.tiles_computed == 36  # each tile once, however many chunks it straddles
     assert zarr.open_array(out + "/0").chunks == (min(chunk, 300), min(chunk, 260))
     assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 

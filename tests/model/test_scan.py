@@ -187,7 +187,8 @@ def test_network_gives_the_same_fusion_and_gradients_with_each_backend(backend, 
 
 
 @pytest.mark.skipif(not scan._numba_importable(), reason="numba not installed")
-def test_numba_backend_is_safe_to_call_from_several_threads_at_once():
+@pytest.mark.parametrize("torch_threads", ["1", "2"])  # numba's one-thread kernel, its thread pool's
+def test_numba_backend_is_safe_to_call_from_several_threads_at_once(torch_threads):
     # as dask's threaded scheduler or napari workers do; run apart so an abort cannot kill pytest
     code = textwrap.dedent("""
         from concurrent.futures import ThreadPoolExecutor
@@ -208,9 +209,25 @@ def test_numba_backend_is_safe_to_call_from_several_threads_at_once():
                     assert all(torch.equal(g, w) for g, w in zip(got, want))
         print("ok")
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS=torch_threads)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+@pytest.mark.skipif(not scan._numba_importable(), reason="numba not installed")
+def test_numba_forward_is_the_same_on_one_thread_and_on_its_thread_pool():
+    inputs = make_inputs(2, 8, 2, 16, 300, seed=3)
+    args = [inputs[name] for name in ("u", "delta", "A", "B", "C")]
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                results.append(selective_scan(*args, delta_softplus=True, backend="numba"))
+    finally:
+        torch.set_num_threads(before)
+    assert_close_relative(results[0].double(), results[1].double(), "one thread vs the pool")
 
 
 def test_info_prints_the_backend_that_would_run(monkeypatch, capsys):

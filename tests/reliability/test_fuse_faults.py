@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import decompression_bomb
 from napari_fusionmamba.cli import main
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
@@ -100,6 +101,35 @@ def test_a_truncated_tiff_is_one_line_naming_the_file(tmp_path, capsys, files, p
     assert code == 2
     _one_line_error(err, "big.tif")
     assert not os.path.exists(tmp_path / "out.zarr")
+
+
+def test_a_decompression_bomb_is_one_line_naming_the_file_and_the_setting(tmp_path, capsys, files):
+    bomb = decompression_bomb(tmp_path / "bomb.tif", 200_000, 200_000)
+    code, err = _fuse(capsys, str(bomb), files[1], "-o", str(tmp_path / "out.zarr"))
+    assert code == 2
+    _one_line_error(err, "bomb.tif", "200000x200000", "FUSIONMAMBA_MAX_PIXELS")
+    assert not os.path.exists(tmp_path / "out.zarr")
+
+
+def test_a_single_strip_tiff_is_decoded_once_not_once_per_chunk(tmp_path, capsys, pair, monkeypatch):
+    from napari_fusionmamba.io import readers
+
+    a, b = (np.tile(x, (3, 3)) for x in pair)  # 384 x 480 in 20 chunks of 96, one zlib strip each
+    for name, x in (("a.tif", a), ("b.tif", b)):
+        tifffile.imwrite(tmp_path / name, x, compression="zlib", rowsperstrip=x.shape[0])
+    monkeypatch.setattr(readers, "STRIP_BYTES", 1024)  # so that these strips count as large
+    strips = []
+    cached = tifffile.TiffPage.decode
+
+    def counted(page):
+        decode = cached.__get__(page, type(page))
+        return lambda *args, **kw: strips.append(args[1]) or decode(*args, **kw)
+
+    monkeypatch.setattr(tifffile.TiffPage, "decode", property(counted))
+    out = str(tmp_path / "out.zarr")
+    code, err = _fuse(capsys, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", out, "--chunk", "96")
+    assert code == 0, err
+    assert strips == [0, 0]  # the one strip of each file, decoded once
 
 
 @pytest.mark.parametrize("bad", [float("nan"), 0.0, -1.0])

@@ -150,7 +150,8 @@ def test_a_resume_fuses_again_chunks_missing_or_damaged_in_the_partial_output(tm
 
     report = fuse_files(a, b, out, **SETTINGS)
     assert report.chunks_redone == 1 and report.chunks_skipped == len(finished) - 1, report.summary()
-    np.testing.assert_array_equal(_read(out), fuse(a, b, method="average", tile=64, overlap=16))
+    # files add their tiles' weighted sums in per-task parts: the same as in memory up to rounding
+    np.testing.assert_allclose(_read(out), fuse(a, b, method="average", tile=64, overlap=16), rtol=0, atol=1e-6)
     assert main(["verify", out]) == 0
 
 

@@ -1,15 +1,20 @@
 """Running output chunks on a scheduler: dask's local schedulers (synchronous, threads,
 processes) or a dask.distributed cluster, with progress and cancel.
 
-Each chunk task fuses every tile of the global grid that touches its region, writes the block
-and marks it done, so the result does not depend on the chunking or on the scheduler. A chunk's
-``BatchRunner`` (which keeps a batch shrunk after out-of-memory) is shared by the chunks of a
-run in one process, and forgotten when the run ends.
+Every tile of the global grid runs once: a ``fuse_tiles`` task runs the tiles that start in one
+chunk and hands the window-weighted sums to each chunk they reach; a ``write_chunk`` task adds
+up the sums its chunk receives, divides by the summed windows, writes the block and marks it
+done. The result does not depend on the chunking or on the scheduler. A ``BatchRunner`` (which
+keeps a batch shrunk after out-of-memory) is shared by the tasks of a run in one process, and
+forgotten when the run ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,10 +24,8 @@ from ..io import OutputLayout, write_block
 from .job import FusionJob
 from .predictors import predictor
 from .resume import mark_done
-from .sources import remember
-from .tiling import BatchRunner
-
-LOCAL_SCHEDULERS = ("synchronous", "sync", "threads", "threading", "processes")
+from .sources import LOCAL_SCHEDULERS, local_scheduler, remember
+from .tiling import BatchRunner, weight_sum, weighted_sum
 
 #: Batch runners of the runs in progress in this process, by (engine key, device, batch).
 _RUNNERS: dict[tuple[str, str, int], BatchRunner] = {}
@@ -64,41 +67,100 @@ def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return block.astype(dtype, copy=False)
 
 
-def run_chunk(
+#: The weighted sums of some tiles over part of one chunk: (top, left, sums) in plane pixels.
+Part = tuple[int, int, np.ndarray]
+
+
+def _runner(job: FusionJob) -> BatchRunner:
+    runner = _RUNNERS.get(_runner_key(job))
+    if runner is None:
+        runner = remember(_RUNNERS, _runner_key(job), BatchRunner(predictor(job.engine)[0], job.batch))
+    return runner
+
+
+def fuse_tiles(
+    job: FusionJob, plane: tuple[int, ...], corners: list[tuple[int, int]], chunk: int
+) -> dict[tuple[int, int], Part]:
+    """Run the tiles at ``corners`` of one plane; returns their weighted sums cut by output
+    chunk, keyed by each chunk's (y0, x0) (copies, so a chunk's part holds nothing else)."""
+    grid = job.grid()
+    th, tw = grid.tile_shape
+    y0, y1 = min(y for y, _ in corners), max(y for y, _ in corners) + th
+    x0, x1 = min(x for _, x in corners), max(x for _, x in corners) + tw
+    a, b, _ = job.inputs(job.read(plane, y0, y1, x0, x1))
+    sums = weighted_sum(_runner(job), a, b, grid, corners, (y0, y1, x0, x1), origin=(y0, x0))
+    parts = {}
+    for cy in range(y0 // chunk * chunk, y1, chunk):
+        for cx in range(x0 // chunk * chunk, x1, chunk):
+            top, left = max(cy, y0), max(cx, x0)
+            crop = sums[top - y0 : min(cy + chunk, y1) - y0, left - x0 : min(cx + chunk, x1) - x0]
+            parts[(cy, cx)] = (top, left, crop.copy())
+    return parts
+
+
+def write_chunk(
     job: FusionJob,
     layout: OutputLayout,
     store: str,
     done: str,
     plane: tuple[int, ...],
     region: tuple[int, int, int, int],
-) -> int:
-    """Fuse one output chunk (``region`` = y0, y1, x0, x1), write it, then mark it done with the
-    digests of its inputs and of what was written (a killed run redoes unmarked ones). Returns
-    how many tiles it ran."""
+    parts: list[Part],
+) -> None:
+    """Blend one output chunk (``region`` = y0, y1, x0, x1) from the weighted sums of every tile
+    reaching it, write it, then mark it done with the digests of its inputs and of what was
+    written (a killed run redoes unmarked ones)."""
     y0, y1, x0, x1 = region
-    runner = _RUNNERS.get(_runner_key(job))
-    if runner is None:
-        runner = remember(_RUNNERS, _runner_key(job), BatchRunner(predictor(job.engine)[0], job.batch))
-    block, inputs = job.region(runner, plane, y0, y1, x0, x1)
+    sums = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for top, left, part in parts:
+        sums[top - y0 : top - y0 + part.shape[0], left - x0 : left - x0 + part.shape[1]] += part
+    block, inputs = job.finish_region(plane, y0, y1, x0, x1, sums / weight_sum(job.grid(), region))
     stored = to_dtype(block, np.dtype(layout.dtype))
     write_block(store, layout, plane, y0, x0, stored)
     mark_done(done, layout, plane, y0, x0, inputs, stored)
-    return len(job.grid().touching(y0, y1, x0, x1))
 
 
 def execute(
     tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
-) -> int:
-    """Run delayed chunk tasks on a local scheduler name or a dask.distributed client/address;
-    returns the number of tiles they ran."""
+) -> None:
+    """Run delayed ``write_chunk`` tasks (named ``chunk-...``) on a local scheduler name or a
+    dask.distributed client/address; ``progress(1)`` after each."""
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         return _execute_locally(tasks, scheduler or "threads", progress, cancel)
     return _execute_on_cluster(tasks, scheduler, progress, cancel)
 
 
+def _one_torch_thread() -> None:
+    """Torch on one thread in this process (and in torch imported later): chunk workers already
+    run side by side on every core, and torch's own threads waiting on each other at every
+    operation made a busy 2-core machine several times slower."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+@contextmanager
+def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
+    """The dask keywords and torch settings that give each local worker one torch thread, restored
+    after the run (threads share this process's torch)."""
+    torch = sys.modules.get("torch")
+    if scheduler == "processes":
+        yield {"initializer": _one_torch_thread}
+    elif scheduler in ("threads", "threading") and torch is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield {}
+        finally:
+            torch.set_num_threads(before)
+    else:  # synchronous: one worker, torch keeps every core
+        yield {}
+
+
 def _execute_locally(
     tasks: list[Any], scheduler: str, progress: Callable[[int], None], cancel: Callable[[], bool] | None
-) -> int:
+) -> None:
     import dask
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
@@ -113,21 +175,21 @@ def _execute_locally(
     # computing its own dask arrays meanwhile (napari's dask cache) must not see our tasks,
     # nor we its (dask.cache raises KeyError on tasks it did not start).
     # A callback is dask's 5-tuple (start, start_state, pretask, posttask, finish).
-    results = dask.compute(*tasks, scheduler=scheduler, callbacks=[(None, None, pretask, posttask, None)])
-    return int(sum(results))
+    with _one_torch_thread_per_worker(scheduler) as keywords:
+        callbacks = [(None, None, pretask, posttask, None)]
+        dask.compute(*tasks, scheduler=local_scheduler(scheduler), callbacks=callbacks, **keywords)
 
 
 def _execute_on_cluster(
     tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
-) -> int:
+) -> None:
     from distributed import Client, as_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    tiles = 0
     try:
         futures = client.compute(tasks)
         for future in as_completed(futures):
-            tiles += future.result()
+            future.result()
             progress(1)
             if cancel is not None and cancel():
                 client.cancel(futures)
@@ -135,4 +197,3 @@ def _execute_on_cluster(
     finally:
         if client is not scheduler:
             client.close()
-    return tiles

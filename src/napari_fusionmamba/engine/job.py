@@ -19,7 +19,7 @@ from ..io.colour import Tint, rgb_to_ycrcb, ycrcb_to_rgb
 from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
-from .tiling import BatchRunner, TileGrid, blend_region, check_tiling, tiled_fuse
+from .tiling import TileGrid, check_tiling, tiled_fuse
 from .verify import digest
 
 #: The Cr and Cb planes of a colour source, put back around the fused luminance.
@@ -91,16 +91,15 @@ class FusionJob:
             return fused.astype(np.float32, copy=False)
         return np.asarray(np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0), dtype=np.float32)
 
-    def region(
-        self, runner: BatchRunner, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int
+    def finish_region(
+        self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int, fused: np.ndarray
     ) -> tuple[np.ndarray, str]:
-        """The fused block [y0, y1) x [x0, x1) of one plane (float32 in [0, 1]), and the digest
-        of the source windows it was fused from."""
-        grid = self.grid()
-        ry0, ry1, rx0, rx1 = grid.reach(y0, y1, x0, x1)
+        """The blended luminance ``fused`` of the block [y0, y1) x [x0, x1) of one plane as the
+        output block (its colour put back; float32 in [0, 1]), and the digest of the source
+        windows it was fused from."""
+        ry0, ry1, rx0, rx1 = self.grid().reach(y0, y1, x0, x1)
         windows = self.read(plane, ry0, ry1, rx0, rx1)
-        a, b, chroma = self.inputs(windows)
-        fused = blend_region(runner, a, b, grid, (y0, y1, x0, x1), origin=(ry0, rx0))
+        chroma = self.inputs(windows)[2] if self.a.colour or self.b.colour else None
         if chroma is not None:
             cr, cb = (c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
             chroma = (cr, cb)

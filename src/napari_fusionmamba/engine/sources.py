@@ -62,8 +62,24 @@ class Source(Planes):
         with reading(self.name):
             window = self.data()[index]
             if hasattr(window, "compute"):
-                window = window.compute(scheduler="synchronous", callbacks=())  # see _execute
+                window = window.compute(scheduler=local_scheduler("synchronous"), callbacks=())  # see _execute
             return np.asarray(window, dtype=np.float32)
+
+
+#: The names of dask's local schedulers.
+LOCAL_SCHEDULERS = ("synchronous", "sync", "threads", "threading", "processes")
+
+
+def local_scheduler(name: str) -> Any:
+    """dask's local scheduler ``name`` (one of ``LOCAL_SCHEDULERS``) as the function itself:
+    given a name, dask first imports dask.distributed to look for a client, 0.7 s of every
+    process's first computation."""
+    import dask.local
+    import dask.multiprocessing
+    import dask.threaded
+
+    functions = (dask.local.get_sync,) * 2 + (dask.threaded.get,) * 2 + (dask.multiprocessing.get,)
+    return dict(zip(LOCAL_SCHEDULERS, functions))[name]
 
 
 @contextmanager
@@ -199,7 +215,8 @@ def _sample(source: Source) -> np.ndarray:
     with reading(source.name):
         sample = source.data()[index]
         if hasattr(sample, "compute"):
-            sample = sample.compute(scheduler="threads", callbacks=())  # local reads, even with a cluster client active
+            # local reads, even with a cluster client active
+            sample = sample.compute(scheduler=local_scheduler("threads"), callbacks=())
         values = np.asarray(sample, dtype=np.float64)
     return rgb_to_ycrcb(values)[0] if source.colour else values
 

@@ -167,6 +167,61 @@ class BatchRunner:
         return np.concatenate(out) if out else np.zeros((0,) + a.shape[1:], np.float32)
 
 
+def weighted_sum(
+    runner: BatchRunner,
+    a: np.ndarray,
+    b: np.ndarray,
+    grid: TileGrid,
+    corners: Sequence[tuple[int, int]],
+    box: Sequence[int],
+    origin: tuple[int, int] = (0, 0),
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """The window-weighted sum of the predictions of the tiles at ``corners`` over the plane box
+    [y0, y1) x [x0, x1), each tile clipped to the box.
+
+    ``a`` and ``b`` are float32 windows of the plane whose top-left pixel is ``origin`` in plane
+    coordinates; they must cover every tile. Tiles run in batches in the order given.
+    """
+    y0, y1, x0, x1 = box
+    oy, ox = origin
+    th, tw = grid.tile_shape
+    total = len(corners)
+    acc = np.zeros((y1 - y0, x1 - x0), np.float32)
+    window = grid.window
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    for first in range(0, total, runner.batch):
+        if cancel is not None and cancel():
+            raise FusionCancelled("fusion cancelled")
+        group = corners[first : first + runner.batch]
+        ta = np.stack([a[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
+        tb = np.stack([b[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
+        fused = runner(ta, tb)
+        for (y, x), tile in zip(group, fused):
+            sy0, sy1, sx0, sx1 = max(y, y0), min(y + th, y1), max(x, x0), min(x + tw, x1)  # inside the box
+            inside = (slice(sy0 - y, sy1 - y), slice(sx0 - x, sx1 - x))
+            acc[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += window[inside] * tile[inside]
+        done += len(group)
+        if progress is not None:
+            progress(done, total)
+    return acc
+
+
+def weight_sum(grid: TileGrid, region: Sequence[int]) -> np.ndarray:
+    """The summed windows of every tile touching the region [y0, y1) x [x0, x1): what its
+    weighted sum is divided by."""
+    y0, y1, x0, x1 = region
+    th, tw = grid.tile_shape
+    weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for y, x in grid.touching(y0, y1, x0, x1):
+        sy0, sy1, sx0, sx1 = max(y, y0), min(y + th, y1), max(x, x0), min(x + tw, x1)
+        weight[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += grid.window[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
+    return weight
+
+
 def blend_region(
     runner: BatchRunner,
     a: np.ndarray,
@@ -183,35 +238,11 @@ def blend_region(
     plane coordinates; they must cover ``grid.reach(*region)``. Tiles are predicted in the
     grid's row-major order so that any region reproduces the whole-plane result.
     """
-    y0, y1, x0, x1 = region if region is not None else (0, grid.height, 0, grid.width)
-    oy, ox = origin
-    th, tw = grid.tile_shape
-    corners = grid.touching(y0, y1, x0, x1)
-    total = len(corners)
-    acc = np.zeros((y1 - y0, x1 - x0), np.float32)
-    weight = np.zeros_like(acc)
-    window = grid.window
-    done = 0
-    if progress is not None:
-        progress(0, total)
-    for first in range(0, total, runner.batch):
-        if cancel is not None and cancel():
-            raise FusionCancelled("fusion cancelled")
-        group = corners[first : first + runner.batch]
-        ta = np.stack([a[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
-        tb = np.stack([b[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
-        fused = runner(ta, tb)
-        for (y, x), tile in zip(group, fused):
-            # The part of this tile that falls inside the region.
-            sy0, sy1 = max(y, y0), min(y + th, y1)
-            sx0, sx1 = max(x, x0), min(x + tw, x1)
-            w = window[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
-            acc[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += w * tile[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
-            weight[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += w
-        done += len(group)
-        if progress is not None:
-            progress(done, total)
-    return acc / weight
+    region = tuple(region) if region is not None else (0, grid.height, 0, grid.width)
+    corners = grid.touching(*region)
+    acc = weighted_sum(runner, a, b, grid, corners, region, origin, progress, cancel)
+    fused: np.ndarray = acc / weight_sum(grid, region)
+    return fused
 
 
 def smaller_tile(tile: int, overlap: int, multiple: int) -> tuple[int, int] | None:

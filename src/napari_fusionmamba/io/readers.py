@@ -9,6 +9,7 @@ colour and display window) so a viewer shows the channels as the acquisition sof
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,18 @@ from .files import not_regular
 ZARR_SUFFIXES = (".zarr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+#: Environment variable holding the largest image (pixels, all planes) a reader accepts.
+MAX_PIXELS_VAR = "FUSIONMAMBA_MAX_PIXELS"
+#: Its default: 2**33 pixels (a 92682 x 92682 plane, 16 GiB of 16-bit pixels).
+MAX_PIXELS = 1 << 33
+#: A compressed strip is decoded whole whenever any of its rows is read: strips up to this size
+#: are read strip by strip; larger ones are decoded once into memory when the whole image is at
+#: most ``WHOLE_BYTES``, and refused otherwise.
+STRIP_BYTES = 4 << 20
+WHOLE_BYTES = 64 << 20
+#: Dask chunk of memory-mapped (uncompressed strip) TIFFs, rows x columns.
+MAPPED_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,26 @@ def open_image(path: str | os.PathLike[str]) -> OpenedImage:
     return _squeeze(image)
 
 
+def max_pixels() -> int:
+    """The pixel budget: ``$FUSIONMAMBA_MAX_PIXELS`` when set, else ``MAX_PIXELS``."""
+    value = os.environ.get(MAX_PIXELS_VAR, "").strip()
+    try:
+        return int(float(value)) if value else MAX_PIXELS
+    except ValueError:
+        raise ImageReadError(f"{MAX_PIXELS_VAR}={value!r} is not a number of pixels") from None
+
+
+def check_pixel_budget(path: str, shape: tuple[int, ...]) -> None:
+    """Refuse an image larger than the pixel budget from its header, before anything is
+    decoded (a compressed file claiming a huge image is a decompression bomb)."""
+    pixels, budget = math.prod(shape), max_pixels()
+    if pixels > budget:
+        raise ImageReadError(
+            f"{path}: {'x'.join(map(str, shape))} is {pixels:.3g} pixels, over the budget of {budget:.3g}; "
+            f"if the image is real, raise the budget with the environment variable {MAX_PIXELS_VAR}"
+        )
+
+
 def _squeeze(image: OpenedImage) -> OpenedImage:
     """Drop length-1 axes other than Y and X (a single T or Z is not a stack)."""
     keep = [i for i, (ax, n) in enumerate(zip(image.axes, image.data.shape)) if n != 1 or ax in "YX"]
@@ -172,14 +205,23 @@ def _open_tiff(path: str) -> OpenedImage:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes.upper()
+        check_pixel_budget(path, tuple(series.shape))
         n_levels = len(series.levels)
         pixels = _ome_pixels(tif)
         sizes, unit = _tiff_calibration(tif, pixels)
         positions = _tiff_positions(pixels)
-    store = tifffile.imread(path, aszarr=True, series=0)
-    node = zarr.open(store, mode="r")
-    arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
-    levels = [da.from_zarr(array) for array in arrays]
+        storage = _tiff_storage(path, series)
+    if storage == "mapped":  # uncompressed strips: read only the rows asked for
+        mapped = tifffile.memmap(path, series=0, mode="r")
+        chunks = tuple(n if ax == "S" else MAPPED_CHUNK if ax in "YX" else 1 for ax, n in zip(axes, mapped.shape))
+        levels = [da.from_array(mapped, chunks=chunks if len(axes) == mapped.ndim else "auto")]
+    elif storage == "whole":  # a few large compressed strips: decoded once, not once per chunk
+        levels = [da.from_array(tifffile.imread(path, series=0))]
+    else:  # tiles, or small strips: each read decodes only the tiles or strips it touches
+        store = tifffile.imread(path, aszarr=True, series=0)
+        node = zarr.open(store, mode="r")
+        arrays = [node[str(i)] for i in range(n_levels)] if n_levels > 1 else [node]
+        levels = [da.from_zarr(array) for array in arrays]
     if len(axes) != levels[0].ndim or set(axes) - set("TCZYXS"):  # tifffile's Q, I ...: unnamed
         axes = guess_axes(levels[0].shape, colour=None if len(axes) != levels[0].ndim else axes.endswith("S"))
     if "S" in axes[:-1]:  # planar colour: samples last, as everywhere else
@@ -203,6 +245,28 @@ def _ome_tiff_channels(pixels: dict[str, Any] | None) -> list[Channel]:
         name = entry.get("Name")
         channels.append(Channel(None if name is None else str(name), color))
     return channels
+
+
+def _tiff_storage(path: str, series: Any) -> str:
+    """How to read a TIFF series without decoding more than a read needs: "chunks" (tiles, or
+    strips of at most ``STRIP_BYTES``, read one by one), "mapped" (larger uncompressed strips,
+    one for the whole image say: memory-mapped), "whole" (larger compressed strips of a small
+    image: decoded once). Larger compressed strips of a large image are refused with advice.
+    Small strips are read rather than mapped: every page a map touches stays in the process's
+    resident memory until the system reclaims it."""
+    page = series.keyframe
+    strip = math.prod(page.chunks) * page.dtype.itemsize
+    if page.is_tiled or len(series.levels) > 1 or strip <= STRIP_BYTES:
+        return "chunks"
+    if series.dataoffset is not None and page.is_memmappable:
+        return "mapped"
+    if math.prod(series.shape) * page.dtype.itemsize <= WHOLE_BYTES:
+        return "whole"
+    raise ImageReadError(
+        f"{path}: stored in compressed strips of {page.rowsperstrip} rows ({strip / 2**20:.0f} MiB each), "
+        f"each decoded whole for every chunk read; save it as a tiled TIFF (e.g. "
+        f"tifffile.imwrite(out, data, tile=(256, 256), compression='zlib')) or as zarr"
+    )
 
 
 def _ome_pixels(tif: Any) -> dict[str, Any] | None:
@@ -261,6 +325,7 @@ def _from_multiscales(path: str, meta: dict[str, Any], group: Any, dataset: str 
     datasets = meta["datasets"]
     names = [d["path"] for d in datasets]
     first = names.index(dataset) if dataset is not None else 0
+    check_pixel_budget(path, group[names[first]].shape)
     levels = [da.from_zarr(group[name]) for name in names[first:]]
     axes_meta = meta.get("axes") or []
     names_axes = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
@@ -305,6 +370,7 @@ def _open_zarr(path: str) -> OpenedImage:
 
     node = zarr.open(path, mode="r")
     if isinstance(node, zarr.Array):
+        check_pixel_budget(path, node.shape)
         parent = os.path.dirname(path.rstrip("/"))
         if is_zarr_path(parent):
             try:
@@ -331,6 +397,7 @@ def _open_picture(path: str) -> OpenedImage:
     import dask.array as da
     import imageio.v3 as iio
 
+    check_pixel_budget(path, tuple(iio.improps(path).shape))
     pixels = np.asarray(iio.imread(path))
     if pixels.ndim == 3 and pixels.shape[-1] == 2:  # gray + alpha
         pixels = pixels[..., 0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import types
 from typing import Any
 
 import numba
@@ -81,6 +82,20 @@ def _forward(u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.
                     h[k] = decays[s, k] * h[k] + x * B[b, g, t, k]
                     acc += h[k] * C[b, g, t, k]
                 y[b, d, t] = acc
+
+
+def _one_thread(kernel: Any) -> Any:
+    """``kernel`` compiled again to run on the calling thread, without the GIL and without
+    numba's thread pool (its ``prange`` a plain loop): with one torch thread per caller (chunk
+    workers side by side), callers scan at once. A copy of the function under its own name, so
+    that it gets its own on-disk cache."""
+    py = kernel.py_func
+    twin = types.FunctionType(py.__code__, py.__globals__, f"{py.__name__}_one_thread")
+    twin.__qualname__ = twin.__name__
+    return njit(nogil=True, cache=True, fastmath=True)(twin)
+
+
+_forward_one_thread = _one_thread(_forward)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -173,9 +188,12 @@ class _NumbaScan(torch.autograd.Function):
     ) -> torch.Tensor:
         arrays = [_np(t) for t in (u, dt, A, B.transpose(2, 3), C.transpose(2, 3))]
         y = np.empty(u.shape, np.float32)
-        with _LOCK:
-            _set_threads()
-            _forward(*arrays, y)
+        if torch.get_num_threads() == 1:
+            _forward_one_thread(*arrays, y)
+        else:
+            with _LOCK:
+                _set_threads()
+                _forward(*arrays, y)
         ctx.arrays = arrays
         return torch.from_numpy(y)
 

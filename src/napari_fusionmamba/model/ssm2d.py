@@ -67,13 +67,16 @@ class SelectiveScan2D(nn.Module):
         self.x_proj = nn.Parameter(torch.empty(k, r + 2 * n, e))
         self.dt_proj = nn.Parameter(torch.empty(k, e, r))
         self.dt_bias = nn.Parameter(torch.empty(k * e))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * e, 1))
+        self.A_log = nn.Parameter(torch.empty(k * e, n))
         self.D = nn.Parameter(torch.ones(k * e))
         self.out_norm = nn.LayerNorm(e)
 
         nn.init.uniform_(self.x_proj, -(e**-0.5), e**-0.5)
         nn.init.uniform_(self.dt_proj, -(r**-0.5), r**-0.5)
+        if self.A_log.is_meta:  # only sized (a checkpoint's config): arange and exp on the meta
+            return  # device load torch's compiler, seconds per process
         with torch.no_grad():
+            self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(k * e, n))  # rates 1..N
             # softplus(dt_bias) log-uniform in [dt_min, dt_max]: the inverse of softplus.
             dt = torch.exp(torch.rand(k * e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
             dt = dt.clamp(min=dt_floor)
