@@ -81,6 +81,21 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test, as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
 @pytest.fixture(scope="session")
 def network(tmp_path_factory):
     """A tiny network whose output depends on context, and its checkpoint path.

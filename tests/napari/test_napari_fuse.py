@@ -9,7 +9,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from conftest import real_looking_pair
 from napari_fusionmamba.napari.widgets import fuse as fuse_widget
@@ -22,19 +21,6 @@ SETTINGS = dict(tile=64, overlap=16, batch=2)
 def private_dirs(tmp_path, monkeypatch):
     """Saved widget settings go to a temporary folder, never the user's (models: conftest's home)."""
     monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
-@pytest.fixture
-def notes():
-    """Messages of the notifications shown during the test."""
-    seen = []
-
-    def record(notification):
-        seen.append((str(notification.severity), notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ file that is not a package is one error notification."""
 import zipfile
 
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_fusionmamba.napari.widgets.finetune import FinetuneWidget
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
@@ -16,18 +15,6 @@ pytest.importorskip("bioimageio.spec")
 @pytest.fixture(autouse=True)
 def settings_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def record(notification):
-        seen.append((str(notification.severity), notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
 
 
 @pytest.mark.slow
