@@ -14,7 +14,8 @@ import numpy as np
 from .._json_records import from_json
 from ..engine.sources import PERCENTILES
 from ..errors import PreflightError
-from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES, TARGET_BACKGROUND, TARGET_GAIN
+from ..model.residuals import TARGET_BACKGROUND, TARGET_GAIN
+from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
 
 MIN_CROP = 16
 NORMALISE = ("percentile", "range", "none")
@@ -40,6 +41,7 @@ class TrainSettings:
     ssim: str = "auto"  # paper objective: the structure measure
     target_background: float | None = TARGET_BACKGROUND  # keep-both: a's background level; None = q10 per crop
     target_gain: float = TARGET_GAIN  # keep-both: gain on a's signal above it
+    edge_weight: float = 0.0  # keep-both: weight of 1 - Qabf(fused; a, b), the edges kept from both
     region_weight: float = 2.0  # loss weight of mask label 2
     mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
     val_fraction: float = 0.15
@@ -153,6 +155,8 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"target background must be in [0, 1) or null (got {settings.target_background})")
     if not (_finite(settings.target_gain) and settings.target_gain > 0):
         problems.append(f"target gain must be a positive finite number (got {settings.target_gain})")
+    if not (_finite(settings.edge_weight) and settings.edge_weight >= 0):
+        problems.append(f"edge weight must be a finite number >= 0 (got {settings.edge_weight})")
     if settings.objective not in OBJECTIVES:
         problems.append(f"unknown objective {settings.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if settings.normalise not in NORMALISE:
