@@ -124,8 +124,11 @@ def _add_finetune_parser(commands) -> None:
     p.add_argument(
         "--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)"
     )
+    p.add_argument("--config", help="config trained with --from scratch (tiny, small, paper, paper-lite)")
     p.add_argument(
-        "--config", help="config trained with --from scratch (tiny, tiny-keep-both, small, paper, paper-lite)"
+        "--residual",
+        help="the network's output residual: max, keep-both, mean, sum2 or none (default: the model's own); "
+        "a new one on a trained model starts its head at zero",
     )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder in the user data dir)")
     p.add_argument("--steps", type=int)
@@ -185,7 +188,7 @@ def _finetune(args: argparse.Namespace) -> int:
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
         "objective": args.objective, "target_background": args.target_background, "target_gain": args.target_gain,
-        "edge_weight": args.edge_weight,
+        "edge_weight": args.edge_weight, "residual": args.residual,
         "checkpoint_every_steps": args.checkpoint_steps,
         "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip

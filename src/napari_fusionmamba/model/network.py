@@ -53,7 +53,6 @@ class ModelConfig:
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny"),
-    "tiny-keep-both": ModelConfig(name="tiny-keep-both", residual="keep-both"),
     "small": ModelConfig(name="small", embed_dim=32, encoder_depths=(1, 1, 2, 1), decoder_depths=(1, 2, 1, 1)),
     "paper": ModelConfig(name="paper", embed_dim=96, encoder_depths=(2, 2, 9, 2), decoder_depths=(2, 9, 2, 2)),
     "paper-lite": ModelConfig(

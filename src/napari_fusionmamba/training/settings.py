@@ -14,7 +14,7 @@ import numpy as np
 from .._json_records import from_json
 from ..engine.sources import PERCENTILES
 from ..errors import PreflightError
-from ..model.residuals import TARGET_BACKGROUND, TARGET_GAIN
+from ..model.residuals import RESIDUALS, TARGET_BACKGROUND, TARGET_GAIN
 from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
 
 MIN_CROP = 16
@@ -51,6 +51,7 @@ class TrainSettings:
     percentiles: tuple[float, float] = PERCENTILES  # the same as the fusion pipeline's
     base: str = "default"  # model name, checkpoint path, or "scratch"
     config: str = "tiny"  # the config trained from scratch
+    residual: str | None = None  # the network's output residual (model.residuals); None: the base's own
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
@@ -155,6 +156,8 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"target background must be in [0, 1) or null (got {settings.target_background})")
     if not (_finite(settings.target_gain) and settings.target_gain > 0):
         problems.append(f"target gain must be a positive finite number (got {settings.target_gain})")
+    if settings.residual is not None and settings.residual not in RESIDUALS:
+        problems.append(f"unknown residual {settings.residual!r}: choose one of {', '.join(RESIDUALS)}")
     if not (_finite(settings.edge_weight) and settings.edge_weight >= 0):
         problems.append(f"edge weight must be a finite number >= 0 (got {settings.edge_weight})")
     if settings.objective not in OBJECTIVES:
