@@ -222,7 +222,7 @@ def test_a_row_trains_on_two_channels_of_one_layer(make_napari_viewer, qtbot):
     widget = FinetuneWidget(viewer)
     qtbot.addWidget(widget.native)
     row = widget.rows[0]
-    both = viewer.add_image(np.stack([gfp, phase]), name="both")
+    both = viewer.add_image(np.stack([gfp, phase]), name="both", axis_labels=("c", "y", "x"))
     row.a.value = row.b.value = both
     assert row.channel_a.native.isVisibleTo(widget.native) and row.channel_b.native.isVisibleTo(widget.native)
     row.channel_a.value, row.channel_b.value = 0, 1
