@@ -7,11 +7,6 @@ import pytest
 DOCKS = ["Fuse layers", "Fine-tune", "Evaluate fusion"]
 
 
-@pytest.fixture(autouse=True)
-def settings_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.mark.parametrize("name", DOCKS)
 def test_dock_fits_a_small_screen_and_scrolls_to_every_field(make_napari_viewer, qtbot, name):
     from qtpy.QtWidgets import QScrollArea

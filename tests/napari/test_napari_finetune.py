@@ -10,11 +10,6 @@ from napari_fusionmamba.napari.widgets.finetune import PREVIEW, FinetuneWidget, 
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
 
-@pytest.fixture(autouse=True)
-def settings_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.mark.slow
 def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()

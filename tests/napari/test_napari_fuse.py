@@ -17,12 +17,6 @@ from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 SETTINGS = dict(tile=64, overlap=16, batch=2)
 
 
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path, monkeypatch):
-    """Saved widget settings go to a temporary folder, never the user's (models: conftest's home)."""
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A fixed tiny network registered as a user model, so the widget and the test use the same weights."""
