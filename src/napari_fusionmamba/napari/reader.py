@@ -56,7 +56,7 @@ def read(path) -> list[tuple]:
         scale, translate = (None if v is None else v[:channel] + v[channel + 1 :] for v in (scale, translate))
     rgb = axes.endswith("S")
     spatial = levels[0].ndim - rgb - (channel is not None)
-    kwargs = {"rgb": rgb, "multiscale": len(levels) > 1}
+    kwargs: dict = {"rgb": rgb, "multiscale": len(levels) > 1}
     if scale is not None:
         kwargs["scale"] = scale[-spatial:]
     if translate is not None:
