@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Images scored at once by "Evaluate + classical methods" (at most one per core): each holds a
 #: few float64 copies of the plane while it is scored.
-WORKERS = 4
+WORKERS = 2
 
 
 class EvaluateWidget(ScrollingContainer):
