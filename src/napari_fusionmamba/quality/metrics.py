@@ -631,19 +631,29 @@ def compare_methods(
         return evaluate(fused, plane_a, plane_b, metrics, names=(name, *names)), took
 
     results: dict[str, dict[str, float]] = {}
-    with _sharing(plane_a, plane_b), ThreadPoolExecutor(max(1, workers)) as pool:
-        # each job runs in a copy of this context, so it sees the shared sources' terms
-        jobs = {
-            pool.submit(contextvars.copy_context().run, score, name, method): name for name, method in methods.items()
-        }
-        try:
-            for done, job in enumerate(as_completed(jobs)):
-                results[jobs[job]], took = job.result()
-                if seconds is not None:
-                    seconds[jobs[job]] = seconds.get(jobs[job], 0.0) + took
-                if progress is not None:
-                    progress(done + 1, len(methods))
-        finally:
-            for job in jobs:
-                job.cancel()  # after a failure or a cancel: the methods not started yet never start
+
+    def record(name: str, outcome: tuple[dict[str, float], float]) -> None:
+        results[name], took = outcome
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + took
+        if progress is not None:
+            progress(len(results), len(methods))
+
+    with _sharing(plane_a, plane_b):
+        if workers <= 1:  # in this thread, as a caller's thread-local state (torch.no_grad ...) expects
+            for name, method in methods.items():
+                record(name, score(name, method))
+            return results
+        with ThreadPoolExecutor(workers) as pool:
+            # each job runs in a copy of this context, so it sees the shared sources' terms
+            jobs = {
+                pool.submit(contextvars.copy_context().run, score, name, method): name
+                for name, method in methods.items()
+            }
+            try:
+                for job in as_completed(jobs):
+                    record(jobs[job], job.result())
+            finally:
+                for job in jobs:
+                    job.cancel()  # after a failure or a cancel: the methods not started yet never start
     return {name: results[name] for name in methods}
