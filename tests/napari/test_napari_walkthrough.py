@@ -21,7 +21,7 @@ def test_the_walkthrough_script_draws_every_picture_the_napari_page_shows(tmp_pa
     assert "Fuse folder: fused 2, skipped 0, failed 1" in done.stdout + done.stderr
     drawn = sorted(path.name for path in tmp_path.glob("walk_*.png"))
     shown = sorted(set(re.findall(r"images/(walk_\w+\.png)", (ROOT / "docs" / "napari.md").read_text())))
-    assert drawn == shown and len(drawn) == 5
+    assert drawn == shown and len(drawn) == 7
     for name in drawn:
         assert (tmp_path / name).stat().st_size < 300_000
         assert (ROOT / "docs" / "images" / name).stat().st_size < 300_000

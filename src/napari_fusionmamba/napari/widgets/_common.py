@@ -19,7 +19,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 
 from ...errors import FusionCancelled, FusionMambaError, InputError
 from ...io.files import atomic_path
@@ -247,7 +247,8 @@ def refresh_models(viewer) -> None:
 
 class ScrollingContainer(Container):
     """A Container in a scroll area, so its dock fits a small screen (1366 x 768) however many
-    fields it has.
+    fields it has, and however wide they are (a metric table, a row of pickers): it scrolls
+    sideways too, where magicgui's vertical scroll area would cut them off.
 
     napari docks a widget's ``native``; magicgui's ``scrollable`` keeps the scroll area apart
     (``root_native_widget``), so ``native`` is that scroll area here.
@@ -255,6 +256,7 @@ class ScrollingContainer(Container):
 
     def __init__(self, **kwargs):
         super().__init__(scrollable=True, **kwargs)
+        self.root_native_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
     @property
     def native(self):
