@@ -173,6 +173,38 @@ def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, ca
     assert "unknown colormap 'purple'" in capsys.readouterr().err
 
 
+def test_colormaps_for_both_sources_mix_by_how_bright_each_is(files, tmp_path, capsys):
+    """--colormap A=magenta --colormap B=blue: the fused gray in magenta where A is bright, blue where B is."""
+    from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import named_tint
+
+    common = ["--method", "average", "--tile", "64", "--overlap", "16", "--no-progress"]
+    gray, both, only_b = (str(tmp_path / name) for name in ("gray.tif", "both.tif", "b.tif"))
+    assert main(["fuse", *files, "-o", gray, *common]) == 0
+    assert main(["fuse", *files, "-o", both, "--colormap", "A=magenta", "--colormap", "B=blue", *common]) == 0
+    rgb, fused = tifffile.imread(both), tifffile.imread(gray)
+    np.testing.assert_array_equal(rgb[..., 1], 0)
+    np.testing.assert_allclose(rgb[..., 2], fused, atol=1e-6)  # both colours have full blue: B is the fusion
+    share_a = rgb[..., 0] / np.maximum(fused, 1e-6)  # red: A's share of the two shown brightnesses
+    assert share_a.min() < 0.3 and share_a.max() > 0.7
+    expected = fuse(
+        *files, method="average", tile=64, overlap=16, tint=named_tint("magenta"), tint_b=named_tint("blue")
+    )
+    np.testing.assert_allclose(rgb, expected, atol=1e-6)
+
+    assert main(["fuse", *files, "-o", only_b, "--colormap", "B=blue", *common]) == 0
+    rgb = tifffile.imread(only_b)
+    np.testing.assert_array_equal(rgb[..., :2], 0)
+    np.testing.assert_allclose(rgb[..., 2], fused, atol=1e-6)  # black to blue: B is the fusion
+
+    for bad in (["--colormap", "C=red"], ["--colormap", "green", "--colormap", "A=red"]):
+        assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), *bad, *common]) == 2
+        assert "give COLOUR or A=COLOUR, and B=COLOUR, once each" in capsys.readouterr().err
+    assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), "--colormap", "B=blue", "--contrast-limits", "0", "1",
+                 *common]) == 2  # fmt: skip
+    assert "--contrast-limits goes with --colormap for A" in capsys.readouterr().err
+
+
 @pytest.fixture
 def folders(tmp_path, pair):
     """A_DIR and B_DIR holding three good pairs (TIFF, OME-TIFF, PNG), a name only in A, a pair

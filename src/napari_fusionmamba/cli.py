@@ -289,9 +289,12 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--colormap",
+        action="append",
+        metavar="[A=|B=]COLOUR",
         default=None,
-        help="colour the result the way a gray A is shown: fuse, then tint the fused gray from black to "
-        "this colour into RGB (green, magenta, red, blue, cyan, yellow, gray)",
+        help="colour the result the way a gray source is shown: fuse, then tint the fused gray from black "
+        "to this colour into RGB (green, magenta, red, blue, cyan, yellow, gray); COLOUR or A=COLOUR for A, "
+        "B=COLOUR for B; both given: the two colours mixed at each pixel by how bright each source is",
     )
     parser.add_argument(
         "--contrast-limits",
@@ -299,7 +302,7 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("LOW", "HIGH"),
         default=None,
-        help="with --colormap: the values of A shown as black and as the full colour (default: A's percentiles)",
+        help="with --colormap for A: the values of A shown as black and as the full colour (default: A's percentiles)",
     )
     parser.add_argument(
         "--overwrite",
@@ -341,8 +344,10 @@ def _fuse_options(args: argparse.Namespace) -> Any:
     from .engine import FuseOptions
     from .io.colour import named_tint
 
-    if args.contrast_limits is not None and args.colormap is None:
-        raise InputError("--contrast-limits goes with --colormap (the range the colormap spans)")
+    colormaps = _colormaps(args.colormap or [])
+    if args.contrast_limits is not None and "A" not in colormaps:
+        raise InputError("--contrast-limits goes with --colormap for A (the range the colormap spans)")
+    tints = {side: named_tint(name, args.contrast_limits if side == "A" else None) for side, name in colormaps.items()}
     return FuseOptions(
         model=args.model,
         method=args.method,
@@ -351,12 +356,25 @@ def _fuse_options(args: argparse.Namespace) -> Any:
         batch=args.batch,
         device=args.device,
         normalise=None if args.normalise == "none" else args.normalise,
-        tint=None if args.colormap is None else named_tint(args.colormap, args.contrast_limits),
+        tint=tints.get("A"),
+        tint_b=tints.get("B"),
         chunk=args.chunk,
         dtype=args.dtype,
         overwrite=args.overwrite,
         scheduler=args.scheduler,
     )
+
+
+def _colormaps(given: list[str]) -> dict[str, str]:
+    """``--colormap`` values (COLOUR, A=COLOUR, B=COLOUR) by source; one each at most."""
+    colormaps: dict[str, str] = {}
+    for value in given:
+        side, _, name = value.rpartition("=")
+        side = side.upper() or "A"
+        if side not in ("A", "B") or side in colormaps:
+            raise InputError(f"--colormap {value}: give COLOUR or A=COLOUR, and B=COLOUR, once each")
+        colormaps[side] = name
+    return colormaps
 
 
 class _ChunkBar:
