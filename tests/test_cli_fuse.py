@@ -125,29 +125,29 @@ def test_a_bug_is_not_dressed_as_bad_input(files, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_console_entry_shows_a_progress_bar(files, tmp_path):
+def test_console_entry_shows_a_progress_bar_of_tiles_with_the_time_left(tmp_path):
+    """A 1024 x 1024 pair is one output chunk: the bar counts its 25 tiles (5 x 5) as their
+    tasks end, not 0/1 then 1/1."""
+    from napari_fusionmamba.io.samples import load_neurons
+
+    neurons = load_neurons()
+    files = [str(tmp_path / f"{name}.tif") for name in ("map2", "phase")]
+    for path, image in zip(files, (neurons["MAP2"], neurons["phase"][1])):
+        tifffile.imwrite(path, np.tile(image, (2, 2)))
     out = str(tmp_path / "fused.zarr")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_fusionmamba.cli",
-            "fuse",
-            *files,
-            "-o",
-            out,
-            "--method",
-            "average",
-            "--chunk",
-            "64",
-        ],
-        env=dict(os.environ, PYTHONPATH=SRC),
+        [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--method", "average"],
+        env=dict(os.environ, PYTHONPATH=SRC, TQDM_MININTERVAL="0"),  # every update drawn, however quick
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "6/6" in result.stderr and "chunk" in result.stderr  # tqdm's bar: 2 x 3 chunks
+    assert "1 chunks, 25 tiles computed" in result.stdout
+    counts = [int(done) for done in re.findall(r"(\d+)/25 ", result.stderr)]
+    assert len(set(counts)) > 2 and counts[0] == 0 and counts[-1] == 25 and counts == sorted(counts)
+    assert "tile/s" in result.stderr or "s/tile" in result.stderr  # the rate, hence the time left
+    assert re.search(r"<\d\d:\d\d", result.stderr)  # tqdm's time left
 
 
 def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, capsys):

@@ -377,8 +377,9 @@ def _colormaps(given: list[str]) -> dict[str, str]:
     return colormaps
 
 
-class _ChunkBar:
-    """A tqdm bar of chunks on stderr, one per output (none with --no-progress), as ``progress``."""
+class _TileBar:
+    """A tqdm bar of tiles on stderr with its rate and time left, one per output (none with
+    --no-progress), as ``progress``; tiles already fused by an earlier run start it."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -392,9 +393,9 @@ class _ChunkBar:
             from tqdm import tqdm
 
             self.close()
-            self.bar, self.desc = tqdm(total=total, unit="chunk", desc=desc, file=sys.stderr), desc
-        self.bar.n = done
-        self.bar.refresh()
+            self.bar = tqdm(total=total, initial=done, unit="tile", desc=desc, file=sys.stderr)
+            self.desc = desc
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -409,7 +410,7 @@ def _fuse(args: argparse.Namespace) -> int:
     if args.b is None and (args.channel_a is None or args.channel_b is None):
         raise InputError("fuse: give two sources, or one with --channel-a and --channel-b (two of its channels)")
     options = dataclasses.replace(_fuse_options(args), channels=(args.channel_a, args.channel_b))
-    bar = _ChunkBar(not args.no_progress)
+    bar = _TileBar(not args.no_progress)
     try:
         report = fuse_files(args.a, args.b or args.a, args.output, options, progress=bar)
     except (KeyboardInterrupt, FusionCancelled):
@@ -446,7 +447,7 @@ def _add_fuse_folder_parser(commands) -> None:
 def _fuse_folder(args: argparse.Namespace) -> int:
     from .engine import PairResult, fuse_folder
 
-    bar = _ChunkBar(not args.no_progress)
+    bar = _TileBar(not args.no_progress)
 
     def on_result(result: PairResult) -> None:
         bar.close()

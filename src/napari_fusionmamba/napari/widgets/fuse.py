@@ -228,7 +228,7 @@ class FuseWidget(ScrollingContainer):
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
         self.progress = ProgressBar(
             label="Progress",
-            tooltip="Tiles (or zarr chunks) fused so far, the time elapsed and about how long is left.",
+            tooltip="Tiles fused so far, the time elapsed and about how long is left.",
         )
         self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
@@ -252,7 +252,7 @@ class FuseWidget(ScrollingContainer):
         self.folder_button = PushButton(
             text="Fuse folder", tooltip="Fuse every pair of the two folders; press again to cancel."
         )
-        self.folder_progress = ProgressBar(label="Folder", tooltip="Chunks of the pair being fused.")
+        self.folder_progress = ProgressBar(label="Folder", tooltip="Tiles of the pair being fused.")
         self.folder_results = Table(label="Pairs", tooltip="Each name: fused, kept (already there), skipped or failed.")
         self.folder_results.visible = False
         self.folder_section = Container(
@@ -395,7 +395,7 @@ class FuseWidget(ScrollingContainer):
             lambda progress, cancelled: run_folder(request, progress, cancelled),
             on_result=self._show_folder,
             what=f"Fusing the pairs of {request.a_dir.name} and {request.b_dir.name}",
-            unit="chunks of this pair",
+            unit="tiles of this pair",
         )
 
     def _show_folder(self, report) -> None:
@@ -445,7 +445,7 @@ class FuseWidget(ScrollingContainer):
             on_progress=lambda done, total: self._on_fill(request, done, total),
             on_stop=lambda: self._on_stop(request),
             what=f"Fusing {request.name}",
-            unit="tiles" if request.out is None else "chunks",
+            unit="tiles",
         )
 
     def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
