@@ -125,29 +125,29 @@ def test_a_bug_is_not_dressed_as_bad_input(files, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_console_entry_shows_a_progress_bar(files, tmp_path):
+def test_console_entry_shows_a_progress_bar_of_tiles_with_the_time_left(tmp_path):
+    """A 1024 x 1024 pair is one output chunk: the bar counts its 25 tiles (5 x 5) as their
+    tasks end, not 0/1 then 1/1."""
+    from napari_fusionmamba.io.samples import load_neurons
+
+    neurons = load_neurons()
+    files = [str(tmp_path / f"{name}.tif") for name in ("map2", "phase")]
+    for path, image in zip(files, (neurons["MAP2"], neurons["phase"][1])):
+        tifffile.imwrite(path, np.tile(image, (2, 2)))
     out = str(tmp_path / "fused.zarr")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_fusionmamba.cli",
-            "fuse",
-            *files,
-            "-o",
-            out,
-            "--method",
-            "average",
-            "--chunk",
-            "64",
-        ],
-        env=dict(os.environ, PYTHONPATH=SRC),
+        [sys.executable, "-m", "napari_fusionmamba.cli", "fuse", *files, "-o", out, "--method", "average"],
+        env=dict(os.environ, PYTHONPATH=SRC, TQDM_MININTERVAL="0"),  # every update drawn, however quick
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "6/6" in result.stderr and "chunk" in result.stderr  # tqdm's bar: 2 x 3 chunks
+    assert "1 chunks, 25 tiles computed" in result.stdout
+    counts = [int(done) for done in re.findall(r"(\d+)/25 ", result.stderr)]
+    assert len(set(counts)) > 2 and counts[0] == 0 and counts[-1] == 25 and counts == sorted(counts)
+    assert "tile/s" in result.stderr or "s/tile" in result.stderr  # the rate, hence the time left
+    assert re.search(r"<\d\d:\d\d", result.stderr)  # tqdm's time left
 
 
 def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, capsys):
@@ -171,6 +171,38 @@ def test_colormap_colours_the_fused_gray_like_a_green_source(files, tmp_path, ca
 
     assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), "--colormap", "purple", *common]) == 2
     assert "unknown colormap 'purple'" in capsys.readouterr().err
+
+
+def test_colormaps_for_both_sources_mix_by_how_bright_each_is(files, tmp_path, capsys):
+    """--colormap A=magenta --colormap B=blue: the fused gray in magenta where A is bright, blue where B is."""
+    from napari_fusionmamba.engine import fuse
+    from napari_fusionmamba.io.colour import named_tint
+
+    common = ["--method", "average", "--tile", "64", "--overlap", "16", "--no-progress"]
+    gray, both, only_b = (str(tmp_path / name) for name in ("gray.tif", "both.tif", "b.tif"))
+    assert main(["fuse", *files, "-o", gray, *common]) == 0
+    assert main(["fuse", *files, "-o", both, "--colormap", "A=magenta", "--colormap", "B=blue", *common]) == 0
+    rgb, fused = tifffile.imread(both), tifffile.imread(gray)
+    np.testing.assert_array_equal(rgb[..., 1], 0)
+    np.testing.assert_allclose(rgb[..., 2], fused, atol=1e-6)  # both colours have full blue: B is the fusion
+    share_a = rgb[..., 0] / np.maximum(fused, 1e-6)  # red: A's share of the two shown brightnesses
+    assert share_a.min() < 0.3 and share_a.max() > 0.7
+    expected = fuse(
+        *files, method="average", tile=64, overlap=16, tint=named_tint("magenta"), tint_b=named_tint("blue")
+    )
+    np.testing.assert_allclose(rgb, expected, atol=1e-6)
+
+    assert main(["fuse", *files, "-o", only_b, "--colormap", "B=blue", *common]) == 0
+    rgb = tifffile.imread(only_b)
+    np.testing.assert_array_equal(rgb[..., :2], 0)
+    np.testing.assert_allclose(rgb[..., 2], fused, atol=1e-6)  # black to blue: B is the fusion
+
+    for bad in (["--colormap", "C=red"], ["--colormap", "green", "--colormap", "A=red"]):
+        assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), *bad, *common]) == 2
+        assert "give COLOUR or A=COLOUR, and B=COLOUR, once each" in capsys.readouterr().err
+    assert main(["fuse", *files, "-o", str(tmp_path / "x.tif"), "--colormap", "B=blue", "--contrast-limits", "0", "1",
+                 *common]) == 2  # fmt: skip
+    assert "--contrast-limits goes with --colormap for A" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -289,9 +289,12 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--colormap",
+        action="append",
+        metavar="[A=|B=]COLOUR",
         default=None,
-        help="colour the result the way a gray A is shown: fuse, then tint the fused gray from black to "
-        "this colour into RGB (green, magenta, red, blue, cyan, yellow, gray)",
+        help="colour the result the way a gray source is shown: fuse, then tint the fused gray from black "
+        "to this colour into RGB (green, magenta, red, blue, cyan, yellow, gray); COLOUR or A=COLOUR for A, "
+        "B=COLOUR for B; both given: the two colours mixed at each pixel by how bright each source is",
     )
     parser.add_argument(
         "--contrast-limits",
@@ -299,7 +302,7 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         metavar=("LOW", "HIGH"),
         default=None,
-        help="with --colormap: the values of A shown as black and as the full colour (default: A's percentiles)",
+        help="with --colormap for A: the values of A shown as black and as the full colour (default: A's percentiles)",
     )
     parser.add_argument(
         "--overwrite",
@@ -341,8 +344,10 @@ def _fuse_options(args: argparse.Namespace) -> Any:
     from .engine import FuseOptions
     from .io.colour import named_tint
 
-    if args.contrast_limits is not None and args.colormap is None:
-        raise InputError("--contrast-limits goes with --colormap (the range the colormap spans)")
+    colormaps = _colormaps(args.colormap or [])
+    if args.contrast_limits is not None and "A" not in colormaps:
+        raise InputError("--contrast-limits goes with --colormap for A (the range the colormap spans)")
+    tints = {side: named_tint(name, args.contrast_limits if side == "A" else None) for side, name in colormaps.items()}
     return FuseOptions(
         model=args.model,
         method=args.method,
@@ -351,7 +356,8 @@ def _fuse_options(args: argparse.Namespace) -> Any:
         batch=args.batch,
         device=args.device,
         normalise=None if args.normalise == "none" else args.normalise,
-        tint=None if args.colormap is None else named_tint(args.colormap, args.contrast_limits),
+        tint=tints.get("A"),
+        tint_b=tints.get("B"),
         chunk=args.chunk,
         dtype=args.dtype,
         overwrite=args.overwrite,
@@ -359,8 +365,21 @@ def _fuse_options(args: argparse.Namespace) -> Any:
     )
 
 
-class _ChunkBar:
-    """A tqdm bar of chunks on stderr, one per output (none with --no-progress), as ``progress``."""
+def _colormaps(given: list[str]) -> dict[str, str]:
+    """``--colormap`` values (COLOUR, A=COLOUR, B=COLOUR) by source; one each at most."""
+    colormaps: dict[str, str] = {}
+    for value in given:
+        side, _, name = value.rpartition("=")
+        side = side.upper() or "A"
+        if side not in ("A", "B") or side in colormaps:
+            raise InputError(f"--colormap {value}: give COLOUR or A=COLOUR, and B=COLOUR, once each")
+        colormaps[side] = name
+    return colormaps
+
+
+class _TileBar:
+    """A tqdm bar of tiles on stderr with its rate and time left, one per output (none with
+    --no-progress), as ``progress``; tiles already fused by an earlier run start it."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -374,9 +393,9 @@ class _ChunkBar:
             from tqdm import tqdm
 
             self.close()
-            self.bar, self.desc = tqdm(total=total, unit="chunk", desc=desc, file=sys.stderr), desc
-        self.bar.n = done
-        self.bar.refresh()
+            self.bar = tqdm(total=total, initial=done, unit="tile", desc=desc, file=sys.stderr)
+            self.desc = desc
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -391,7 +410,7 @@ def _fuse(args: argparse.Namespace) -> int:
     if args.b is None and (args.channel_a is None or args.channel_b is None):
         raise InputError("fuse: give two sources, or one with --channel-a and --channel-b (two of its channels)")
     options = dataclasses.replace(_fuse_options(args), channels=(args.channel_a, args.channel_b))
-    bar = _ChunkBar(not args.no_progress)
+    bar = _TileBar(not args.no_progress)
     try:
         report = fuse_files(args.a, args.b or args.a, args.output, options, progress=bar)
     except (KeyboardInterrupt, FusionCancelled):
@@ -428,7 +447,7 @@ def _add_fuse_folder_parser(commands) -> None:
 def _fuse_folder(args: argparse.Namespace) -> int:
     from .engine import PairResult, fuse_folder
 
-    bar = _ChunkBar(not args.no_progress)
+    bar = _TileBar(not args.no_progress)
 
     def on_result(result: PairResult) -> None:
         bar.close()

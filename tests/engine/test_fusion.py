@@ -18,6 +18,7 @@ from conftest import real_looking_pair
 from napari_fusionmamba.engine import fuse, fuse_files
 from napari_fusionmamba.engine.resume import PARTIAL_SUFFIX
 from napari_fusionmamba.engine.sources import PERCENTILES
+from napari_fusionmamba.engine.tiling import TileGrid
 from napari_fusionmamba.errors import FusionCancelled, InputError
 from napari_fusionmamba.io import open_image
 from napari_fusionmamba.io.colour import rgb_to_ycrcb
@@ -310,6 +311,7 @@ def test_killed_run_resumes_without_redoing_finished_chunks(files, network, refe
 
 def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
     out = str(tmp_path / "out.tif")
+    done = out + PARTIAL_SUFFIX + "/done"
     seen = []
     with pytest.raises(FusionCancelled):
         fuse_files(
@@ -318,14 +320,50 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
             method="average",
             chunk=64,
             scheduler="synchronous",
-            progress=lambda d, t: seen.append(d),
-            cancel=lambda: len(seen) > 3,
+            progress=lambda d, t: seen.append((d, t)),
+            cancel=lambda: len(os.listdir(done)) >= 3,
         )
     assert not os.path.exists(out)
+    assert seen[0] == (0, 4) and {total for _, total in seen} == {4}  # the 2 x 2 tiles of 256 px
     report = fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous")
     assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
     expected = fuse(*files, method="average")
     assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
+
+
+def test_progress_counts_tiles_as_their_tasks_end(files, tmp_path):
+    """One output chunk of many tiles: the progress moves tile task by tile task, up to the
+    tile count; a resumed run starts at the tiles it need not run again."""
+    seen = []
+    report = fuse_files(
+        *files, str(tmp_path / "one.zarr"), method="average", tile=64, overlap=16, progress=lambda *p: seen.append(p)
+    )
+    tiles = report.tiles_computed
+    assert report.chunks_computed == 1 and tiles == len(TileGrid(300, 260, 64, 16))
+    assert seen[0] == (0, tiles) and seen[-1] == (tiles, tiles) and len(seen) > 3
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+    out, seen = str(tmp_path / "resumed.zarr"), []
+    done = out + PARTIAL_SUFFIX + "/done"
+    options = dict(method="average", tile=64, overlap=16, chunk=96, scheduler="synchronous")
+    with pytest.raises(FusionCancelled):
+        fuse_files(*files, out, **options, cancel=lambda: os.path.isdir(done) and len(os.listdir(done)) >= 4)
+    resumed = fuse_files(*files, out, **options, progress=lambda *p: seen.append(p))
+    assert resumed.chunks_skipped >= 4 and seen[-1] == (tiles, tiles)
+    assert seen[0] == (tiles - resumed.tiles_computed, tiles)  # tiles not run again count as done
+
+
+def test_on_a_cluster_a_chunk_counts_the_tiles_it_waited_on():
+    """A cluster reports chunk tasks only: each counts the tile tasks it needed, once."""
+    from napari_fusionmamba.engine.files import TileCounter
+
+    seen = []
+    counter = TileCounter(
+        10, {"t1": 3, "t2": 3, "t3": 2}, {"c1": ["t1", "t2"], "c2": ["t2", "t3"]}, lambda d, t: seen.append(d)
+    )
+    counter("c1")
+    counter("c2")
+    assert seen == [2, 8, 10]
 
 
 def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import real_looking_pair
+from napari_fusionmamba.engine.tiling import TileGrid
 from napari_fusionmamba.napari.widgets import fuse as fuse_widget
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
@@ -71,16 +72,9 @@ def test_sample_pair_fused_in_the_widget_equals_the_library(make_napari_viewer, 
 
     assert [layer.name for layer in viewer.layers] == ["GFP", "phase", "fused(GFP, phase) · lab"], notes
     result = viewer.layers["fused(GFP, phase) · lab"]
-    gfp = viewer.layers["GFP"]  # shown in green: the result is coloured alike
-    tint = colormap_tint(gfp.colormap.colors, gfp.colormap.controls, gfp.contrast_limits)
-    expected = fuse(
-        gfp.data,
-        viewer.layers["phase"].data,
-        model=str(tiny_checkpoint),
-        device="cpu",
-        tint=tint,
-        **network,
-    )
+    gfp, phase = viewer.layers["GFP"], viewer.layers["phase"]  # green over gray: the result is coloured alike
+    tint, tint_b = (colormap_tint(x.colormap.colors, x.colormap.controls, x.contrast_limits) for x in (gfp, phase))
+    expected = fuse(gfp.data, phase.data, model=str(tiny_checkpoint), device="cpu", tint=tint, tint_b=tint_b, **network)
     np.testing.assert_allclose(np.asarray(result.data), expected, atol=1e-6)
     assert result.data.dtype == np.float32 and result.data.shape == (320, 320, 3)
     np.testing.assert_allclose(result.scale, (0.5, 0.5))
@@ -253,10 +247,15 @@ def test_big_zarr_pair_goes_to_a_zarr_output_shown_as_a_lazy_layer(make_napari_v
 
     widget.output.value = fuse_widget.TO_ZARR
     widget.out_path.value = tmp_path / "fused.zarr"
-    added_while_running = []
+    added_while_running, seen = [], []
     viewer.layers.events.inserted.connect(lambda event: added_while_running.append(widget.runner.running))
+    widget.progress.changed.connect(lambda value: seen.append((value, widget.progress.max)))
     _run(widget, qtbot)
     assert added_while_running == [True]  # shown as soon as the store exists, filled as chunks land
+    # the bar counts the tiles of both planes (one output chunk each) as their tasks end
+    tiles = 2 * len(TileGrid(192, 160, SETTINGS["tile"], SETTINGS["overlap"]))
+    assert {maximum for value, maximum in seen if value > 0} == {tiles} and seen[-1] == (tiles, tiles)
+    assert len({value for value, _ in seen}) > 3
     result = viewer.layers["fused(big A, big B) · average"]
     assert isinstance(result.data, da.Array)  # lazy, read from the zarr on disk
     assert (tmp_path / "fused.zarr").is_dir()
@@ -399,7 +398,9 @@ def test_cancelled_zarr_run_removes_its_layer_and_resumes_next_time(
     assert out.is_dir() and not Path(f"{out}.fusionmamba-partial").exists()
     assert viewer.layers["fused(A, B) · slow"].data.shape == (24, 64, 64)
     [resumed] = [int(m.group(1)) for _, message in notes if (m := re.search(r"(\d+) already done", message))]
-    assert done_before <= resumed < 24  # the chunks finished before the cancel (and those in flight) were kept
+    # the chunks written before the cancel were kept (the bar counted tiles, some of whose chunk
+    # was not written yet: those are fused again)
+    assert 0 < resumed < 24
 
 
 def test_the_engine_keeps_out_of_dask_callbacks_a_viewer_has_active(tmp_path):
@@ -504,6 +505,7 @@ def test_result_is_named_after_its_model_which_its_metadata_and_file_describe(
 
 
 def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer, qtbot):
+    """MAP2 (magenta) over phase contrast (gray): magenta where MAP2 shows, gray phase elsewhere."""
     from napari_fusionmamba.engine import fuse
     from napari_fusionmamba.io.colour import colormap_tint
 
@@ -517,23 +519,54 @@ def test_result_is_coloured_the_way_the_fluorescence_is_shown(make_napari_viewer
     coloured = viewer.layers[-1]
     assert coloured.rgb and coloured.data.shape == (1, 512, 512, 3)
     red, green, blue = np.moveaxis(np.asarray(coloured.data[0]), -1, 0)
-    np.testing.assert_array_equal(green, 0)  # magenta: red and blue, never green
-    np.testing.assert_allclose(red, blue)
-    assert red[map2.data >= map2.contrast_limits[1]].min() >= 0.5  # what shows saturated is bright
-    tint = colormap_tint(map2.colormap.colors, map2.colormap.controls, map2.contrast_limits)
-    expected = fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tint)
+    np.testing.assert_allclose(red, blue)  # magenta and gray: red and blue alike
+    shown = _shown_values(map2)
+    assert (red - green)[shown >= 1].min() > 0.2  # magenta where MAP2 shows saturated
+    np.testing.assert_allclose(green[shown == 0], red[shown == 0], atol=1e-6)  # gray where MAP2 shows black
+    assert red[shown >= 1].mean() > red[shown == 0].mean()
+    tints = {x.name: colormap_tint(x.colormap.colors, x.colormap.controls, x.contrast_limits) for x in (map2, phase)}
+    expected = fuse(
+        map2.data, phase.data[1], method="average", tile=256, overlap=32, tint=tints["MAP2"], tint_b=tints["phase"]
+    )
     np.testing.assert_allclose(coloured.data[0], expected, atol=1e-6)
-    assert coloured.metadata["tint"]["colormap"] == "magenta"
+    assert coloured.metadata["tint"]["A"]["colormap"] == "magenta"
+    assert coloured.metadata["tint"]["B"]["colormap"] == "gray"
 
     map2.contrast_limits = (map2.contrast_limits[0], 2 * map2.contrast_limits[1])  # dimmer on screen
     _run(widget, qtbot)
-    assert np.asarray(viewer.layers[-1].data)[..., 0].mean() < red.mean()
+    assert (np.asarray(viewer.layers[-1].data)[..., 0] - green).mean() < (red - green).mean()
 
     widget.gray_output.value = True
     _run(widget, qtbot)
     gray = viewer.layers[-1]
     assert not gray.rgb and gray.data.shape == (1, 512, 512)
     np.testing.assert_allclose(gray.data[0], fuse(map2.data, phase.data[1], method="average", tile=256, overlap=32))
+
+
+def _shown_values(layer) -> np.ndarray:
+    """A gray layer's data as the screen shows it: 0 at its low contrast limit, 1 at its high."""
+    low, high = layer.contrast_limits
+    return np.clip((np.asarray(layer.data, np.float64) - low) / (high - low), 0, 1)
+
+
+def test_two_coloured_sources_each_keep_their_colour(make_napari_viewer, qtbot):
+    """MAP2 (magenta) with DAPI (blue): magenta where only MAP2 shows, blue where only DAPI does."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    widget = _widget(viewer, qtbot, "MAP2", "DAPI", model="method:average", tile=256, overlap=32)
+    _run(widget, qtbot)
+    result = viewer.layers[-1]
+    assert result.name == "fused(MAP2, DAPI) · average" and result.rgb and result.data.shape == (512, 512, 3)
+    red, green, blue = np.moveaxis(np.asarray(result.data), -1, 0)
+    np.testing.assert_array_equal(green, 0)  # magenta and blue have no green
+    map2, dapi = _shown_values(viewer.layers["MAP2"]), _shown_values(viewer.layers["DAPI"])
+    # magenta (1, 0, 1) in MAP2's share of the shown brightness, blue (0, 0, 1) in DAPI's
+    share = np.divide(map2, map2 + dapi, out=np.full(map2.shape, 0.5), where=map2 + dapi > 0)
+    np.testing.assert_allclose(red, blue * share, atol=1e-5)
+    mostly_map2, mostly_dapi = (map2 > 0.5) & (dapi < 0.05), (dapi > 0.5) & (dapi > 2 * map2)
+    assert mostly_map2.sum() > 100 and mostly_dapi.sum() > 100
+    assert (red[mostly_map2] > 0.9 * blue[mostly_map2]).all()  # magenta where MAP2 is
+    assert (blue[mostly_dapi] > 1.5 * red[mostly_dapi]).all() and blue[mostly_dapi].min() > 0.1  # blue at nuclei
 
 
 def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer, qtbot, monkeypatch):

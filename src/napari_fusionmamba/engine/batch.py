@@ -96,7 +96,7 @@ def fuse_folder(
     raises a user-facing error (unreadable file, shapes that differ...) is failed; the others
     still fuse. An output already there is kept unless ``options.overwrite``; an interrupted
     pair resumes as ``fuse_files`` does. ``progress(name, done, total)`` counts each pair's
-    chunks; ``on_result`` hears each name as it is settled; ``cancel()`` returning True stops
+    tiles; ``on_result`` hears each name as it is settled; ``cancel()`` returning True stops
     with ``FusionCancelled`` (the pair under way resumes next time). Missing folders are refused.
     """
     if output_format not in FORMATS:

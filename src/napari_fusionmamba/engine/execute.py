@@ -121,10 +121,11 @@ def write_chunk(
 
 
 def execute(
-    tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+    tasks: list[Any], scheduler: Any, progress: Callable[[str], None], cancel: Callable[[], bool] | None
 ) -> None:
     """Run delayed ``write_chunk`` tasks (named ``chunk-...``) on a local scheduler name or a
-    dask.distributed client/address; ``progress(1)`` after each."""
+    dask.distributed client/address; ``progress(key)`` with the name of each task that finishes
+    (every task on a local scheduler: tile tasks too; the chunk tasks on a cluster)."""
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         return _execute_locally(tasks, scheduler or "threads", progress, cancel)
     return _execute_on_cluster(tasks, scheduler, progress, cancel)
@@ -159,13 +160,12 @@ def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
 
 
 def _execute_locally(
-    tasks: list[Any], scheduler: str, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+    tasks: list[Any], scheduler: str, progress: Callable[[str], None], cancel: Callable[[], bool] | None
 ) -> None:
     import dask
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if str(key).startswith("chunk-"):
-            progress(1)
+        progress(str(key))
 
     def pretask(key: Any, dsk: Any, state: Any) -> None:
         if cancel is not None and cancel():
@@ -181,7 +181,7 @@ def _execute_locally(
 
 
 def _execute_on_cluster(
-    tasks: list[Any], scheduler: Any, progress: Callable[[int], None], cancel: Callable[[], bool] | None
+    tasks: list[Any], scheduler: Any, progress: Callable[[str], None], cancel: Callable[[], bool] | None
 ) -> None:
     from distributed import Client, as_completed
 
@@ -190,7 +190,7 @@ def _execute_on_cluster(
         futures = client.compute(tasks)
         for future in as_completed(futures):
             future.result()
-            progress(1)
+            progress(str(future.key))
             if cancel is not None and cancel():
                 client.cancel(futures)
                 raise FusionCancelled("fusion cancelled")

@@ -91,7 +91,8 @@ def fuse_files(
     Interrupted (Ctrl-C, kill, ``cancel``), the same call resumes where it stopped: finished
     chunks are skipped, unless their sources' pixels changed since or their stored data is
     missing or damaged (their digests say); other arguments refuse to resume unless
-    ``overwrite``. ``progress(done, total)`` counts chunks.
+    ``overwrite``. ``progress(done, total)`` counts tiles (of every plane; those of finished
+    chunks count as done), as each tile task ends (on a cluster: as each chunk ends).
     """
     start = time.perf_counter()
     options = FuseOptions.of(options, keywords)
@@ -112,7 +113,7 @@ def fuse_files(
         finished, redone = sound_chunks(job, layout, partial, blocks)
         todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
         try:
-            tiles = _run_blocks(job, layout, partial, todo, len(blocks), options.scheduler, progress, cancel)
+            tiles = _run_blocks(job, layout, partial, todo, options.scheduler, progress, cancel)
         finally:
             forget_runners(job)
         engine = describe_engine(options.model, options.method)
@@ -241,7 +242,6 @@ def _run_blocks(
     layout: OutputLayout,
     partial: PartialRun,
     todo: list[Block],
-    total: int,
     scheduler: Any,
     progress: Callable[[int, int], None] | None,
     cancel: Callable[[], bool] | None,
@@ -250,19 +250,15 @@ def _run_blocks(
     number of tiles run."""
     import dask
 
-    counter = [total - len(todo)]
-
-    def advance(n: int) -> None:
-        counter[0] += n
-        if progress is not None:
-            progress(counter[0], total)
-
-    advance(0)
     grid, chunk, tag = job.grid(), layout.chunk, partial.run_hash[:8]
     job_node = dask.delayed(job, pure=True)
     groups = tile_groups(grid, chunk)
     group_of = {corner: key for key, corners in groups.items() for corner in corners}
     tiles: dict[tuple[tuple[int, ...], tuple[int, int, int]], Any] = {}  # tile tasks, by plane and group
+    needs: dict[str, list[str]] = {}  # chunk task -> the tile tasks it waits on
+
+    def chunk_task(plane: tuple[int, ...], region: tuple[int, int, int, int]) -> str:
+        return f"chunk-{tag}-{chunk_name(plane, region[0], region[2])}"
 
     def parts(plane: tuple[int, ...], region: tuple[int, int, int, int]) -> list[Any]:
         """The weighted sums reaching ``region``, from the tile task of each group touching it."""
@@ -273,14 +269,47 @@ def _run_blocks(
                 tiles[plane, key] = dask.delayed(fuse_tiles, pure=True)(
                     job_node, plane, groups[key], chunk, dask_key_name=name
                 )
+        needs[chunk_task(plane, region)] = [tiles[plane, key].key for key in needed]
         return [tiles[plane, key][(region[0], region[2])] for key in needed]
 
     writes = [dask.delayed(write_chunk, pure=True)(
         job_node, layout, partial.store, partial.done, plane, region, parts(plane, region),
-        dask_key_name=f"chunk-{tag}-{chunk_name(plane, region[0], region[2])}")
+        dask_key_name=chunk_task(plane, region))
         for plane, region in todo]  # fmt: skip
-    execute(writes, scheduler, advance, cancel)
-    return sum(len(groups[key]) for _, key in tiles)
+    tile_tasks = {tiles[plane, key].key: len(groups[key]) for plane, key in tiles}
+    counter = TileCounter(len(grid) * math.prod(job.lead), tile_tasks, needs, progress)
+    execute(writes, scheduler, counter, cancel)
+    return sum(tile_tasks.values())
+
+
+class TileCounter:
+    """Tiles done, as tasks finish: a tile task's tiles when it ends, or (on a cluster, where
+    only chunk tasks are seen) those of the tile tasks a chunk waited on when the chunk ends;
+    the tiles not run in this call (finished chunks) count as done from the start."""
+
+    def __init__(
+        self,
+        total: int,
+        tile_tasks: dict[str, int],
+        needs: dict[str, list[str]],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.total, self.tile_tasks, self.needs, self.progress = total, tile_tasks, needs, progress
+        self.counted: set[str] = set()
+        self.done = total - sum(tile_tasks.values())
+        self._report()
+
+    def __call__(self, key: str) -> None:
+        names = (key, *self.needs.get(key, ()))
+        fresh = [name for name in names if name in self.tile_tasks and name not in self.counted]
+        if fresh:
+            self.counted.update(fresh)
+            self.done += sum(self.tile_tasks[name] for name in fresh)
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 #: Rows of tiles run by one tile task: small tasks, so that the workers share even a one-chunk

@@ -2,8 +2,9 @@
 and the tiling; ``fuse`` runs it in memory, ``files.fuse_files`` chunk by chunk.
 
 Colour sources are fused on their luminance (YCrCb, as the paper does for PET/SPECT) and the
-colour of A (or of the colour source) is put back; a gray A with a ``Tint`` (shown through a
-colormap) gives the fused gray coloured by that colormap.
+colour of A (or of the colour source) is put back; a gray source with a ``Tint`` (shown through a
+colormap) gives the fused gray coloured by that colormap, two tinted sources the fused gray
+coloured by both, mixed by how bright each source is shown (``io.colour.mix_tints``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io.colour import Tint, rgb_to_ycrcb, ycrcb_to_rgb
+from ..io.colour import Tint, mix_tints, rgb_to_ycrcb, ycrcb_to_rgb
 from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
@@ -39,10 +40,11 @@ class FusionJob:
     overlap: int
     batch: int
     tint: Tint | None = None
+    tint_b: Tint | None = None
 
     @property
     def colour(self) -> bool:
-        return self.a.colour or self.b.colour or self.tint is not None
+        return self.a.colour or self.b.colour or self.tint is not None or self.tint_b is not None
 
     @property
     def lead(self) -> tuple[int, ...]:
@@ -84,9 +86,14 @@ class FusionJob:
             planes.append(np.clip(window, 0.0, 1.0))
         return planes[0], planes[1], chroma
 
-    def finish(self, fused: np.ndarray, chroma: Chroma | None) -> np.ndarray:
-        if self.tint is not None:
-            return self.tint(np.clip(fused, 0.0, 1.0))
+    def finish(self, fused: np.ndarray, chroma: Chroma | None, shown: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The output of the fused luminance: its colour put back from ``chroma`` or the tints
+        (``shown``: both sources as ``inputs`` gives them, over the same pixels)."""
+        if self.tint is not None and self.tint_b is not None:
+            return mix_tints(fused, *shown, self.tint, self.tint_b)
+        tint = self.tint or self.tint_b
+        if tint is not None:
+            return tint(np.clip(fused, 0.0, 1.0))
         if chroma is None:
             return fused.astype(np.float32, copy=False)
         return np.asarray(np.clip(ycrcb_to_rgb(fused, *chroma), 0.0, 1.0), dtype=np.float32)
@@ -99,11 +106,11 @@ class FusionJob:
         windows it was fused from."""
         ry0, ry1, rx0, rx1 = self.grid().reach(y0, y1, x0, x1)
         windows = self.read(plane, ry0, ry1, rx0, rx1)
-        chroma = self.inputs(windows)[2] if self.a.colour or self.b.colour else None
+        block = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+        la, lb, chroma = self.inputs(windows)
         if chroma is not None:
-            cr, cb = (c[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] for c in chroma)
-            chroma = (cr, cb)
-        return self.finish(fused, chroma), digest(*windows)
+            chroma = (chroma[0][block], chroma[1][block])
+        return self.finish(fused, chroma, (la[block], lb[block])), digest(*windows)
 
     def input_digest(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> str:
         """The digest of the source windows the block [y0, y1) x [x0, x1) is fused from."""
@@ -122,24 +129,16 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     batch = options.batch
     if int(batch) != batch or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch}")
-    tint: Tint | None = options.tint
-    norm_a = normalisation_of(sa, options.normalise)
-    if tint is not None:
-        if sa.colour:
-            raise InputError(f"{sa.name} is a colour image: a colormap tints a gray source A only")
-        if tint.limits is not None:  # fused as the user sees it
-            norm_a = Normalisation(*tint.limits)
-    return FusionJob(
-        sa,
-        sb,
-        norm_a,
-        normalisation_of(sb, options.normalise),
-        engine,
-        int(options.tile),
-        int(options.overlap),
-        int(batch),
-        tint,
-    )
+    norms = []
+    for source, tint in ((sa, options.tint), (sb, options.tint_b)):
+        if tint is not None and source.colour:
+            raise InputError(f"{source.name} is a colour image: a colormap tints a gray source only")
+        # with a tint's limits, fused as the user sees it
+        limited = tint is not None and tint.limits is not None
+        norms.append(Normalisation(*tint.limits) if limited else normalisation_of(source, options.normalise))
+    norm_a, norm_b = norms
+    tiling = (int(options.tile), int(options.overlap), int(batch))
+    return FusionJob(sa, sb, norm_a, norm_b, engine, *tiling, options.tint, options.tint_b)
 
 
 def fuse(
@@ -188,5 +187,5 @@ def fuse(
             progress=report,
             cancel=cancel,
         )
-        out[plane] = job.finish(fused, chroma)
+        out[plane] = job.finish(fused, chroma, (la, lb))
     return out

@@ -22,9 +22,11 @@ class FuseOptions:
     default), "range" (integer dtype range / float min-max) or None (inputs already in [0, 1]).
     ``names`` label array inputs in error messages. ``channels``: the channel of A and of B
     to fuse, for files with a C axis (None: all of them, plane by plane); one file may give
-    both (fluorescence and phase contrast of one OME-TIFF). ``tint``: an ``io.colour.Tint`` for a gray
-    source A shown in colour: A is normalised to the tint's limits (when it has them) and the
-    fused gray is coloured by its colormap into RGB, so the result looks as A was shown.
+    both (fluorescence and phase contrast of one OME-TIFF). ``tint`` / ``tint_b``: an
+    ``io.colour.Tint`` for a gray source A / B shown in colour: the source is normalised to the
+    tint's limits (when it has them) and the fused gray is coloured by its colormap into RGB, so
+    the result looks as the source was shown; with both, by both colormaps, mixed at each pixel
+    by how bright each source is shown there (``io.colour.mix_tints``).
 
     File outputs only: ``chunk`` (output chunk side; default a multiple of the tile stride near
     1024), ``dtype`` ("float32" in [0, 1], or "source": the sources' common dtype, integers
@@ -43,6 +45,7 @@ class FuseOptions:
     names: tuple[str, str] | None = None
     channels: tuple[int | None, int | None] = (None, None)
     tint: Any = None
+    tint_b: Any = None
     chunk: int | None = None
     dtype: str = "float32"
     overwrite: bool = False

@@ -69,6 +69,7 @@ def run_record(job: FusionJob, layout: OutputLayout, kind: str) -> dict[str, Any
         "a": source_identity(job.a), "b": source_identity(job.b), "engine": job.engine.key,
         "tile": job.tile, "overlap": job.overlap, "norm": [asdict(job.norm_a), asdict(job.norm_b)],
         "layout": asdict(layout), "kind": kind, "tint": asdict(job.tint) if job.tint is not None else None,
+        **({"tint_b": asdict(job.tint_b)} if job.tint_b is not None else {}),
     }  # fmt: skip
 
 
@@ -111,7 +112,8 @@ def chunk_name(plane: tuple[int, ...], y0: int, x0: int) -> str:
 
 #: The record's fields in words, for the message that refuses to resume.
 FIELDS = {"a": "source A", "b": "source B", "engine": "model or method", "norm": "the sources' percentiles",
-          "layout": "output layout", "kind": "output format", "tint": "colormap"}  # fmt: skip
+          "layout": "output layout", "kind": "output format", "tint": "colormap",
+          "tint_b": "colormap of B"}  # fmt: skip
 
 
 def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ last axis; no offsets (chroma is signed).
 
 A gray source that the user sees through a colormap (green GFP, magenta MAP2) is fused as it
 is, and the fused gray is then coloured by that colormap (a ``Tint``), so the result looks the
-way the source looked.
+way the source looked. When both sources are shown in colour (magenta MAP2 with blue DAPI, or
+with gray phase contrast), the fused gray is shown through both colormaps and the two are mixed
+at each pixel by how bright each source is shown there (``mix_tints``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ class Tint:
         """Gray values in [0, 1] -> (..., 3) RGB float32."""
         channels = [np.interp(values, self.positions, [c[i] for c in self.colours]) for i in range(3)]
         return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def mix_tints(fused: np.ndarray, shown_a: np.ndarray, shown_b: np.ndarray, tint_a: Tint, tint_b: Tint) -> np.ndarray:
+    """The fused gray (in [0, 1]) coloured by both sources' tints, in the share each source has
+    of the two shown brightnesses ``shown_a`` and ``shown_b`` (each source over its contrast
+    limits, in [0, 1]): A's colour where only A is bright, B's where only B is, half each where
+    both are black. -> (..., 3) RGB float32."""
+    total = shown_a + shown_b
+    share = np.divide(shown_a, total, out=np.full(total.shape, 0.5, np.float32), where=total > 0)[..., None]
+    values = np.clip(fused, 0.0, 1.0)
+    return np.asarray(share * tint_a(values) + (1.0 - share) * tint_b(values), dtype=np.float32)
 
 
 def named_tint(name: str, limits: tuple[float, float] | None = None) -> Tint:

@@ -88,6 +88,7 @@ class FuseRequest:
     out: Path | None = None
     rgb: bool = False  # A is an RGB layer
     tint: Tint | None = None  # A's colormap and contrast limits, to colour the result with
+    tint_b: Tint | None = None  # B's, when a source is shown in colour
     names: tuple[str, str] = ("A", "B")
     metadata: dict = field(default_factory=dict)
 
@@ -221,12 +222,13 @@ class FuseWidget(ScrollingContainer):
         self.gray_output = CheckBox(
             label="Gray output",
             value=False,
-            tooltip="Off: a result coloured the way A is shown (its colormap and contrast limits). On: the fused gray.",
+            tooltip="Off: when A or B is shown in colour, a result coloured the way they are shown (their colormaps "
+            "and contrast limits). On: the fused gray.",
         )
         self.run_button = PushButton(text="Run", tooltip="Fuse A with B; press again to cancel.")
         self.progress = ProgressBar(
             label="Progress",
-            tooltip="Tiles (or zarr chunks) fused so far, the time elapsed and about how long is left.",
+            tooltip="Tiles fused so far, the time elapsed and about how long is left.",
         )
         self.extend([self.output, self.out_path, self.gray_output, self.run_button, self.progress])
 
@@ -250,7 +252,7 @@ class FuseWidget(ScrollingContainer):
         self.folder_button = PushButton(
             text="Fuse folder", tooltip="Fuse every pair of the two folders; press again to cancel."
         )
-        self.folder_progress = ProgressBar(label="Folder", tooltip="Chunks of the pair being fused.")
+        self.folder_progress = ProgressBar(label="Folder", tooltip="Tiles of the pair being fused.")
         self.folder_results = Table(label="Pairs", tooltip="Each name: fused, kept (already there), skipped or failed.")
         self.folder_results.visible = False
         self.folder_section = Container(
@@ -343,8 +345,10 @@ class FuseWidget(ScrollingContainer):
             rgb=a.rgb,
             names=names,
         )
-        if not self.gray_output.value and not a.rgb and not a.colormap.name.startswith(("gray", "grey")):
-            request.tint = colormap_tint(a.colormap.colors, a.colormap.controls, a.contrast_limits)
+        shown_in_colour = [not layer.colormap.name.startswith(("gray", "grey")) for layer in (a, b)]
+        if not self.gray_output.value and not a.rgb and any(shown_in_colour):
+            # both as shown: a coloured A over a gray B keeps B's pixels gray where A is dark
+            request.tint, request.tint_b = (_tint_of(layer) for layer in (a, b))
         self._choose_engine(request, choice)
         request.name += f" · {request.method or (request.checkpoint.stem if request.checkpoint else request.model)}"
         self._choose_output(request, shape)
@@ -356,7 +360,10 @@ class FuseWidget(ScrollingContainer):
             "batch": request.batch,
         }
         if request.tint is not None:
-            request.metadata["tint"] = {"colormap": a.colormap.name, "contrast_limits": list(a.contrast_limits)}
+            request.metadata["tint"] = {
+                side: {"colormap": layer.colormap.name, "contrast_limits": list(layer.contrast_limits)}
+                for side, layer in (("A", a), ("B", b))
+            }
         return request
 
     def _on_folder(self, _value=None) -> None:
@@ -388,7 +395,7 @@ class FuseWidget(ScrollingContainer):
             lambda progress, cancelled: run_folder(request, progress, cancelled),
             on_result=self._show_folder,
             what=f"Fusing the pairs of {request.a_dir.name} and {request.b_dir.name}",
-            unit="chunks of this pair",
+            unit="tiles of this pair",
         )
 
     def _show_folder(self, report) -> None:
@@ -438,7 +445,7 @@ class FuseWidget(ScrollingContainer):
             on_progress=lambda done, total: self._on_fill(request, done, total),
             on_stop=lambda: self._on_stop(request),
             what=f"Fusing {request.name}",
-            unit="tiles" if request.out is None else "chunks",
+            unit="tiles",
         )
 
     def _on_fill(self, request: FuseRequest, done: int, total: int) -> None:
@@ -495,6 +502,7 @@ def run_fusion(request: FuseRequest, progress, cancelled):
         method=request.method,
         model=None if request.method else str(request.checkpoint or request.model),
         tint=request.tint,
+        tint_b=request.tint_b,
     )
     # Named, placed sources: errors name the layers, a zarr output keeps the scale and translate.
     a, b = (
@@ -594,6 +602,11 @@ def _open_lazy(path: Path, rgb: bool):
     if rgb and "C" in image.axes:
         levels = [da.moveaxis(level, image.axes.index("C"), -1) for level in levels]
     return levels if len(levels) > 1 else levels[0]
+
+
+def _tint_of(layer) -> Tint:
+    """How a gray layer is shown (its colormap over its contrast limits), as plain data."""
+    return colormap_tint(layer.colormap.colors, layer.colormap.controls, layer.contrast_limits)
 
 
 def _fmt(values) -> str:
