@@ -55,8 +55,9 @@ def sample():  # the process and its workers (the processes scheduler), every 0.
 threading.Thread(target=sample, daemon=True).start()
 import numpy as np
 from napari_fusionmamba.engine import fuse, fuse_files
-start = time.perf_counter()
-fuse(np.zeros((64, 64)), np.zeros((64, 64)), tile=64, overlap=16, device="cpu")  # load + compile once
+start = time.perf_counter()  # load + compile once, and the file readers' imports (a small file pair)
+fuse(np.zeros((64, 64)), np.zeros((64, 64)), tile=64, overlap=16, device="cpu")
+fuse_files(args["warm_a"], args["warm_b"], args["out"] + ".warm.zarr", device="cpu", scheduler=args["scheduler"])
 warm = time.perf_counter() - start
 def cpu():  # user + system seconds of this process and of its finished workers
     usages = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -150,10 +151,10 @@ def write_source(kind: str, size: int, folder: str, seed: int = 0) -> tuple[str,
     return paths
 
 
-def run_child(code: str, *args: str, path: str | None = None) -> tuple[dict, float]:
-    """Run a fresh Python (with ``path`` first on its PYTHONPATH); return its last line as JSON
-    and its wall seconds."""
-    env = dict(os.environ)
+def run_child(code: str, *args: str, path: str | None = None, env: dict[str, str] | None = None) -> tuple[dict, float]:
+    """Run a fresh Python (with ``path`` first on its PYTHONPATH, ``env`` added to its
+    environment); return its last line as JSON and its wall seconds."""
+    env = {**os.environ, **(env or {})}
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
     start = time.perf_counter()
@@ -178,6 +179,13 @@ def main() -> None:
     parser.add_argument("--source", choices=SOURCES, default="tiled", help="how the pairs are stored")
     parser.add_argument("--baseline", metavar="REF", help="also run the package as at this git ref, side by side")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size and version, alternating (median)")
+    parser.add_argument(
+        "--switch",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="also run this package with the environment variable NAME=VALUE (a speed-up switched off), side by side",
+    )
     args = parser.parse_args()
 
     import torch
@@ -186,19 +194,23 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, scheduler {args.scheduler}, {args.source} sources")
     floor = run_child(IMPORT_ONLY, path=here)[0]["rss"]
     print(f"import-only process: peak RSS {floor:.0f} MiB")
-    results: dict[str, list[dict]] = {"new": []}
     with tempfile.TemporaryDirectory() as tmp:
-        versions = {"new": here}
+        versions: dict[str, tuple[str, dict[str, str]]] = {"new": (here, {})}  # name: (source path, environment)
+        for switch in args.switch:
+            name, _, value = switch.partition("=")
+            versions[switch] = (here, {name: value})
         if args.baseline:
-            versions[args.baseline] = extract(args.baseline, tmp)
-            results[args.baseline] = []
+            versions[args.baseline] = (extract(args.baseline, tmp), {})
+        results: dict[str, list[dict]] = {name: [] for name in versions}
+        os.mkdir(os.path.join(tmp, "warm"))
+        warm_a, warm_b = write_source(args.source, TILE, os.path.join(tmp, "warm"))
         for size in args.sizes:
             a, b = write_source(args.source, size, tmp)
             runs: dict[str, list[dict]] = {name: [] for name in versions}
-            for repeat, (name, path) in itertools.product(range(args.repeats), versions.items()):
+            for repeat, (name, (path, env)) in itertools.product(range(args.repeats), versions.items()):
                 out = os.path.join(tmp, f"out{size}-{list(versions).index(name)}-{repeat}.zarr")
-                task = json.dumps({"a": a, "b": b, "out": out, "scheduler": args.scheduler})
-                result, wall = run_child(CHILD, task, path=path)
+                task = {"a": a, "b": b, "warm_a": warm_a, "warm_b": warm_b, "out": out, "scheduler": args.scheduler}
+                result, wall = run_child(CHILD, json.dumps(task), path=path, env=env)
                 runs[name].append({"size": size, "wall": wall, **result})
                 print(
                     f"  {size}^2 {name}: {result['seconds']:.1f} s, {result['cpu']:.1f} CPU s "
@@ -210,11 +222,12 @@ def main() -> None:
                 results[name].append({**done[len(done) // 2], "rss": max(run["rss"] for run in done)})
     for name, rows in results.items():
         _table(name, rows, floor)
-    if args.baseline:
-        print(f"\nnew / {args.baseline}, same run: throughput (wall), CPU time per pixel, peak RSS")
-        for new, old in zip(results["new"], results[args.baseline]):
+    for other in list(versions)[1:]:
+        print(f"\nnew / {other}, same run: throughput (wall, median of {args.repeats}), CPU time per pixel, peak RSS")
+        for new, old in zip(results["new"], results[other]):
+            rates = (new["size"] ** 2 / new["seconds"] / 1e6, old["size"] ** 2 / old["seconds"] / 1e6)
             print(
-                f"  {new['size']:>5}^2  {old['seconds'] / new['seconds']:.2f}x faster, "
+                f"  {new['size']:>5}^2  {rates[0]:.3f} vs {rates[1]:.3f} Mpx/s: {rates[0] / rates[1]:.2f}x faster, "
                 f"{new['cpu'] / old['cpu']:.2f}x the CPU time, {new['rss']:.0f} vs {old['rss']:.0f} MiB"
             )
 
