@@ -19,7 +19,7 @@ from ..io.colour import Tint, rgb_to_ycrcb, ycrcb_to_rgb
 from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
-from .tiling import TileGrid, check_tiling, tiled_fuse
+from .tiling import TileGrid, check_tiling, local_workers, tiled_fuse
 from .verify import digest
 
 #: The Cr and Cb planes of a colour source, put back around the fused luminance.
@@ -170,6 +170,7 @@ def fuse(
     per_plane = len(job.grid())
     height, width = job.plane_shape
     settings = {"tile": job.tile, "overlap": job.overlap, "batch": job.batch}
+    workers = local_workers()  # batches side by side, each on one torch thread, as fuse_files runs them
     for i, plane in enumerate(planes):
 
         def report(done: int, total: int, i: int = i) -> None:
@@ -187,6 +188,7 @@ def fuse(
             multiple,
             progress=report,
             cancel=cancel,
+            workers=workers,
         )
         out[plane] = job.finish(fused, chroma)
     return out
