@@ -260,7 +260,7 @@ def _run_blocks(
     advance(0)
     grid, chunk, tag = job.grid(), layout.chunk, partial.run_hash[:8]
     job_node = dask.delayed(job, pure=True)
-    groups = tile_groups(grid, chunk, job.batch)
+    groups = tile_groups(grid, chunk)
     group_of = {corner: key for key, corners in groups.items() for corner in corners}
     tiles: dict[tuple[tuple[int, ...], tuple[int, int, int]], Any] = {}  # tile tasks, by plane and group
 
@@ -283,21 +283,21 @@ def _run_blocks(
     return sum(len(groups[key]) for _, key in tiles)
 
 
-def tile_groups(grid: TileGrid, chunk: int, batch: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
+#: Rows of tiles run by one tile task: small tasks, so that the workers share even a one-chunk
+#: image (a 1024 px image has 5 rows of 5 tiles: 5 tasks).
+GROUP_ROWS = 1
+
+
+def tile_groups(grid: TileGrid, chunk: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
     """The tiles of a plane in groups that one task runs: the tiles starting in one output chunk
-    (keyed by its y0, x0, with the group's index last), each row of them cut into the fewest
-    near-equal pieces of at most ``batch`` tiles: one forward pass per task, and tasks small and
-    even enough that the workers share a one-chunk image evenly (its 5 rows of 5 tiles make 10
-    tasks of 3 and 2 tiles; whole rows made 5 tasks, the last one running on one core)."""
+    (keyed by its y0, x0), ``GROUP_ROWS`` rows of them at a time (the group's index last)."""
     groups: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     for cy in range(0, grid.height, chunk):
         rows = [y for y in grid.ys if cy <= y < cy + chunk]
         for cx in range(0, grid.width, chunk):
             cols = [x for x in grid.xs if cx <= x < cx + chunk]
-            pieces = -(-len(cols) // batch)
-            for y in rows:
-                for piece in np.array_split(np.asarray(cols), pieces) if cols else []:
-                    groups[cy, cx, len(groups)] = [(y, int(x)) for x in piece]
+            for first in range(0, len(rows) if cols else 0, GROUP_ROWS):
+                groups[cy, cx, first // GROUP_ROWS] = [(y, x) for y in rows[first : first + GROUP_ROWS] for x in cols]
     return groups
 
 
