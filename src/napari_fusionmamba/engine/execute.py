@@ -166,8 +166,7 @@ def _process_pool(workers: int) -> Any:
 def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
     """The dask keywords and torch settings that give each local worker one torch thread, restored
     after the run (threads share this process's torch). Worker processes take one task at a time
-    (dask sends 6 by default: a one-chunk image's 10 tile tasks went 6 to one worker, 4 to the
-    other)."""
+    (dask sends 6 by default: a one-chunk image's 5 tile tasks all went to one worker)."""
     if scheduler == "processes":
         with _process_pool(local_workers()) as pool:
             yield {"pool": pool, "chunksize": 1}
