@@ -157,7 +157,8 @@ def fuse(
     with every plane), colour (..., Y, X, 3|4) fused on luminance.
     ``options`` (a ``FuseOptions``) and ``keywords`` (its fields, e.g. ``model=``, ``tile=``)
     say how; the file-output options do not apply here. ``progress(done, total)`` counts tiles;
-    ``cancel()`` returning True stops with ``FusionCancelled``.
+    ``cancel()`` returning True stops with ``FusionCancelled``. Batches of tiles run side by side
+    on as many threads as dask's local schedulers use, one torch thread each (as ``fuse_files``).
     Returns float32 in [0, 1] of shape (..., Y, X), plus a last axis of 3 when a source is colour.
     """
     given = sorted(set(keywords) & set(FILE_ONLY))
