@@ -5,10 +5,10 @@ napari viewer on the shipped neuron sample, at a 1366 x 768 laptop's window size
 
 Writes docs/images/walk_*.png (256-colour PNGs, to keep the repository small): the sample with
 the Fuse layers widget; MAP2 fused with each phase plane; a two-channel OME-TIFF opened as two
-layers; a folder of pairs fused in one go; the Evaluate fusion table. ``--model`` picks what
-fuses (default: the shipped default model; ``method:average`` is quick). Saved widget settings
-are left alone (a temporary settings folder is used), and the example files go to a temporary
-folder.
+layers; a folder of pairs fused in one go; the Evaluate fusion table; the Evaluate fusion and
+Fine-tune docks. ``--model`` picks what fuses (default: the shipped default model;
+``method:average`` is quick). Saved widget settings are left alone (a temporary settings folder
+is used), and the example files go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-fusionmamba")
     viewer.window._qt_window.resize(1366, 768)
     viewer.open_sample("napari-fusionmamba", "neurons")
-    _, fuse = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Fuse layers")
+    fuse_dock, fuse = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Fuse layers")
     fuse.model.value = model
     viewer.dims.set_point(0, 1)
     save_window(viewer, app, args.out / "walk_1_sample.png")
@@ -144,7 +144,7 @@ def main() -> None:
     fuse.stack.value, fuse.gray_output.value = "current plane only", True
     fuse.run_button.clicked.emit()
     wait(fuse.runner, app)
-    _, evaluate = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Evaluate fusion")
+    evaluate_dock, evaluate = viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Evaluate fusion")
     evaluate.fused.value = viewer.layers[-1]  # the plane shown, against the planes of MAP2 and phase shown
     evaluate.a.value, evaluate.b.value = viewer.layers["MAP2"], viewer.layers["phase"]
     started = time.perf_counter()
@@ -153,6 +153,11 @@ def main() -> None:
     print(f"scored the fused plane and 5 classical methods in {time.perf_counter() - started:.1f} s")
     settle(app)
     save_table(evaluate.table.native, app, args.out / "walk_5_evaluate.png")
+    viewer.window.remove_dock_widget(fuse_dock)  # each of the other docks alone, as a laptop shows it
+    save_window(viewer, app, args.out / "walk_6_evaluate_dock.png")
+    viewer.window.remove_dock_widget(evaluate_dock)
+    viewer.window.add_plugin_dock_widget("napari-fusionmamba", "Fine-tune")
+    save_window(viewer, app, args.out / "walk_7_finetune_dock.png")
     for path in sorted(args.out.glob("walk_*.png")):
         print(f"{path}: {path.stat().st_size / 1024:.0f} KB")
     viewer.close()

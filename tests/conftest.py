@@ -1,5 +1,5 @@
 """Shared fixtures: small synthetic image pairs that look like real ones, and isolation of
-user state (model folder) from the developer's machine."""
+user state (model folder, widget settings) from the developer's machine."""
 
 from __future__ import annotations
 
@@ -76,8 +76,10 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
-    """User models and runs live in a temporary folder, never in the developer's home."""
+    """User models and runs, and the widgets' saved settings, live in a temporary folder, never in
+    the developer's home (subprocesses inherit both)."""
     monkeypatch.setenv("FUSIONMAMBA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
     return tmp_path / "home"
 
 

@@ -129,6 +129,9 @@ def test_keep_both_target_is_set_from_the_command_line(tmp_path, capsys):
     assert main([*common, "--target-gain", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "target gain must be a positive" in capsys.readouterr().err
     run = tmp_path / "run"
-    assert main([*common, "--target-background", "0.1", "--target-gain", "1.3", "--out", str(run)]) == 0
-    settings = json.loads((run / "config.json").read_text())["settings"]
-    assert (settings["target_background"], settings["target_gain"]) == (0.1, 1.3)
+    flags = ["--target-background", "0.1", "--target-gain", "1.3", "--edge-weight", "2", "--residual", "keep-both"]
+    assert main([*common, *flags, "--out", str(run)]) == 0
+    record = json.loads((run / "config.json").read_text())
+    settings = record["settings"]
+    assert (settings["target_background"], settings["target_gain"], settings["edge_weight"]) == (0.1, 1.3, 2.0)
+    assert settings["residual"] == record["model_config"]["residual"] == "keep-both"

@@ -125,6 +125,11 @@ def _add_finetune_parser(commands) -> None:
         "--from", dest="base", metavar="MODEL|PATH|scratch", help="start from this model (default: the default model)"
     )
     p.add_argument("--config", help="config trained with --from scratch (tiny, small, paper, paper-lite)")
+    p.add_argument(
+        "--residual",
+        help="the network's output residual: max, keep-both, mean, sum2 or none (default: the model's own); "
+        "a new one on a trained model starts its head at zero",
+    )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: a new folder in the user data dir)")
     p.add_argument("--steps", type=int)
     p.add_argument("--crop", type=int)
@@ -147,6 +152,12 @@ def _add_finetune_parser(commands) -> None:
         help="keep-both: A's background level in [0, 1] units (default 0.035); signal above it is kept",
     )
     p.add_argument("--target-gain", type=float, metavar="G", help="keep-both: gain on that signal (default 1.1)")
+    p.add_argument(
+        "--edge-weight",
+        type=float,
+        metavar="W",
+        help="keep-both: weight of 1 - Qabf, the edges kept from each source (default 0: off)",
+    )
     p.add_argument("--val-fraction", type=float, help="share of each pair's marked region held out (default 0.15)")
     p.add_argument(
         "--checkpoint-steps",
@@ -177,6 +188,7 @@ def _finetune(args: argparse.Namespace) -> int:
         "base": args.base, "config": args.config, "steps": args.steps, "crop": args.crop, "batch": args.batch,
         "lr": args.lr, "val_fraction": args.val_fraction, "seed": args.seed, "device": args.device,
         "objective": args.objective, "target_background": args.target_background, "target_gain": args.target_gain,
+        "edge_weight": args.edge_weight, "residual": args.residual,
         "checkpoint_every_steps": args.checkpoint_steps,
         "checkpoint_every_minutes": args.checkpoint_minutes,
     }  # fmt: skip

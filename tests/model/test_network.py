@@ -79,7 +79,7 @@ def test_configs_differ_only_in_width_and_depth():
     assert count_parameters(build_model("tiny")) < count_parameters(build_model("small"))
 
 
-@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "none"])
+@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "keep-both", "none"])
 def test_residual_choices_and_config_round_trip(residual):
     config = ModelConfig(residual=residual, shallow_skip=residual != "max")
     assert ModelConfig.from_dict(config.to_dict()) == config
@@ -88,15 +88,17 @@ def test_residual_choices_and_config_round_trip(residual):
         assert model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 
 
-@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "none"])
+@pytest.mark.parametrize("residual", ["sum2", "mean", "max", "keep-both", "none"])
 def test_an_untrained_network_returns_its_residual(residual):
     # The head starts at zero, so training starts from a fair fusion instead of from noise.
     torch.manual_seed(0)
     model = FusionMamba(ModelConfig(residual=residual)).eval()
     a, b = torch.rand(2, 1, 48, 40), torch.rand(2, 1, 48, 40)
-    expected = {"sum2": 2 * a + 2 * b, "mean": (a + b) / 2, "max": torch.maximum(a, b), "none": 0 * a}[residual]
+    keep_both = b + 1.1 * torch.relu(a - 0.035)  # the keep-both objective's target
+    expected = {"sum2": 2 * a + 2 * b, "mean": (a + b) / 2, "max": torch.maximum(a, b), "keep-both": keep_both}
+    expected = expected.get(residual, 0 * a)
     with torch.no_grad():
-        assert torch.equal(model(a, b), expected.clamp(0, 1))
+        assert torch.allclose(model(a, b), expected.clamp(0, 1), atol=1e-7)
 
 
 def test_bad_inputs_and_configs_are_refused():

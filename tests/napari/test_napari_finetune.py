@@ -10,11 +10,6 @@ from napari_fusionmamba.napari.widgets.finetune import PREVIEW, FinetuneWidget, 
 from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 
 
-@pytest.fixture(autouse=True)
-def settings_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.mark.slow
 def test_widget_trains_plots_stops_and_registers_a_model_fuse_can_use(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
@@ -222,7 +217,7 @@ def test_a_row_trains_on_two_channels_of_one_layer(make_napari_viewer, qtbot):
     widget = FinetuneWidget(viewer)
     qtbot.addWidget(widget.native)
     row = widget.rows[0]
-    both = viewer.add_image(np.stack([gfp, phase]), name="both")
+    both = viewer.add_image(np.stack([gfp, phase]), name="both", axis_labels=("c", "y", "x"))
     row.a.value = row.b.value = both
     assert row.channel_a.native.isVisibleTo(widget.native) and row.channel_b.native.isVisibleTo(widget.native)
     row.channel_a.value, row.channel_b.value = 0, 1

@@ -17,12 +17,6 @@ from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 SETTINGS = dict(tile=64, overlap=16, batch=2)
 
 
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path, monkeypatch):
-    """Saved widget settings go to a temporary folder, never the user's (models: conftest's home)."""
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A fixed tiny network registered as a user model, so the widget and the test use the same weights."""
@@ -564,14 +558,36 @@ def test_progress_counts_tiles_with_the_time_elapsed_and_left(make_napari_viewer
     assert any(re.fullmatch(r"[1-8]/9 tiles · 0:0\d elapsed · about 0:0\d left", text) for text in shown), shown
 
 
+def test_channel_lists_show_for_a_channel_axis_only_not_for_stacks_or_colour(make_napari_viewer, qtbot):
+    """The sample's phase Z stack, an unlabelled 3-D array (a Z stack, as ``guess_axes`` reads
+    it) and an RGB layer have no channel to pick; a layer whose first axis is labelled ``c`` has."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-fusionmamba", "neurons")
+    gfp, phase = real_looking_pair(64, 64)
+    viewer.add_image(np.stack([gfp, phase]), name="planes")
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="colour", rgb=True)
+    viewer.add_image(np.stack([gfp, phase]), name="channels", axis_labels=("c", "y", "x"))
+    widget = _widget(viewer, qtbot, "MAP2", "phase")
+    assert not _shown(widget.channel_a, widget) and not _shown(widget.channel_b, widget)
+    for name in ("planes", "colour"):
+        widget.a.value = viewer.layers[name]
+        assert not _shown(widget.channel_a, widget), name
+    widget.a.value = viewer.layers["channels"]
+    assert _shown(widget.channel_a, widget) and list(widget.channel_a.choices) == [None, 0, 1]
+    assert widget.channel_a.native.itemText(0) == "all channels"
+    widget.a.value = viewer.layers["phase"]  # back to a stack: the list goes, no channel stays picked
+    assert not _shown(widget.channel_a, widget) and widget.channel_a.value is None
+
+
 def test_two_channels_of_one_layer_are_fused_as_a_and_b(make_napari_viewer, qtbot, notes):
     """A two-channel image held as one layer (fluorescence and phase contrast along its first
-    axis): the channel pickers appear for it and pick A and B; the same channel twice is refused."""
+    axis, labelled a channel axis): the channel pickers appear for it and pick A and B; the same
+    channel twice is refused."""
     from napari_fusionmamba.engine import fuse
 
     gfp, phase = real_looking_pair(64, 64)
     viewer = make_napari_viewer()
-    viewer.add_image(np.stack([gfp, phase]), name="both")
+    viewer.add_image(np.stack([gfp, phase]), name="both", axis_labels=("c", "y", "x"))
     viewer.add_image(gfp, name="single")
     widget = _widget(viewer, qtbot, "single", "single", model="method:max")
     assert not _shown(widget.channel_a, widget) and not _shown(widget.channel_b, widget)

@@ -107,8 +107,8 @@ def test_reader_declines_other_files(tmp_path):
 
 def test_a_two_channel_ome_tiff_opens_as_named_coloured_layers_ready_to_fuse(make_napari_viewer, tmp_path, qtbot):
     """Fluorescence and phase contrast as two channels of one OME-TIFF: one layer per channel,
-    named and coloured as the file says (also when napari is asked to split the channels), and
-    the Fuse widget's pickers take them as A and B."""
+    named and coloured as the file says (also when ``channel_axis=None`` is passed, which napari
+    adds to the reader's options), and the Fuse widget's pickers take them as A and B."""
     import tifffile
 
     from conftest import real_looking_pair
@@ -124,7 +124,7 @@ def test_a_two_channel_ome_tiff_opens_as_named_coloured_layers_ready_to_fuse(mak
     path = tmp_path / "well.ome.tif"
     tifffile.imwrite(path, np.stack([gfp, phase]), metadata=meta)
     viewer = make_napari_viewer()
-    for options in ({}, {"channel_axis": 0}):  # napari's own split-by-channel request
+    for options in ({}, {"channel_axis": None}):
         viewer.layers.clear()
         layers = viewer.open(str(path), plugin=PLUGIN, **options)
         assert [layer.name for layer in layers] == ["well [GFP]", "well [phase]"]
@@ -136,6 +136,26 @@ def test_a_two_channel_ome_tiff_opens_as_named_coloured_layers_ready_to_fuse(mak
     widget = FuseWidget(viewer)
     qtbot.addWidget(widget.native)
     assert (widget.a.value.name, widget.b.value.name) == ("well [GFP]", "well [phase]")
+
+
+def test_options_given_to_open_apply_to_every_channel(make_napari_viewer, tmp_path):
+    """What a script passes to ``viewer.open`` wins over the file's metadata, channel by channel."""
+    import tifffile
+
+    data = np.random.default_rng(2).integers(0, 4000, (2, 32, 48), dtype=np.uint16)
+    meta = {"axes": "CYX", "Channel": {"Name": ["MAP2", "phase"], "Color": [0xFF00FFFF, -1]}}
+    tifffile.imwrite(tmp_path / "two.ome.tif", data, metadata=meta)
+    viewer = make_napari_viewer()
+    options = dict(colormap="green", contrast_limits=(0, 1000), opacity=0.5, blending="additive", scale=(2, 2))
+    layers = viewer.open(str(tmp_path / "two.ome.tif"), plugin=PLUGIN, **options)
+    assert [layer.name for layer in layers] == ["two [MAP2]", "two [phase]"]
+    for layer, plane in zip(layers, data):
+        assert layer.colormap.name == "green" and tuple(layer.contrast_limits) == (0, 1000)
+        assert layer.opacity == 0.5 and layer.blending == "additive"
+        np.testing.assert_allclose(layer.scale, (2, 2))
+        np.testing.assert_array_equal(np.asarray(layer.data), plane)
+    named = viewer.open(str(tmp_path / "two.ome.tif"), plugin=PLUGIN, name="mine")
+    assert [layer.name for layer in named] == ["mine", "mine [1]"]  # napari keeps names unique
 
 
 def test_ome_zarr_omero_channels_set_names_colours_and_contrast(make_napari_viewer, tmp_path, stack):

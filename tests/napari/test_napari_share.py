@@ -12,11 +12,6 @@ from napari_fusionmamba.napari.widgets.fuse import FuseWidget
 pytest.importorskip("bioimageio.spec")
 
 
-@pytest.fixture(autouse=True)
-def settings_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_FUSIONMAMBA_SETTINGS_DIR", str(tmp_path / "settings"))
-
-
 @pytest.mark.slow
 def test_export_then_import_lists_the_model_in_fuse(make_napari_viewer, qtbot, tmp_path, notes):
     viewer = make_napari_viewer()

@@ -260,8 +260,36 @@ def test_scoring_several_fusions_shares_the_sources_terms_without_changing_a_num
     from napari_fusionmamba.quality.metrics import compare_methods, fusion_input
 
     a, b = smooth_image(5, (48, 40)), smooth_image(6, (48, 40), 4.0)
-    shared = compare_methods(a, b)
     plane_a, plane_b = fusion_input(a), fusion_input(b)
-    for name, method in BASELINES.items():
-        alone = evaluate(method(plane_a, plane_b), plane_a, plane_b)
-        assert shared[name] == alone, name
+    methods = {**BASELINES, "copy of A": lambda x, y: x}  # the fused image is the source itself
+    for workers in (1, 3):  # one method after the other, or three at once in threads
+        shared = compare_methods(a, b, methods, workers=workers)
+        assert list(shared) == list(methods)
+        for name, method in methods.items():
+            alone = evaluate(method(plane_a, plane_b), plane_a, plane_b)
+            assert shared[name] == alone, (workers, name)
+
+
+def test_scoring_in_threads_gives_the_numbers_recorded_before_it_and_reports_each_method():
+    """Every metric of the five methods on a crop of the neuron sample equals what the code gave
+    before methods were scored in threads and each image's terms shared between its metrics
+    (recorded in neuron_crop_metrics.json), one method at a time or three at once."""
+    import json
+    from pathlib import Path
+
+    from napari_fusionmamba.io.samples import load_neurons
+    from napari_fusionmamba.quality.metrics import compare_methods
+
+    recorded = json.loads((Path(__file__).parent / "neuron_crop_metrics.json").read_text())
+    neurons = load_neurons()
+    a, b = neurons["MAP2"][100:250, 200:371], neurons["phase"][1][100:250, 200:371]  # odd sizes
+    steps: list[tuple[int, int]] = []
+    for workers in (1, 3):
+        steps.clear()
+        results = compare_methods(a, b, workers=workers, progress=lambda done, total: steps.append((done, total)))
+        assert steps == [(done, 5) for done in range(1, 6)]
+        assert list(results) == list(recorded)
+        for method, values in recorded.items():
+            assert list(results[method]) == list(values)
+            for key, value in values.items():
+                assert results[method][key] == pytest.approx(float(value), rel=1e-12, abs=1e-15), (workers, method, key)

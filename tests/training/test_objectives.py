@@ -10,10 +10,12 @@ import pytest
 import tifffile
 import torch
 
+from conftest import real_looking_pair
 from napari_fusionmamba.cli import main
 from napari_fusionmamba.errors import InputError, PreflightError
+from napari_fusionmamba.quality import metrics
 from napari_fusionmamba.training import OBJECTIVES, FusionLoss, Pair, TrainSettings, check_settings, finetune
-from napari_fusionmamba.training.objectives import KeepBothLoss, keep_both_target, make_objective
+from napari_fusionmamba.training.objectives import KeepBothLoss, keep_both_target, make_objective, qabf
 
 
 class MeanAbsolute:
@@ -133,11 +135,44 @@ def test_keep_both_is_registered_and_takes_the_run_s_weights():
     )
     objective = make_objective(settings)
     assert isinstance(objective, KeepBothLoss) and (objective.a1, objective.a2, objective.a3) == (1.0, 2.0, 3.0)
-    assert (objective.background, objective.gain) == (None, 1.5)
+    assert (objective.background, objective.gain, objective.edge_weight) == (None, 1.5, 0.0)
+    assert make_objective(TrainSettings(objective="keep-both", edge_weight=2.0)).edge_weight == 2.0
+
+
+def test_the_edge_term_is_the_qabf_metric_and_training_on_it_keeps_more_edges():
+    a, b = (metrics.fusion_input(x).astype(np.float64) for x in real_looking_pair(96))  # 8-bit levels / 255
+    ta, tb = (torch.from_numpy(x.astype(np.float32))[None, None] for x in (a, b))
+    target = keep_both_target(ta, tb)
+    fused = torch.round(target * 255) / 255
+    expected = metrics.qabf(fused[0, 0].double().numpy() * 255, a * 255, b * 255)
+    assert float(qabf(fused, ta, tb)) == pytest.approx(expected, abs=2e-3)
+    # the term is off by default, and with a weight it adds weight * (1 - Qabf)
+    plain, terms = KeepBothLoss()(target, ta, tb)
+    with_edges, edge_terms = KeepBothLoss(edge_weight=2.0)(target, ta, tb)
+    assert "edges" not in terms and torch.allclose(with_edges, plain + 2 * edge_terms["edges"])
+    # descending the loss from the target keeps more of the sources' edges with the term than without
+    kept = {}
+    for weight in (0.0, 2.0):
+        image = target.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([image], lr=3e-3)
+        loss = KeepBothLoss(edge_weight=weight)
+        for _ in range(30):
+            optimiser.zero_grad()
+            loss(image, ta, tb)[0].backward()
+            optimiser.step()
+        kept[weight] = metrics.qabf(np.clip(image.detach()[0, 0].double().numpy(), 0, 1) * 255, a * 255, b * 255)
+    assert kept[2.0] > kept[0.0] + 0.02
 
 
 @pytest.mark.parametrize(
-    "field, value", [("target_background", 1.5), ("target_background", float("nan")), ("target_gain", 0.0)]
+    "field, value",
+    [
+        ("edge_weight", -1.0),
+        ("edge_weight", float("inf")),
+        ("target_background", 1.5),
+        ("target_background", float("nan")),
+        ("target_gain", 0.0),
+    ],
 )
 def test_keep_both_target_settings_out_of_range_are_refused(field, value):
     with pytest.raises(PreflightError, match=field.replace("_", " ")):

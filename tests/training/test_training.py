@@ -10,6 +10,7 @@ import torch
 
 from napari_fusionmamba.engine.sources import PERCENTILES
 from napari_fusionmamba.errors import PreflightError
+from napari_fusionmamba.model.residuals import keep_both_target
 from napari_fusionmamba.registry import load_checkpoint
 from napari_fusionmamba.training import (
     CropSampler,
@@ -231,6 +232,7 @@ def _thin_strip_mask(shape=(64, 160)):
         (lambda a, b: Pair(a, b), {"base": "no-such-model"}, r"base model: unknown model 'no-such-model'"),
         (lambda a, b: Pair(a, b), {"steps": 0, "crop": 8}, r"steps must be at least 1.*crop must be at least 16"),
         (lambda a, b: Pair(a, b), {"loss_weights": (0, 0, 0)}, r"loss weights"),
+        (lambda a, b: Pair(a, b), {"residual": "min"}, r"unknown residual 'min': choose one of max, keep-both"),
         (lambda a, b: Pair("/nonexistent/a.tif", b), {}, r"/nonexistent/a.tif: no such file"),
     ],
 )
@@ -267,6 +269,22 @@ def test_training_from_scratch_uses_the_named_config(tmp_path):
     result = finetune([Pair(*_pair(64))], _settings(steps=2, base="scratch", config="tiny", seed=5), tmp_path / "r")
     model, meta = load_checkpoint(result.last)
     assert meta["provenance"]["base"] == "scratch (tiny)" and model.config.name == "tiny"
+
+
+def test_a_trained_model_given_a_new_residual_keeps_its_features_and_starts_at_that_residual(tmp_path):
+    a, b = _pair(64)
+    trained = finetune([Pair(a, b)], _settings(steps=3, lr=1e-2), tmp_path / "max").last
+    before, _ = load_checkpoint(trained)
+    assert before.config.residual == "max" and before.head.weight.abs().sum() > 0
+    run = finetune([Pair(a, b)], _settings(steps=1, base=str(trained), residual="keep-both", lr=1e-9), tmp_path / "kb")
+    after, meta = load_checkpoint(run.last)
+    assert after.config.residual == "keep-both" and meta["provenance"]["settings"]["residual"] == "keep-both"
+    # the features are the trained model's; the head restarted at zero (one step of lr 1e-9 since)
+    assert torch.allclose(after.embed_a.proj.weight, before.embed_a.proj.weight, atol=1e-6)
+    assert after.head.weight.abs().max() < 1e-6
+    ta, tb = (torch.from_numpy(x)[None, None] for x in (a, b))
+    with torch.no_grad():
+        assert torch.allclose(after.eval()(ta, tb), keep_both_target(ta, tb), atol=1e-5)
 
 
 @pytest.mark.parametrize(

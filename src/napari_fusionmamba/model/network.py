@@ -14,6 +14,7 @@ from .._json_records import from_json
 from ..errors import InputError
 from .blocks import DVSSBlock, PatchEmbed, PatchExpand, PatchMerge, to_channels_first
 from .fusion import DFFM
+from .residuals import RESIDUALS
 from .ssm2d import inference_path
 
 
@@ -29,8 +30,9 @@ class ModelConfig:
     expand: int = 2  # E = expand * C inside the scan modules
     patch_size: int = 4
     drop_path: float = 0.1
-    # Residual added to the head's output: "max" max(a, b) (the loss's intensity target), "sum2"
-    # the authors' 2a + 2b, "mean" (a + b) / 2, "none" nothing. The head starts at zero, so an
+    # Residual added to the head's output, a name of ``residuals.RESIDUALS``: "max" max(a, b) (the
+    # paper loss's intensity target), "keep-both" the keep-both objective's target, "sum2" the
+    # authors' 2a + 2b, "mean" (a + b) / 2, "none" nothing. The head starts at zero, so an
     # untrained network returns exactly this residual.
     residual: str = "max"
     # The authors' code never uses the shallowest fused skip (C0 at stride 4); True adds it back
@@ -60,7 +62,6 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-RESIDUALS = ("sum2", "mean", "max", "none")
 #: Inclusive bounds of the integer config values: wide enough for any sensible network, narrow
 #: enough that a config read from a file cannot ask for an absurd one.
 INT_BOUNDS = {"embed_dim": (1, 1024), "d_state": (1, 256), "expand": (1, 16), "patch_size": (1, 32)}
@@ -187,7 +188,7 @@ class FusionMamba(nn.Module):
         if self.config.shallow_skip:
             x = x + fused[0]
         out = self._infer_head(x) if inference_path(x) else self.head(to_channels_first(self.head_expand(x)))
-        out = out[:, :, :height, :width] + self._residual(a, b)
+        out = out[:, :, :height, :width] + RESIDUALS[self.config.residual](a, b)
         return out.clamp(0, 1)
 
     def _infer_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,16 +210,6 @@ class FusionMamba(nn.Module):
         var = y.view(*y.shape[:3], channels, pixels).square().mean(dim=3)  # (B, h, w, r*r)
         out = torch.matmul(x, u) * torch.rsqrt(var + norm.eps) + k
         return F.pixel_shuffle(out.permute(0, 3, 1, 2), scale)
-
-    def _residual(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | float:
-        kind = self.config.residual
-        if kind == "sum2":
-            return 2 * a + 2 * b
-        if kind == "mean":
-            return (a + b) / 2
-        if kind == "max":
-            return torch.maximum(a, b)
-        return 0.0
 
 
 def build_model(config: str | ModelConfig | dict[str, Any] = "tiny") -> FusionMamba:

@@ -131,7 +131,7 @@ def _window_score(x: tuple, f: tuple, cells: np.ndarray, masses: np.ndarray) -> 
     return 0.0 if information == 0 or hx + hf == 0 else 2.0 * information / (hx + hf)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # no GIL: several fused images are scored at once in threads
 def fmi_sum(f: np.ndarray, a: np.ndarray, b: np.ndarray, size: int) -> float:
     """Sum over every size x size window of (FMI(A, F) + FMI(B, F)) / 2; values read column by
     column (the reference code's order); identical windows score 1."""

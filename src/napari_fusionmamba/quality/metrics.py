@@ -13,11 +13,15 @@ all call it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -76,39 +80,62 @@ def fusion_input(image: np.ndarray, name: str = "image") -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Shared building blocks
 
-_SHARED: ContextVar[tuple[dict[tuple[object, ...], tuple[object, ...]], set[int]] | None] = ContextVar(
-    "_SHARED", default=None
-)
+
 _T = TypeVar("_T")
+
+
+@dataclass
+class _Terms:
+    """What one :func:`_sharing` block shares: the ids of its sources (and of the arrays computed
+    from them) and the terms computed so far, each kept with its arguments so that their ids
+    cannot be reused while the block lasts."""
+
+    sources: set[int]
+    cache: dict[tuple[object, ...], list[object]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, fn: Callable[..., _T], args: tuple[object, ...]) -> _T:
+        """``fn(*args)``, computed once; a thread asking while another computes it waits for it."""
+        key = (fn.__name__, *map(id, args))
+        with self.lock:
+            entry = self.cache.setdefault(key, [threading.Lock()])
+        with entry[0]:  # type: ignore[attr-defined]
+            if len(entry) == 1:
+                result = fn(*args)
+                if isinstance(result, np.ndarray):
+                    self.sources.add(id(result))
+                entry.extend((result, args))
+        return entry[1]  # type: ignore[return-value]
+
+
+_SHARED: ContextVar[tuple[_Terms, ...]] = ContextVar("_SHARED", default=())
 
 
 def _shared(fn: Callable[..., _T]) -> Callable[..., _T]:
     """Inside :func:`_sharing`, compute ``fn`` of the sources (and of what is computed from them
     alone) once: scoring several fused images against the same two sources then converts,
-    filters and thresholds each source once instead of once per image. Kept results hold their
-    arguments, so their ids cannot be reused; nothing here writes into them."""
+    filters and thresholds each source once instead of once per image, and each image's own
+    terms once for all metrics. A term is kept in the outermost block whose sources (with those
+    of the blocks around it) it depends on: a source's terms for every image, an image's only
+    while that image is scored. Nothing here writes into a kept result."""
 
     @functools.wraps(fn)
     def wrapper(*args: object) -> _T:
-        shared = _SHARED.get()
-        if shared is None or not all(id(arg) in shared[1] for arg in args if isinstance(arg, np.ndarray)):
-            return fn(*args)
-        cache, sources = shared
-        key = (fn.__name__, *map(id, args))
-        if key not in cache:
-            result = fn(*args)
-            cache[key] = (result, *args)
-            if isinstance(result, np.ndarray):
-                sources.add(id(result))
-        return cache[key][0]  # type: ignore[return-value]
+        blocks = _SHARED.get()
+        ids = [id(arg) for arg in args if isinstance(arg, np.ndarray)]
+        for depth, terms in enumerate(blocks):
+            if all(any(i in outer.sources for outer in blocks[: depth + 1]) for i in ids):
+                return terms.get(fn, args)
+        return fn(*args)
 
     return wrapper
 
 
 @contextmanager
 def _sharing(*sources: np.ndarray) -> Iterator[None]:
-    """Share the :func:`_shared` terms of ``sources`` between the metric calls inside this block."""
-    token = _SHARED.set(({}, {id(source) for source in sources}))
+    """Share the :func:`_shared` terms of ``sources`` between the metric calls inside this block
+    (threads started in it share them when they run in a copy of its context)."""
+    token = _SHARED.set((*_SHARED.get(), _Terms({id(source) for source in sources})))
     try:
         yield
     finally:
@@ -234,25 +261,33 @@ _VIF_NOISE, _VIF_EPS = 2.0, 1e-10
 
 
 @_shared
-def _vif_reference(reference: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """Per scale of the reference: its filtered image, local means and variances, and the
-    information it carries (the denominator of VIF)."""
-    if min(reference.shape) < 17:
-        raise InputError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
+def _vif_scales(image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per scale of VIF's pyramid: the image filtered down to that scale, its local means and
+    variances (the same for a reference and for a distorted image)."""
     scales = []
-    ref = reference
     for scale in range(1, 5):
         size = 2 ** (4 - scale + 1) + 1
         win = _gaussian_1d(size, size / 5.0)
         if scale > 1:
-            if min(ref.shape) < size:
+            if min(image.shape) < size:
                 break
-            ref = _filter_valid(ref, win)[::2, ::2]
-        if min(ref.shape) < size:
+            image = _filter_valid(image, win)[::2, ::2]
+        if min(image.shape) < size:
             break
-        mu1 = _filter_valid(ref, win)
-        sigma1_sq = np.maximum(_filter_valid(ref * ref, win) - mu1 * mu1, 0.0)
-        sigma1_sq[sigma1_sq < _VIF_EPS] = 0.0
+        mu = _filter_valid(image, win)
+        scales.append((image, mu, np.maximum(_filter_valid(image * image, win) - mu * mu, 0.0)))
+    return scales
+
+
+@_shared
+def _vif_reference(reference: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Per scale of the reference: its filtered image, local means and variances (flat below
+    epsilon), and the information it carries (the denominator of VIF)."""
+    if min(reference.shape) < 17:
+        raise InputError(f"VIF needs images of at least 17x17 pixels, got {reference.shape}")
+    scales = []
+    for ref, mu1, variance in _vif_scales(reference):
+        sigma1_sq = np.where(variance < _VIF_EPS, 0.0, variance)
         scales.append((ref, mu1, sigma1_sq, float(np.log10(1.0 + sigma1_sq / _VIF_NOISE).sum())))
     return scales
 
@@ -260,14 +295,10 @@ def _vif_reference(reference: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, 
 def _vif_pixel(reference: np.ndarray, distorted: np.ndarray) -> float:
     """Pixel-domain multi-scale VIF of Sheikh & Bovik (the reference vifp_mscale)."""
     num = den = 0.0
-    dist = distorted
-    for scale, (ref, mu1, sigma1_sq, information) in enumerate(_vif_reference(reference), start=1):
+    scales = zip(_vif_reference(reference), _vif_scales(distorted))
+    for scale, ((ref, mu1, sigma1_sq, information), (dist, mu2, sigma2_sq)) in enumerate(scales, start=1):
         size = 2 ** (4 - scale + 1) + 1
         win = _gaussian_1d(size, size / 5.0)
-        if scale > 1:
-            dist = _filter_valid(dist, win)[::2, ::2]
-        mu2 = _filter_valid(dist, win)
-        sigma2_sq = np.maximum(_filter_valid(dist * dist, win) - mu2 * mu2, 0.0)
         sigma12 = _filter_valid(ref * dist, win) - mu1 * mu2
 
         g = sigma12 / (sigma1_sq + _VIF_EPS)
@@ -551,7 +582,10 @@ def evaluate(
                 f"{name} has shape {image.shape} but {names[0]} has {images[0].shape}: "
                 "the fused image and its sources must be the same size"
             )
-    return {key: METRICS[key](*images) for key in keys}
+    if not _SHARED.get():  # scored alone: no term is kept (a big image's terms take memory)
+        return {key: METRICS[key](*images) for key in keys}
+    with _sharing(*images):  # among others: its own terms once for all metrics, dropped after
+        return {key: METRICS[key](*images) for key in keys}
 
 
 def compare_methods(
@@ -563,6 +597,7 @@ def compare_methods(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     seconds: dict[str, float] | None = None,
+    workers: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Fuse sources a, b with each method and evaluate each result: ``{method: {metric: value}}``.
 
@@ -570,6 +605,9 @@ def compare_methods(
     to ``fuse(a, b) -> fused`` callables (the network, say). Every method gets the same
     :func:`fusion_input` planes. ``progress(done, total)`` after each method; ``cancel()``
     returning True stops with ``FusionCancelled``; fusion times are added into ``seconds``.
+    ``workers`` > 1 fuses and scores that many methods at once in threads (numpy, scipy and the
+    FMI loop let go of the GIL): the same numbers sooner on several cores, but each method's
+    ``seconds`` then shares the cores with the others.
     """
     from .baselines import BASELINES
 
@@ -583,16 +621,39 @@ def compare_methods(
     plane_a, plane_b = fusion_input(a, names[0]), fusion_input(b, names[1])
     if plane_a.shape != plane_b.shape:
         raise InputError(f"{names[1]} has shape {plane_b.shape} but {names[0]} has {plane_a.shape}")
-    results = {}
+
+    def score(name: str, method: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[dict[str, float], float]:
+        if cancel is not None and cancel():
+            raise FusionCancelled("evaluation cancelled")
+        started = time.perf_counter()
+        fused = np.asarray(method(plane_a, plane_b))
+        took = time.perf_counter() - started
+        return evaluate(fused, plane_a, plane_b, metrics, names=(name, *names)), took
+
+    results: dict[str, dict[str, float]] = {}
+
+    def record(name: str, outcome: tuple[dict[str, float], float]) -> None:
+        results[name], took = outcome
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + took
+        if progress is not None:
+            progress(len(results), len(methods))
+
     with _sharing(plane_a, plane_b):
-        for done, (name, method) in enumerate(methods.items()):
-            if cancel is not None and cancel():
-                raise FusionCancelled("evaluation cancelled")
-            started = time.perf_counter()
-            fused = np.asarray(method(plane_a, plane_b))
-            if seconds is not None:
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-            results[name] = evaluate(fused, plane_a, plane_b, metrics, names=(name, *names))
-            if progress is not None:
-                progress(done + 1, len(methods))
-    return results
+        if workers <= 1:  # in this thread, as a caller's thread-local state (torch.no_grad ...) expects
+            for name, method in methods.items():
+                record(name, score(name, method))
+            return results
+        with ThreadPoolExecutor(workers) as pool:
+            # each job runs in a copy of this context, so it sees the shared sources' terms
+            jobs = {
+                pool.submit(contextvars.copy_context().run, score, name, method): name
+                for name, method in methods.items()
+            }
+            try:
+                for job in as_completed(jobs):
+                    record(jobs[job], job.result())
+            finally:
+                for job in jobs:
+                    job.cancel()  # after a failure or a cancel: the methods not started yet never start
+    return {name: results[name] for name in methods}

@@ -6,6 +6,7 @@ continues from it with the same step count and learning-rate schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -102,19 +103,23 @@ def _device(settings: TrainSettings) -> torch.device:
 
 
 def _build_model(settings: TrainSettings) -> Any:
-    """The network training starts from: a named or saved model, or an untrained config."""
+    """The network training starts from: a named or saved model, or an untrained config, with
+    the residual the settings ask for. A trained model given a new residual keeps its features
+    and starts its head at zero, so it starts at exactly that residual."""
+    from torch import nn
+
     from ..model import build_model
     from ..registry import load_model
 
-    if settings.base == "scratch":
-        try:
-            return build_model(settings.config)
-        except InputError as error:
-            raise PreflightError(str(error)) from None
     try:
-        return load_model(settings.base)
+        model = build_model(settings.config) if settings.base == "scratch" else load_model(settings.base)
     except InputError as error:
-        raise PreflightError(f"base model: {error}") from None
+        raise PreflightError(str(error) if settings.base == "scratch" else f"base model: {error}") from None
+    if settings.residual not in (None, model.config.residual):
+        model.config = dataclasses.replace(model.config, residual=settings.residual)
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)  # type: ignore[arg-type]  # a Conv2d made with bias=True has one
+    return model
 
 
 @dataclass

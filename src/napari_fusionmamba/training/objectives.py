@@ -14,6 +14,7 @@ regions a user marked count more (or not at all).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..model.residuals import TARGET_BACKGROUND, TARGET_GAIN, keep_both_target
 
 if TYPE_CHECKING:
     from .settings import TrainSettings
@@ -45,6 +47,35 @@ def sobel(x: torch.Tensor) -> torch.Tensor:
     channels = x.shape[1]
     grads = F.conv2d(x, kernel.repeat(channels, 1, 1, 1), padding=1, groups=channels)
     return grads.abs().view(x.shape[0], channels, 2, *x.shape[-2:]).sum(dim=2)
+
+
+_QABF = {"tg": 0.9994, "kg": -15.0, "dg": 0.5, "ta": 0.9879, "ka": -22.0, "da": 0.8}
+
+
+def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel edge strength and orientation modulo pi (in [-pi/2, pi/2]), zero padding."""
+    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    grads = F.conv2d(x, torch.stack([gx, gx.t()]).unsqueeze(1), padding=1)
+    sx, sy = grads[:, :1], grads[:, 1:]
+    angle = torch.atan2(sy, sx)
+    return torch.sqrt(sx * sx + sy * sy + 1e-12), angle - math.pi * torch.round(angle / math.pi)
+
+
+def qabf(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Qabf (Xydeas & Petrovic 2000) of (B, 1, H, W) images, differentiable: how well ``fused``
+    keeps the strength and orientation of each source's edges, weighted by their strength (the
+    metric of ``quality.metrics.qabf``, without its 8-bit rounding), optionally weighted per pixel."""
+    g_f, angle_f = _edges(fused)
+    kept, strength = torch.zeros_like(g_f), torch.zeros_like(g_f)
+    for g_s, angle_s in (_edges(a), _edges(b)):
+        ratio = torch.minimum(g_s, g_f) / torch.maximum(g_s, g_f)
+        angle = 1 - (angle_s - angle_f).abs() / (math.pi / 2)
+        q_strength = _QABF["tg"] / (1 + torch.exp(_QABF["kg"] * (ratio - _QABF["dg"])))
+        q_angle = _QABF["ta"] / (1 + torch.exp(_QABF["ka"] * (angle - _QABF["da"])))
+        kept, strength = kept + q_strength * q_angle * g_s, strength + g_s
+    if weight is not None:
+        kept, strength = kept * weight, strength * weight
+    return kept.sum() / strength.sum().clamp_min(1e-8)
 
 
 def _gaussian_window(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -189,39 +220,18 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-TARGET_BACKGROUND = 0.035
-"""keep-both's background level of the fluorescence source, in its [0, 1] units (9 / 255 for
-8-bit data over 255): signal above it is laid on the structural image."""
-TARGET_GAIN = 1.1
-"""keep-both's gain on that signal: slightly above 1, so the fluorescence stands out of the
-structure it is laid on."""
-FIRST_MODEL_QUANTILE = 0.1
-"""The first keep-both model's background: the 10th percentile of each crop (``background=None``)."""
-
-
-def keep_both_target(
-    a: torch.Tensor, b: torch.Tensor, background: float | None = TARGET_BACKGROUND, gain: float = TARGET_GAIN
-) -> torch.Tensor:
-    """b plus ``gain`` times a's signal above ``background``, clipped to [0, 1]: the structural
-    image with the fluorescence laid on top, so neither is lost where the other is brighter
-    (max(a, b) drops a dim GFP signal on bright phase contrast). A fixed level keeps the target
-    a local rule the network can learn; ``None`` takes the 10th percentile of a in each image of
-    the batch (the first keep-both model's rule)."""
-    if background is None:
-        level = torch.quantile(a.flatten(1).float(), FIRST_MODEL_QUANTILE, dim=1).to(a.dtype).view(-1, 1, 1, 1)
-    else:
-        level = torch.tensor(background, dtype=a.dtype, device=a.device)
-    return (b + gain * torch.relu(a - level)).clamp(0, 1)
-
-
 class KeepBothLoss(nn.Module):
     """Keep both sources: the fused image F should be T = ``keep_both_target(a, b, background,
     gain)`` in intensity and local structure, and at least as sharp as the sharpest of a, b and T.
 
     total = a1 * mean((F - T)^2) + a2 * mean|S(F) - max(S(a), S(b), S(T))| + a3 * (1 - SSIM(F, T))
+            + edge_weight * (1 - Qabf(F; a, b))
 
-    with S the Sobel magnitude of the paper's loss. Called like ``FusionLoss``; ``weight`` makes
-    regions count more or not at all. a is the fluorescence (functional) source, b the structural.
+    with S the Sobel magnitude of the paper's loss. T adds a's edges to b's where both have
+    them, which blurs b's edge directions; the optional last term (``qabf``) rewards keeping
+    each source's edges where it has the stronger ones. Called like ``FusionLoss``; ``weight``
+    makes regions count more or not at all. a is the fluorescence (functional) source, b the
+    structural.
     """
 
     def __init__(
@@ -231,15 +241,22 @@ class KeepBothLoss(nn.Module):
         a3: float = DEFAULT_WEIGHTS[2],
         background: float | None = TARGET_BACKGROUND,
         gain: float = TARGET_GAIN,
+        edge_weight: float = 0.0,
     ):
         super().__init__()
         self.a1, self.a2, self.a3 = a1, a2, a3
-        self.background, self.gain = background, gain
+        self.background, self.gain, self.edge_weight = background, gain, edge_weight
 
     @classmethod
     def from_settings(cls, settings: TrainSettings) -> KeepBothLoss:
-        """The loss a run's ``loss_weights``, ``target_background`` and ``target_gain`` ask for."""
-        return cls(*settings.loss_weights, background=settings.target_background, gain=settings.target_gain)
+        """The loss a run's ``loss_weights``, ``target_background``, ``target_gain`` and
+        ``edge_weight`` ask for."""
+        return cls(
+            *settings.loss_weights,
+            background=settings.target_background,
+            gain=settings.target_gain,
+            edge_weight=settings.edge_weight,
+        )
 
     def forward(
         self, fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None
@@ -251,7 +268,11 @@ class KeepBothLoss(nn.Module):
         texture = _weighted_mean((sobel(fused) - detail).abs(), weight)
         structure = 1 - ssim(fused, target, weight)
         total = self.a1 * intensity + self.a2 * texture + self.a3 * structure
-        return total, {"intensity": intensity, "texture": texture, "structure": structure}
+        terms = {"intensity": intensity, "texture": texture, "structure": structure}
+        if self.edge_weight:
+            terms["edges"] = 1 - qabf(fused, a, b, weight)
+            total = total + self.edge_weight * terms["edges"]
+        return total, terms
 
 
 #: Training objectives by name (``TrainSettings.objective``, ``fusionmamba finetune --objective``).

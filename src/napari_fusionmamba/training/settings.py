@@ -14,7 +14,8 @@ import numpy as np
 from .._json_records import from_json
 from ..engine.sources import PERCENTILES
 from ..errors import PreflightError
-from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES, TARGET_BACKGROUND, TARGET_GAIN
+from ..model.residuals import RESIDUALS, TARGET_BACKGROUND, TARGET_GAIN
+from .objectives import DEFAULT_WEIGHTS, OBJECTIVES, SSIM_MODES
 
 MIN_CROP = 16
 NORMALISE = ("percentile", "range", "none")
@@ -40,6 +41,7 @@ class TrainSettings:
     ssim: str = "auto"  # paper objective: the structure measure
     target_background: float | None = TARGET_BACKGROUND  # keep-both: a's background level; None = q10 per crop
     target_gain: float = TARGET_GAIN  # keep-both: gain on a's signal above it
+    edge_weight: float = 0.0  # keep-both: weight of 1 - Qabf(fused; a, b), the edges kept from both
     region_weight: float = 2.0  # loss weight of mask label 2
     mask_coverage: float = 1.0  # fraction of a crop that must lie inside the mask
     val_fraction: float = 0.15
@@ -49,6 +51,7 @@ class TrainSettings:
     percentiles: tuple[float, float] = PERCENTILES  # the same as the fusion pipeline's
     base: str = "default"  # model name, checkpoint path, or "scratch"
     config: str = "tiny"  # the config trained from scratch
+    residual: str | None = None  # the network's output residual (model.residuals); None: the base's own
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
@@ -153,6 +156,10 @@ def check_settings(settings: TrainSettings) -> None:
         problems.append(f"target background must be in [0, 1) or null (got {settings.target_background})")
     if not (_finite(settings.target_gain) and settings.target_gain > 0):
         problems.append(f"target gain must be a positive finite number (got {settings.target_gain})")
+    if settings.residual is not None and settings.residual not in RESIDUALS:
+        problems.append(f"unknown residual {settings.residual!r}: choose one of {', '.join(RESIDUALS)}")
+    if not (_finite(settings.edge_weight) and settings.edge_weight >= 0):
+        problems.append(f"edge weight must be a finite number >= 0 (got {settings.edge_weight})")
     if settings.objective not in OBJECTIVES:
         problems.append(f"unknown objective {settings.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if settings.normalise not in NORMALISE:

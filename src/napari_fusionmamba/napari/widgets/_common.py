@@ -19,7 +19,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 
 from ...errors import FusionCancelled, FusionMambaError, InputError
 from ...io.files import atomic_path
@@ -61,25 +61,36 @@ def _shapes_fit(shape_a: tuple[int, ...], shape_b: tuple[int, ...], plane_over_s
     return plane_over_stack and shape_a[-2:] == shape_b[-2:] and min(len(shape_a), len(shape_b)) == 2
 
 
+#: First-axis labels (``layer.axis_labels``, lower case) that make it a channel axis.
+CHANNEL_LABELS = ("c", "ch", "channel", "channels")
+
+
 def channel_count(layer) -> int:
-    """How many channels a multichannel layer holds along its first axis (0 for a single image:
-    nothing to pick)."""
-    shape = spatial_shape(layer) if layer is not None else ()
-    return shape[0] if len(shape) > 2 else 0
+    """How many channels a layer holds along its first axis: only a layer whose first axis is
+    labelled a channel one (``viewer.add_image(data, axis_labels=("c", "y", "x"))``, a reader
+    that keeps channels together) has any. 0 otherwise, nothing to pick: a Z or T stack (napari's
+    unlabelled axes, as ``io.guess_axes`` reads a 3-D array) is fused plane by plane, and the
+    colour of an RGB layer is no channel axis."""
+    if layer is None or getattr(layer, "rgb", False):
+        return 0
+    shape, labels = spatial_shape(layer), tuple(getattr(layer, "axis_labels", ()))
+    if len(shape) < 3 or not labels or str(labels[0]).lower() not in CHANNEL_LABELS:
+        return 0
+    return shape[0]
 
 
 def channel_picker(viewer, layers: ComboBox, side: str) -> ComboBox:
-    """A list of the channels (or planes) along the first axis of the layer picked in ``layers``,
-    after "all" (a stack as it is): one multichannel layer can then give both A and B. It lists
-    the picked layer's again whenever the pick or the layer list changes; call
+    """A list of the channels of the layer picked in ``layers`` (see :func:`channel_count`), after
+    "all channels" (each channel fused in turn): one multichannel layer can then give both A and
+    B. It lists the picked layer's again whenever the pick or the layer list changes; call
     :func:`show_channels` once it sits in its container."""
     picker = ComboBox(
-        label=f"Channel / plane ({side})",
+        label=f"Channel ({side})",
         choices=lambda _widget=None: (
-            [("all (a stack)", None)] + [(str(i), i) for i in range(channel_count(layers.value))]
+            [("all channels", None)] + [(str(i), i) for i in range(channel_count(layers.value))]
         ),
-        tooltip=f"For a layer holding several images along its first axis (channels, or planes): all of them "
-        f"as a stack, or the one to use as {side}, e.g. fluorescence and phase contrast as two channels of one image.",
+        tooltip=f"For a layer with a channel axis: every channel in turn, or the one to use as {side}, "
+        "e.g. fluorescence and phase contrast as two channels of one image.",
         visible=False,
     )
 
@@ -236,7 +247,8 @@ def refresh_models(viewer) -> None:
 
 class ScrollingContainer(Container):
     """A Container in a scroll area, so its dock fits a small screen (1366 x 768) however many
-    fields it has.
+    fields it has, and however wide they are (a metric table, a row of pickers): it scrolls
+    sideways too, where magicgui's vertical scroll area would cut them off.
 
     napari docks a widget's ``native``; magicgui's ``scrollable`` keeps the scroll area apart
     (``root_native_widget``), so ``native`` is that scroll area here.
@@ -244,6 +256,7 @@ class ScrollingContainer(Container):
 
     def __init__(self, **kwargs):
         super().__init__(scrollable=True, **kwargs)
+        self.root_native_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
     @property
     def native(self):

@@ -9,6 +9,7 @@ column per image in a table (metrics as rows) and exports that table as CSV.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,10 @@ from ._common import Runner, ScrollingContainer, current_plane, full_resolution,
 
 if TYPE_CHECKING:
     import napari
+
+#: Images scored at once by "Evaluate + classical methods" (at most one per core): each holds a
+#: few float64 copies of the plane while it is scored.
+WORKERS = 2
 
 
 class EvaluateWidget(ScrollingContainer):
@@ -136,7 +141,8 @@ class EvaluateWidget(ScrollingContainer):
 
 def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, dict[str, float]]:
     """The worker's job: metrics of the fused plane, then of each classical method on A and B
-    (one ``compare_methods`` call, so the sources' terms are computed once for all)."""
+    (one ``compare_methods`` call, so the sources' terms are computed once for all, scoring up
+    to :data:`WORKERS` images at once on as many cores)."""
     from ...quality.baselines import BASELINES
     from ...quality.metrics import compare_methods, evaluate
 
@@ -146,7 +152,8 @@ def score(planes, names, with_methods: bool, progress, cancelled) -> dict[str, d
         progress(1, 1)
         return results
     methods = {names[0]: lambda _a, _b: fused, **BASELINES}
-    return compare_methods(a, b, methods, names=names[1:], cancel=cancelled, progress=progress)
+    workers = min(WORKERS, os.cpu_count() or 1)
+    return compare_methods(a, b, methods, names=names[1:], cancel=cancelled, progress=progress, workers=workers)
 
 
 def _explain_and_mark_best(native, results: dict[str, dict[str, float]], keys: list[str]) -> None:
