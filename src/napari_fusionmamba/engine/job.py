@@ -142,6 +142,16 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     )
 
 
+def _on_cpu(engine: Engine) -> bool:
+    """Whether the engine runs on the CPU, where batches run side by side (on a GPU they would
+    only share one device and its memory)."""
+    if engine.method is not None:
+        return True
+    from ..model.devices import resolve_device
+
+    return bool(resolve_device(engine.device).type == "cpu")
+
+
 def fuse(
     a: Any,
     b: Any,
@@ -157,8 +167,9 @@ def fuse(
     with every plane), colour (..., Y, X, 3|4) fused on luminance.
     ``options`` (a ``FuseOptions``) and ``keywords`` (its fields, e.g. ``model=``, ``tile=``)
     say how; the file-output options do not apply here. ``progress(done, total)`` counts tiles;
-    ``cancel()`` returning True stops with ``FusionCancelled``. Batches of tiles run side by side
-    on as many threads as dask's local schedulers use, one torch thread each (as ``fuse_files``).
+    ``cancel()`` returning True stops with ``FusionCancelled``. On the CPU, batches of tiles run
+    side by side on as many threads as dask's local schedulers use, one torch thread each (as
+    ``fuse_files``).
     Returns float32 in [0, 1] of shape (..., Y, X), plus a last axis of 3 when a source is colour.
     """
     given = sorted(set(keywords) & set(FILE_ONLY))
@@ -171,7 +182,7 @@ def fuse(
     per_plane = len(job.grid())
     height, width = job.plane_shape
     settings = {"tile": job.tile, "overlap": job.overlap, "batch": job.batch}
-    workers = local_workers()  # batches side by side, each on one torch thread, as fuse_files runs them
+    workers = local_workers() if _on_cpu(job.engine) else 1  # as fuse_files' local workers run them
     for i, plane in enumerate(planes):
 
         def report(done: int, total: int, i: int = i) -> None:
