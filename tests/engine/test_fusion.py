@@ -683,3 +683,65 @@ def test_options_and_keywords_say_the_same(files, tmp_path):
         fuse(*files, tiles=64)
     with pytest.raises(TypeError, match="fuse\\(\\) takes no chunk"):
         fuse(*files, method="average", chunk=96)
+
+
+def test_in_memory_fuse_runs_batches_side_by_side_on_one_torch_thread_each():
+    """As fuse_files' local workers do: with several batches, dask's ``num_workers`` threads run
+    them, each on one torch thread; a single batch keeps torch's threads; torch's setting is put
+    back; the result does not depend on it."""
+    import threading
+
+    import dask
+    import torch
+
+    from napari_fusionmamba.model import MODEL_CONFIGS, FusionMamba
+
+    seen = []
+
+    class Spy(FusionMamba):
+        def forward(self, a, b):
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+            return super().forward(a, b)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)  # weights of its own: the predictor cache knows modules by their weights
+        spy = Spy(MODEL_CONFIGS["tiny"]).eval()
+        torch.nn.init.normal_(spy.head.weight, std=0.01)
+    a, b = real_looking_pair(200, 180, seed=3)
+    runs = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that one thread differs from torch's setting on any machine
+    try:
+        for workers in (2, 1):
+            with dask.config.set(num_workers=workers):
+                runs[workers] = fuse(a, b, model=spy, tile=64, overlap=16, batch=2), list(seen)
+            seen.clear()
+        fuse(a[:64, :64], b[:64, :64], model=spy, tile=64, overlap=16)  # one tile: one batch
+        single, after = list(seen), torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    (together, parallel), (alone, serial) = runs[2], runs[1]
+    assert len(parallel) == len(serial) == 8  # 4 x 4 tiles, 2 a batch
+    assert {threads for _, threads in parallel} == {1} and {threads for _, threads in serial} == {2}
+    assert len({ident for ident, _ in parallel}) == 2 and threading.get_ident() not in {i for i, _ in parallel}
+    assert single == [(threading.get_ident(), 2)] and after == 2
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver and /proc: Linux")
+def test_worker_processes_are_forked_from_a_server_that_imported_torch():
+    """The ``processes`` scheduler's workers come from a server process that imported torch and
+    the package once (so they share those pages), take one task at a time, one torch thread each."""
+    import torch
+
+    from napari_fusionmamba.engine.execute import _one_torch_thread_per_worker
+
+    with _one_torch_thread_per_worker("processes") as keywords:
+        pool = keywords["pool"]
+        parents = {pool.submit(os.getppid).result() for _ in range(4)}
+        threads = {pool.submit(torch.get_num_threads).result() for _ in range(4)}
+    assert keywords["chunksize"] == 1 and threads == {1}
+    (server,) = parents
+    assert server != os.getpid()  # forked by the server, not by this process
+    with open(f"/proc/{server}/maps") as maps:
+        assert "libtorch_cpu" in maps.read()  # which had imported torch before forking

@@ -45,9 +45,11 @@ def test_the_generator_never_holds_the_image(tmp_path):
 def test_the_benchmarks_run_as_a_user_runs_them():
     env = {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     scaling = [sys.executable, str(BENCHMARKS / "fuse_scaling.py"), "--sizes", "256", "--source", "strips"]
+    scaling += ["--switch", "FUSIONMAMBA_FAST_INFERENCE=0"]
     done = subprocess.run(scaling, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "256^2      1" in done.stdout and "peak RSS MiB" in done.stdout, done.stdout
+    assert "new / FUSIONMAMBA_FAST_INFERENCE=0, same run" in done.stdout and "Mpx/s:" in done.stdout, done.stdout
     cold = [sys.executable, str(BENCHMARKS / "cold_start.py"), "--repeats", "1"]
     done = subprocess.run(cold, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

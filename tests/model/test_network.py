@@ -5,9 +5,9 @@ import warnings
 import pytest
 import torch
 
-from napari_fusionmamba.model import MODEL_CONFIGS, FusionMamba, ModelConfig, build_model, count_parameters
+from napari_fusionmamba.model import MODEL_CONFIGS, FusionMamba, ModelConfig, build_model, count_parameters, scan
 from napari_fusionmamba.model.blocks import LDC
-from napari_fusionmamba.model.ssm2d import phase_merge, phase_split
+from napari_fusionmamba.model.ssm2d import FAST_ENV, SelectiveScan2D, phase_merge, phase_split
 
 
 def test_phase_split_reads_each_pixel_once_in_the_stated_orders():
@@ -126,3 +126,47 @@ def test_a_traced_network_keeps_the_scan_loops_and_runs_other_sizes():
         for shape in ((1, 1, 96, 64), (2, 1, 32, 128)):
             a, b = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
             torch.testing.assert_close(traced(a, b), model(a, b), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not scan._numba_importable(), reason="numba not installed")
+@pytest.mark.parametrize("threads", [1, 2])  # numba's one-thread kernel, and its thread pool
+@pytest.mark.parametrize(
+    ("config", "shape"),
+    [
+        (ModelConfig(name="tiny", residual="none"), (2, 1, 67, 131)),  # odd sizes: padding
+        (ModelConfig(name="odd", embed_dim=5, d_state=3, patch_size=8, residual="none"), (1, 1, 70, 36)),
+    ],  # 10, 20, 40, 80 channels in the scans: lanes left over; an 8x head
+)
+def test_inference_paths_give_the_general_result(config, shape, threads, monkeypatch):
+    """Without gradients on the CPU the network takes its channels-last scan and its
+    low-resolution head; switched off (FUSIONMAMBA_FAST_INFERENCE=0) or with gradients, the
+    general path: the same fusion within float tolerance."""
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    with torch.no_grad():  # the head starts at zero: give it weights so that the output depends on the network
+        torch.nn.init.normal_(model.head.weight, std=0.02)
+        model.head.bias.fill_(0.5)
+        torch.nn.init.normal_(model.head_expand.norm.weight, 1.0, 0.2)  # the head folds the norm in
+        torch.nn.init.normal_(model.head_expand.norm.bias, 0.0, 0.2)
+    a, b = torch.rand(shape), torch.rand(shape)
+    taken = []
+    infer = SelectiveScan2D._infer
+    monkeypatch.setattr(SelectiveScan2D, "_infer", lambda self, x: taken.append(1) or infer(self, x))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.delenv(scan.ENV_VAR, raising=False)
+        with torch.inference_mode():
+            fast = model(a, b)
+        scans = len(taken)
+        monkeypatch.setenv(FAST_ENV, "0")
+        with torch.inference_mode():
+            general = model(a, b)
+        monkeypatch.delenv(FAST_ENV)
+        trained = model(a, b).detach()  # with gradients: the path training takes
+    finally:
+        torch.set_num_threads(before)
+    assert scans == 12 and len(taken) == scans  # every scan of the network, and only without gradients
+    assert fast.std() > 0.01 and ((fast > 0) & (fast < 1)).float().mean() > 0.9  # not clamped flat
+    torch.testing.assert_close(fast, general, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast, trained, rtol=1e-4, atol=1e-5)

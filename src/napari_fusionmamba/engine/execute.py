@@ -25,7 +25,7 @@ from .job import FusionJob
 from .predictors import predictor
 from .resume import mark_done
 from .sources import LOCAL_SCHEDULERS, local_scheduler, remember
-from .tiling import BatchRunner, weight_sum, weighted_sum
+from .tiling import BatchRunner, local_workers, torch_threads, weight_sum, weighted_sum
 
 #: Batch runners of the runs in progress in this process, by (engine key, device, batch).
 _RUNNERS: dict[tuple[str, str, int], BatchRunner] = {}
@@ -132,29 +132,48 @@ def execute(
 
 
 def _one_torch_thread() -> None:
-    """Torch on one thread in this process (and in torch imported later): chunk workers already
-    run side by side on every core, and torch's own threads waiting on each other at every
-    operation made a busy 2-core machine several times slower."""
+    """Torch on one thread in this worker process, and in torch imported later (see
+    ``tiling.torch_threads``)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
 
 
+#: Imported once by the process that forks the ``processes`` workers, so that the workers share
+#: those pages (torch's, numba's, the package's: about 200 MiB) instead of each importing its own.
+WORKER_PRELOAD = ["torch", "numba", "dask.array", "zarr", "tifffile", "napari_fusionmamba.engine.execute",
+                  "napari_fusionmamba.model._scan_numba", "napari_fusionmamba.registry"]  # fmt: skip
+
+
+def _process_pool(workers: int) -> Any:
+    """Worker processes forked from a server that imported ``WORKER_PRELOAD`` (where the platform
+    forks; spawned elsewhere, as dask does), each on one torch thread."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from dask.multiprocessing import initialize_worker_process
+
+    context: Any = multiprocessing.get_context("spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(WORKER_PRELOAD)
+    initializer = partial(initialize_worker_process, user_initializer=_one_torch_thread)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=initializer)
+
+
 @contextmanager
 def _one_torch_thread_per_worker(scheduler: str) -> Iterator[dict[str, Any]]:
     """The dask keywords and torch settings that give each local worker one torch thread, restored
-    after the run (threads share this process's torch)."""
-    torch = sys.modules.get("torch")
+    after the run (threads share this process's torch). Worker processes take one task at a time
+    (dask sends 6 by default: a one-chunk image's 5 tile tasks all went to one worker)."""
     if scheduler == "processes":
-        yield {"initializer": _one_torch_thread}
-    elif scheduler in ("threads", "threading") and torch is not None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _process_pool(local_workers()) as pool:
+            yield {"pool": pool, "chunksize": 1}
+    elif scheduler in ("threads", "threading"):
+        with torch_threads(1):
             yield {}
-        finally:
-            torch.set_num_threads(before)
     else:  # synchronous: one worker, torch keeps every core
         yield {}
 

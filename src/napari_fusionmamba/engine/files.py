@@ -313,7 +313,7 @@ class TileCounter:
 
 
 #: Rows of tiles run by one tile task: small tasks, so that the workers share even a one-chunk
-#: image evenly (a 1024 px image has 6 rows of 6 tiles).
+#: image (a 1024 px image has 5 rows of 5 tiles: 5 tasks).
 GROUP_ROWS = 1
 
 

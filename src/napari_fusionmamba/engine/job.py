@@ -20,7 +20,7 @@ from ..io.colour import Tint, mix_tints, rgb_to_ycrcb, ycrcb_to_rgb
 from .options import FILE_ONLY, FuseOptions
 from .predictors import Engine, choose_engine, predictor
 from .sources import Normalisation, Source, as_source, check_pair, normalisation_of
-from .tiling import TileGrid, check_tiling, tiled_fuse
+from .tiling import TileGrid, check_tiling, local_workers, tiled_fuse
 from .verify import digest
 
 #: The Cr and Cb planes of a colour source, put back around the fused luminance.
@@ -141,6 +141,16 @@ def prepare_job(a: Any, b: Any, options: FuseOptions) -> FusionJob:
     return FusionJob(sa, sb, norm_a, norm_b, engine, *tiling, options.tint, options.tint_b)
 
 
+def _on_cpu(engine: Engine) -> bool:
+    """Whether the engine runs on the CPU, where batches run side by side (on a GPU they would
+    only share one device and its memory)."""
+    if engine.method is not None:
+        return True
+    from ..model.devices import resolve_device
+
+    return bool(resolve_device(engine.device).type == "cpu")
+
+
 def fuse(
     a: Any,
     b: Any,
@@ -156,7 +166,9 @@ def fuse(
     with every plane), colour (..., Y, X, 3|4) fused on luminance.
     ``options`` (a ``FuseOptions``) and ``keywords`` (its fields, e.g. ``model=``, ``tile=``)
     say how; the file-output options do not apply here. ``progress(done, total)`` counts tiles;
-    ``cancel()`` returning True stops with ``FusionCancelled``.
+    ``cancel()`` returning True stops with ``FusionCancelled``. On the CPU, batches of tiles run
+    side by side on as many threads as dask's local schedulers use, one torch thread each (as
+    ``fuse_files``).
     Returns float32 in [0, 1] of shape (..., Y, X), plus a last axis of 3 when a source is colour.
     """
     given = sorted(set(keywords) & set(FILE_ONLY))
@@ -169,6 +181,7 @@ def fuse(
     per_plane = len(job.grid())
     height, width = job.plane_shape
     settings = {"tile": job.tile, "overlap": job.overlap, "batch": job.batch}
+    workers = local_workers() if _on_cpu(job.engine) else 1  # as fuse_files' local workers run them
     for i, plane in enumerate(planes):
 
         def report(done: int, total: int, i: int = i) -> None:
@@ -186,6 +199,7 @@ def fuse(
             multiple,
             progress=report,
             cancel=cancel,
+            workers=workers,
         )
         out[plane] = job.finish(fused, chroma, (la, lb))
     return out

@@ -16,8 +16,12 @@ stride).
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -167,6 +171,32 @@ class BatchRunner:
         return np.concatenate(out) if out else np.zeros((0,) + a.shape[1:], np.float32)
 
 
+def local_workers() -> int:
+    """How many tasks run at once on this machine: dask's ``num_workers`` setting, or the CPUs
+    this process may use (as dask's local schedulers count them)."""
+    import dask
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT or os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch on ``count`` threads in this process for the block, put back after. Workers running
+    side by side take one each: they already use every core, and torch's own threads waiting on
+    each other at every operation made a busy 2-core machine several times slower."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # nothing runs torch here (a classical method)
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def weighted_sum(
     runner: BatchRunner,
     a: np.ndarray,
@@ -177,12 +207,15 @@ def weighted_sum(
     origin: tuple[int, int] = (0, 0),
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """The window-weighted sum of the predictions of the tiles at ``corners`` over the plane box
     [y0, y1) x [x0, x1), each tile clipped to the box.
 
     ``a`` and ``b`` are float32 windows of the plane whose top-left pixel is ``origin`` in plane
-    coordinates; they must cover every tile. Tiles run in batches in the order given.
+    coordinates; they must cover every tile. Tiles run in batches in the order given (summed in
+    that order), up to ``workers`` batches at once, each on one torch thread; a single batch
+    keeps torch's threads.
     """
     y0, y1, x0, x1 = box
     oy, ox = origin
@@ -190,23 +223,33 @@ def weighted_sum(
     total = len(corners)
     acc = np.zeros((y1 - y0, x1 - x0), np.float32)
     window = grid.window
+    groups = [corners[first : first + runner.batch] for first in range(0, total, runner.batch)]
+
+    def predict(group: Sequence[tuple[int, int]]) -> np.ndarray:
+        if cancel is not None and cancel():
+            raise FusionCancelled("fusion cancelled")
+        ta = np.stack([a[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
+        tb = np.stack([b[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
+        return runner(ta, tb)
+
     done = 0
     if progress is not None:
         progress(0, total)
-    for first in range(0, total, runner.batch):
-        if cancel is not None and cancel():
-            raise FusionCancelled("fusion cancelled")
-        group = corners[first : first + runner.batch]
-        ta = np.stack([a[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
-        tb = np.stack([b[y - oy : y - oy + th, x - ox : x - ox + tw] for y, x in group])
-        fused = runner(ta, tb)
-        for (y, x), tile in zip(group, fused):
-            sy0, sy1, sx0, sx1 = max(y, y0), min(y + th, y1), max(x, x0), min(x + tw, x1)  # inside the box
-            inside = (slice(sy0 - y, sy1 - y), slice(sx0 - x, sx1 - x))
-            acc[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += window[inside] * tile[inside]
-        done += len(group)
-        if progress is not None:
-            progress(done, total)
+    parallel = workers > 1 and len(groups) > 1
+    pool = ThreadPoolExecutor(min(workers, len(groups))) if parallel else None
+    try:
+        with torch_threads(1) if parallel else nullcontext():
+            for group, fused in zip(groups, pool.map(predict, groups) if pool else map(predict, groups)):
+                for (y, x), tile in zip(group, fused):
+                    sy0, sy1, sx0, sx1 = max(y, y0), min(y + th, y1), max(x, x0), min(x + tw, x1)  # inside the box
+                    inside = (slice(sy0 - y, sy1 - y), slice(sx0 - x, sx1 - x))
+                    acc[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += window[inside] * tile[inside]
+                done += len(group)
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return acc
 
 
@@ -231,6 +274,7 @@ def blend_region(
     origin: tuple[int, int] = (0, 0),
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Fuse the output region [y0, y1) x [x0, x1) of a plane from the tiles touching it.
 
@@ -240,7 +284,7 @@ def blend_region(
     """
     region = tuple(region) if region is not None else (0, grid.height, 0, grid.width)
     corners = grid.touching(*region)
-    acc = weighted_sum(runner, a, b, grid, corners, region, origin, progress, cancel)
+    acc = weighted_sum(runner, a, b, grid, corners, region, origin, progress, cancel, workers)
     fused: np.ndarray = acc / weight_sum(grid, region)
     return fused
 
@@ -263,8 +307,10 @@ def tiled_fuse(
     multiple: int = 1,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Fuse two whole float32 planes tile by tile.
+    """Fuse two whole float32 planes tile by tile, ``workers`` batches at once (see
+    ``weighted_sum``).
 
     Returns the fused plane and the settings actually used: on out-of-memory the batch halves,
     and when even one tile does not fit the tile halves (a different grid, so the plane is
@@ -275,7 +321,7 @@ def tiled_fuse(
     while True:
         grid = TileGrid(a.shape[0], a.shape[1], tile, overlap)
         try:
-            out = blend_region(runner, a, b, grid, progress=progress, cancel=cancel)
+            out = blend_region(runner, a, b, grid, progress=progress, cancel=cancel, workers=workers)
             return out, {"tile": tile, "overlap": overlap, "batch": runner.batch}
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):

@@ -98,6 +98,52 @@ def _one_thread(kernel: Any) -> Any:
 _forward_one_thread = _one_thread(_forward)
 
 
+_LANES = 16  # channels that _forward_lanes advances together, one SIMD register of float32
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _forward_lanes(
+    u: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray, y: np.ndarray
+) -> None:
+    """Inference only, channels-last: u, dt, y (batch, groups, L, channels of the group); A
+    (groups, channels, N); B, C (batch, groups, L, N); D (groups, channels); y gets D u too.
+
+    Each work item advances ``_LANES`` channels of one group together, a lane per channel: the
+    states' loop has no reduction across lanes (``_forward`` sums its N states, one register,
+    at every step), and B_t, C_t are shared by the lanes. About twice as fast here.
+    """
+    batch, groups, length, channels = u.shape
+    n = A.shape[2]
+    blocks = -(-channels // _LANES)
+    for item in prange(batch * groups * blocks):
+        b, g, first = item // (groups * blocks), (item // blocks) % groups, (item % blocks) * _LANES
+        width = min(_LANES, channels - first)
+        a = np.zeros((n, _LANES), np.float32)
+        for k in range(n):
+            for c in range(width):
+                a[k, c] = A[g, first + c, k]
+        h = np.zeros((n, _LANES), np.float32)
+        dt_t = np.zeros(_LANES, np.float32)  # lanes past ``width`` stay 0: their state stays 0
+        x = np.zeros(_LANES, np.float32)
+        acc = np.zeros(_LANES, np.float32)
+        for t in range(length):
+            for c in range(width):
+                dt_t[c] = dt[b, g, t, first + c]
+                x[c] = dt_t[c] * u[b, g, t, first + c]
+            for c in range(_LANES):
+                acc[c] = 0.0
+            for k in range(n):
+                b_k, c_k = B[b, g, t, k], C[b, g, t, k]
+                for c in range(_LANES):
+                    h[k, c] = _exp(dt_t[c] * a[k, c]) * h[k, c] + x[c] * b_k
+                    acc[c] += h[k, c] * c_k
+            for c in range(width):
+                y[b, g, t, first + c] = acc[c] + D[g, first + c] * u[b, g, t, first + c]
+
+
+_forward_lanes_one_thread = _one_thread(_forward_lanes)
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def _backward(
     u: np.ndarray,
@@ -222,3 +268,19 @@ def numba_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     """sum_n C_t h_t for float32 CPU tensors; delta_bias, softplus and D are the caller's."""
     y: torch.Tensor = _NumbaScan.apply(u, dt, A, B, C)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
     return y
+
+
+def numba_scan_lanes(
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor
+) -> torch.Tensor:
+    """The scan for inference on channels-last float32 CPU tensors (see ``_forward_lanes``):
+    sum_n C_t h_t + D u_t, no gradient."""
+    arrays = [_np(t) for t in (u, dt, A, B, C, D)]
+    y = np.empty(u.shape, np.float32)
+    if torch.get_num_threads() == 1:
+        _forward_lanes_one_thread(*arrays, y)
+    else:
+        with _LOCK:
+            _set_threads()
+            _forward_lanes(*arrays, y)
+    return torch.from_numpy(y)

@@ -15,6 +15,7 @@ from ..errors import InputError
 from .blocks import DVSSBlock, PatchEmbed, PatchExpand, PatchMerge, to_channels_first
 from .fusion import DFFM
 from .residuals import RESIDUALS
+from .ssm2d import inference_path
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,29 @@ class FusionMamba(nn.Module):
             x = self.decoder[k](self.expands[k - 1](x + fused[4 - k]))
         if self.config.shallow_skip:
             x = x + fused[0]
-        out = self.head(to_channels_first(self.head_expand(x)))
+        out = self._infer_head(x) if inference_path(x) else self.head(to_channels_first(self.head_expand(x)))
         out = out[:, :, :height, :width] + RESIDUALS[self.config.residual](a, b)
         return out.clamp(0, 1)
+
+    def _infer_head(self, x: torch.Tensor) -> torch.Tensor:
+        """``head(head_expand(x))`` without gradients, at 1/patch resolution: the LayerNorm and
+        the 1x1 convolution of the full-resolution map are linear but for one division, so
+        out = (x . u) / sqrt(var + eps) + k per output pixel, with var the variance over channels
+        of the expanded map (from weights centred per pixel, so no cancellation), u the centred
+        weights through the norm's scale and the head, and k the head through the norm's shift.
+        The same function without the full-resolution (B, H, W, C0) map."""
+        expand, norm, head = self.head_expand, self.head_expand.norm, self.head
+        scale = expand.scale
+        channels, pixels = norm.normalized_shape[0], scale * scale
+        weight = expand.expand.weight.view(channels, pixels, -1)  # (C, r*r, C0): out feature c*r*r + p
+        centred = weight - weight.mean(dim=0, keepdim=True)
+        gain = head.weight.view(channels) * norm.weight
+        u = torch.einsum("c,cpi->ip", gain, centred)  # (C0, r*r)
+        k = head.weight.view(channels) @ norm.bias + head.bias  # type: ignore[operator]  # made with a bias
+        y = torch.matmul(x, centred.reshape(channels * pixels, -1).t())  # (B, h, w, C * r*r), centred
+        var = y.view(*y.shape[:3], channels, pixels).square().mean(dim=3)  # (B, h, w, r*r)
+        out = torch.matmul(x, u) * torch.rsqrt(var + norm.eps) + k
+        return F.pixel_shuffle(out.permute(0, 3, 1, 2), scale)
 
 
 def build_model(config: str | ModelConfig | dict[str, Any] = "tiny") -> FusionMamba:

@@ -8,12 +8,13 @@ row, two column by column), so every pixel is scanned exactly once: a scan costs
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import selective_scan
+from .scan import resolve_backend, selective_scan
 
 # (row phase, column phase, read column by column?) for the K = 4 directions.
 PHASES = ((0, 0, False), (1, 0, True), (0, 1, False), (1, 1, True))
@@ -41,6 +42,48 @@ def phase_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
         else:
             out[:, :, row::2, col::2] = y[:, k].view(batch, channels, h2, w2)
     return out
+
+
+def phase_split_last(x: torch.Tensor) -> torch.Tensor:
+    """:func:`phase_split` for a channels-last map: (B, H, W, E) -> (B, 4, H*W/4, E)."""
+    batch, height, width, channels = x.shape
+    h2, w2 = height // 2, width // 2
+    out = x.new_empty(batch, len(PHASES), h2 * w2, channels)
+    for k, (row, col, by_column) in enumerate(PHASES):
+        phase = x[:, row::2, col::2]
+        if by_column:
+            out[:, k].view(batch, w2, h2, channels).copy_(phase.transpose(1, 2))
+        else:
+            out[:, k].view(batch, h2, w2, channels).copy_(phase)
+    return out
+
+
+def phase_merge_last(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`phase_split_last`: (B, 4, L, E) -> (B, H, W, E)."""
+    batch, _, _, channels = y.shape
+    h2, w2 = height // 2, width // 2
+    out = y.new_empty(batch, height, width, channels)
+    for k, (row, col, by_column) in enumerate(PHASES):
+        if by_column:
+            out[:, row::2, col::2] = y[:, k].view(batch, w2, h2, channels).transpose(1, 2)
+        else:
+            out[:, row::2, col::2] = y[:, k].view(batch, h2, w2, channels)
+    return out
+
+
+#: "0" turns the network's inference paths off (to time them against the general ones).
+FAST_ENV = "FUSIONMAMBA_FAST_INFERENCE"
+
+
+def inference_path(x: torch.Tensor) -> bool:
+    """Whether the network may take its inference paths (``SelectiveScan2D._infer``,
+    ``FusionMamba._infer_head``) for ``x``: no gradient, the numba scan backend, not tracing (an
+    exported graph keeps the general path), not switched off by ``FUSIONMAMBA_FAST_INFERENCE=0``."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.jit.is_tracing():  # type: ignore[no-untyped-call]
+        return False
+    if os.environ.get(FAST_ENV, "1").strip() == "0":
+        return False
+    return resolve_backend("auto", x.device) == "numba"
 
 
 class SelectiveScan2D(nn.Module):
@@ -83,6 +126,8 @@ class SelectiveScan2D(nn.Module):
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_path(x):
+            return self._infer(x)
         batch, e, height, width = x.shape
         padded = F.pad(x, (0, width % 2, 0, height % 2))
         h, w = padded.shape[-2:]
@@ -103,6 +148,30 @@ class SelectiveScan2D(nn.Module):
         )
         y = phase_merge(y.view(batch, self.directions, e, length), h, w)[:, :, :height, :width]
         return self.out_norm(y.permute(0, 2, 3, 1))
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` without gradients, channels-last throughout (the convolution leaves its
+        output channels-last in memory): no transposes around the scan, and the numba kernel
+        that advances 16 channels at once (``numba_scan_lanes``). The same function."""
+        from ._scan_numba import numba_scan_lanes
+
+        _, e, height, width = x.shape
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, width % 2, 0, height % 2))
+        h, w = padded.shape[1:3]
+        xs = phase_split_last(padded)  # (B, K, L, E)
+        x_dbl = torch.matmul(xs, self.x_proj.transpose(1, 2))  # (B, K, L, R + 2N)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
+        k = self.directions
+        dts = torch.matmul(dts, self.dt_proj.transpose(1, 2)) + self.dt_bias.view(k, 1, e)
+        y = numba_scan_lanes(
+            xs,
+            F.softplus(dts),
+            -torch.exp(self.A_log.float()).view(k, e, -1),
+            Bs,
+            Cs,
+            self.D.float().view(k, e),
+        )
+        return self.out_norm(phase_merge_last(y, h, w)[:, :height, :width])
 
 
 class ESSM(nn.Module):
