@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -220,9 +221,20 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
-def _set_threads() -> None:
-    """Follow torch's thread count (so one setting governs both), within numba's pool."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _threads() -> int:
+    """Torch's thread count (so one setting governs both), within numba's pool."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _run_forward(one_thread: Callable[..., None], parallel: Callable[..., None], *arrays: np.ndarray) -> None:
+    """A forward kernel on torch's thread count: the one-thread build when torch has one thread
+    (no numba pool to wait on), else the parallel one on numba's pool, set under the lock."""
+    if torch.get_num_threads() == 1:
+        one_thread(*arrays)
+    else:
+        with _LOCK:
+            numba.set_num_threads(_threads())
+            parallel(*arrays)
 
 
 class _NumbaScan(torch.autograd.Function):
@@ -234,12 +246,7 @@ class _NumbaScan(torch.autograd.Function):
     ) -> torch.Tensor:
         arrays = [_np(t) for t in (u, dt, A, B.transpose(2, 3), C.transpose(2, 3))]
         y = np.empty(u.shape, np.float32)
-        if torch.get_num_threads() == 1:
-            _forward_one_thread(*arrays, y)
-        else:
-            with _LOCK:
-                _set_threads()
-                _forward(*arrays, y)
+        _run_forward(_forward_one_thread, _forward, *arrays, y)
         ctx.arrays = arrays
         return torch.from_numpy(y)
 
@@ -248,7 +255,7 @@ class _NumbaScan(torch.autograd.Function):
         u, dt, A, B, C = ctx.arrays
         batch, channels, _ = u.shape
         groups, n = B.shape[1], A.shape[1]
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        threads = _threads()
         # enough (batch, group, block) items to keep every thread busy
         blocks = max(1, min(channels // groups, -(-2 * threads // (batch * groups))))
         du, ddt = np.empty_like(u), np.empty_like(u)
@@ -256,7 +263,7 @@ class _NumbaScan(torch.autograd.Function):
         dB = np.zeros((blocks,) + B.shape, np.float32)
         dC = np.zeros((blocks,) + C.shape, np.float32)
         with _LOCK:
-            _set_threads()
+            numba.set_num_threads(threads)
             _backward(u, dt, A, B, C, _np(grad), blocks, du, ddt, dA, dB, dC)
         return tuple(
             torch.from_numpy(g)
@@ -277,10 +284,5 @@ def numba_scan_lanes(
     sum_n C_t h_t + D u_t, no gradient."""
     arrays = [_np(t) for t in (u, dt, A, B, C, D)]
     y = np.empty(u.shape, np.float32)
-    if torch.get_num_threads() == 1:
-        _forward_lanes_one_thread(*arrays, y)
-    else:
-        with _LOCK:
-            _set_threads()
-            _forward_lanes(*arrays, y)
+    _run_forward(_forward_lanes_one_thread, _forward_lanes, *arrays, y)
     return torch.from_numpy(y)
