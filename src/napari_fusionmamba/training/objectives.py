@@ -40,10 +40,15 @@ _MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_MIN_SIZE = (_WINDOW - 1) * 2 ** (len(_MS_WEIGHTS) - 1) + 1
 
 
+def _sobel_kernels(x: torch.Tensor) -> torch.Tensor:
+    """The 3x3 Sobel kernels Gx, Gy as a (2, 1, 3, 3) convolution weight of ``x``'s type."""
+    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
+    return torch.stack([gx, gx.t()]).unsqueeze(1)
+
+
 def sobel(x: torch.Tensor) -> torch.Tensor:
     """|Gx * x| + |Gy * x| with the 3x3 Sobel kernels and zero padding, per channel."""
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
-    kernel = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    kernel = _sobel_kernels(x)
     channels = x.shape[1]
     grads = F.conv2d(x, kernel.repeat(channels, 1, 1, 1), padding=1, groups=channels)
     return grads.abs().view(x.shape[0], channels, 2, *x.shape[-2:]).sum(dim=2)
@@ -54,8 +59,7 @@ _QABF = {"tg": 0.9994, "kg": -15.0, "dg": 0.5, "ta": 0.9879, "ka": -22.0, "da": 
 
 def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel edge strength and orientation modulo pi (in [-pi/2, pi/2]), zero padding."""
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device)
-    grads = F.conv2d(x, torch.stack([gx, gx.t()]).unsqueeze(1), padding=1)
+    grads = F.conv2d(x, _sobel_kernels(x), padding=1)
     sx, sy = grads[:, :1], grads[:, 1:]
     angle = torch.atan2(sy, sx)
     return torch.sqrt(sx * sx + sy * sy + 1e-12), angle - math.pi * torch.round(angle / math.pi)
