@@ -71,9 +71,12 @@ class _Run:
         self.changed = threading.Condition()
 
     def cancelled(self) -> bool:
+        """Whether its tasks should stop: the run has ended (cancelled or failed) or is cancelled."""
         return self.ended or (self.cancel is not None and self.cancel())
 
     def runner_for(self, job: FusionJob) -> BatchRunner:
+        """Its batch runner, built by its first tile task here (a process that only schedules
+        the tasks, for worker processes, builds none)."""
         with self.changed:
             if self.runner is None:
                 self.runner = BatchRunner(predictor(job.engine)[0], job.batch)
@@ -115,8 +118,8 @@ def running(cancel: Callable[[], bool] | None) -> Iterator[RunId]:
     try:
         yield run_id
     finally:
+        del _RUNS[run_id]  # its tasks that start from now on stop at once
         run.end()
-        del _RUNS[run_id]
 
 
 @contextmanager
