@@ -309,7 +309,8 @@ def test_killed_run_resumes_without_redoing_finished_chunks(files, network, refe
     assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
 
-def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path, scheduler):
     out = str(tmp_path / "out.tif")
     done = out + PARTIAL_SUFFIX + "/done"
     seen = []
@@ -319,16 +320,18 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
             out,
             method="average",
             chunk=64,
-            scheduler="synchronous",
+            scheduler=scheduler,
             progress=lambda d, t: seen.append((d, t)),
             cancel=lambda: len(os.listdir(done)) >= 3,
         )
     assert not os.path.exists(out)
     assert seen[0] == (0, 4) and {total for _, total in seen} == {4}  # the 2 x 2 tiles of 256 px
-    report = fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous")
+    report = fuse_files(*files, out, method="average", chunk=64, scheduler=scheduler)
     assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
     expected = fuse(*files, method="average")
     assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
+    whole = fuse_files(*files, str(tmp_path / "whole.tif"), method="average", chunk=64, scheduler=scheduler)
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(whole.out))  # the same bytes
 
 
 def test_progress_counts_tiles_as_their_tasks_end(files, tmp_path):
