@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/scan.py
 	$(PY) benchmarks/fuse_scaling.py
 	$(PY) benchmarks/resume_check.py
+	$(PY) benchmarks/cancel_latency.py
 	$(PY) benchmarks/metrics_speed.py
 	test ! -d $(DATA)/gfp_pc || $(PY) benchmarks/quality.py --data $(DATA)/gfp_pc
 

@@ -15,11 +15,10 @@ import sys
 import tempfile
 import time
 
-import tifffile
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fuse_scaling import synthetic_pair
+from fuse_scaling import write_synthetic_pair
 
+from napari_fusionmamba.engine.execute import running
 from napari_fusionmamba.engine.files import _run_blocks, output_layout, plan_blocks
 from napari_fusionmamba.engine.job import prepare_job
 from napari_fusionmamba.engine.options import FuseOptions
@@ -35,7 +34,8 @@ def measure(a: str, b: str, out: str, method: str | None) -> dict[str, float]:
     partial = open_partial(out, run_record(job, layout, "zarr"), layout, overwrite=True)
     blocks = plan_blocks(job, layout.chunk)
     start = time.perf_counter()
-    _run_blocks(job, layout, partial, blocks, len(blocks), "threads", None, None)
+    with running(None) as run_id:
+        _run_blocks(job, layout, partial, blocks, "threads", None, None, run_id)
     fused = time.perf_counter() - start
     start = time.perf_counter()
     kept, redone = sound_chunks(job, layout, partial, blocks)
@@ -55,10 +55,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["model", "average"], help="'model' is the default model")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        a, b = synthetic_pair(args.size)
         paths = os.path.join(folder, "a.tif"), os.path.join(folder, "b.tif")
-        for path, image in zip(paths, (a, b)):
-            tifffile.imwrite(path, image, tile=(256, 256))
+        write_synthetic_pair(args.size, *paths)
         print(f"{args.size}^2 uint16 TIFFs -> zarr, threads scheduler")
         print(f"{'engine':>8} {'chunks':>6} {'fuse s':>8} {'check s':>8} {'check/fuse':>10} {'hash s':>7}")
         for method in args.methods:

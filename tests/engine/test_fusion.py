@@ -309,7 +309,8 @@ def test_killed_run_resumes_without_redoing_finished_chunks(files, network, refe
     assert np.abs(open_image(out).data.compute() - reference).max() <= 1e-5
 
 
-def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path, scheduler):
     out = str(tmp_path / "out.tif")
     done = out + PARTIAL_SUFFIX + "/done"
     seen = []
@@ -319,16 +320,18 @@ def test_cancelled_run_leaves_no_output_and_resumes(files, tmp_path):
             out,
             method="average",
             chunk=64,
-            scheduler="synchronous",
+            scheduler=scheduler,
             progress=lambda d, t: seen.append((d, t)),
             cancel=lambda: len(os.listdir(done)) >= 3,
         )
     assert not os.path.exists(out)
     assert seen[0] == (0, 4) and {total for _, total in seen} == {4}  # the 2 x 2 tiles of 256 px
-    report = fuse_files(*files, out, method="average", chunk=64, scheduler="synchronous")
+    report = fuse_files(*files, out, method="average", chunk=64, scheduler=scheduler)
     assert report.chunks_skipped >= 3 and report.chunks_skipped + report.chunks_computed == 25
     expected = fuse(*files, method="average")
     assert np.abs(tifffile.imread(out) - expected).max() <= 1e-6
+    whole = fuse_files(*files, str(tmp_path / "whole.tif"), method="average", chunk=64, scheduler=scheduler)
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(whole.out))  # the same bytes
 
 
 def test_progress_counts_tiles_as_their_tasks_end(files, tmp_path):
@@ -409,6 +412,40 @@ def test_cancel_and_progress_do_not_touch_other_dask_computations(tmp_path, monk
     worker.join()
     assert outcome == ["cancelled"] and len(sums) > 0 and set(sums) == {256.0 * 256}
     assert seen == sorted(seen) and max(seen) < 16
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_a_cancelled_file_fusion_stops_within_a_batch_and_resumes(files, tmp_path, monkeypatch, scheduler):
+    """One task runs a row of six tiles: a cancel lands after the batch under way, not after the
+    row; tasks still running when the run ends stop at their next batch without building a batch
+    runner; the resumed run writes the bytes of an uninterrupted one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+
+    from napari_fusionmamba.engine import execute
+    from napari_fusionmamba.quality import baselines
+
+    batches, stop_after = [], 2
+
+    def counted(a, b):
+        batches.append(1)
+        time.sleep(0.05)  # the other worker starts its row meanwhile
+        return baselines.average(a, b)
+
+    method = f"counted-{scheduler}"  # a name of its own: each process keeps the predictor it built
+    monkeypatch.setitem(baselines.BASELINES, method, counted)
+    options = dict(method=method, tile=64, overlap=16, batch=1, scheduler=scheduler)
+    out, pool = str(tmp_path / "out.zarr"), ThreadPoolExecutor(2)
+    with dask.config.set(pool=pool), pytest.raises(FusionCancelled):
+        fuse_files(*files, out, **options, cancel=lambda: len(batches) >= stop_after)
+    pool.shutdown(wait=True)  # every task dask started has ended
+    workers = 1 if scheduler == "synchronous" else 2
+    assert stop_after <= len(batches) <= stop_after + workers  # not the 6 batches of a row
+    assert execute._RUNS == {} and execute._RUNNERS == {}
+    fuse_files(*files, out, **options)
+    whole = fuse_files(*files, str(tmp_path / "whole.zarr"), **options).out
+    np.testing.assert_array_equal(zarr.open_group(out)["0"][:], zarr.open_group(whole)["0"][:])
 
 
 def test_an_unfinished_run_with_other_arguments_is_not_resumed(files, tmp_path):
@@ -656,7 +693,7 @@ def test_a_run_forgets_its_batch_runner_when_it_ends(files, tmp_path):
     from napari_fusionmamba.engine import execute
 
     fuse_files(*files, str(tmp_path / "done.zarr"), method="average", chunk=64, scheduler="threads")
-    assert execute._RUNNERS == {}
+    assert execute._RUNS == {} and execute._RUNNERS == {}
     chunks = []
     with pytest.raises(FusionCancelled):
         fuse_files(
@@ -668,7 +705,29 @@ def test_a_run_forgets_its_batch_runner_when_it_ends(files, tmp_path):
             progress=lambda done, total: chunks.append(done),
             cancel=lambda: len(chunks) > 2,
         )
-    assert len(chunks) > 2 and execute._RUNNERS == {}
+    assert len(chunks) > 2 and execute._RUNS == {} and execute._RUNNERS == {}
+
+
+def test_a_tile_task_started_after_its_run_ended_runs_nothing(files, monkeypatch):
+    """dask's thread pool can start a task of a cancelled run after the run has returned: the
+    task must stop at once, without building a batch runner (and loading a network) that nobody
+    forgets. A task in another process (another process id) has no run record here, and keeps a
+    runner of its own."""
+    from napari_fusionmamba.engine import FuseOptions, execute
+    from napari_fusionmamba.engine.job import prepare_job
+
+    monkeypatch.setattr(execute, "_RUNNERS", {})  # the runner built below stays in this test
+    job = prepare_job(*files, FuseOptions(method="average", tile=64, overlap=16))
+    with execute.running(lambda: False) as ended:
+        pass
+    with pytest.raises(FusionCancelled):
+        execute.fuse_tiles(job, ended, (), [(0, 0)], 1056)
+    with execute.running(lambda: True) as cancelled, pytest.raises(FusionCancelled):
+        execute.fuse_tiles(job, cancelled, (), [(0, 0)], 1056)
+    assert execute._RUNS == {} and execute._RUNNERS == {}
+    elsewhere = (os.getpid() + 1, 0)
+    assert set(execute.fuse_tiles(job, elsewhere, (), [(0, 0)], 1056)) == {(0, 0)}
+    assert len(execute._RUNNERS) == 1
 
 
 def test_options_and_keywords_say_the_same(files, tmp_path):

@@ -1,5 +1,5 @@
-"""benchmarks/fuse_scaling.py and benchmarks/cold_start.py as a user runs them, and the
-generator they share, which must never hold a whole image."""
+"""benchmarks/fuse_scaling.py, cold_start.py, resume_check.py and cancel_latency.py as a user runs
+them, and the generator they share, which must never hold a whole image."""
 
 from __future__ import annotations
 
@@ -54,3 +54,21 @@ def test_the_benchmarks_run_as_a_user_runs_them():
     done = subprocess.run(cold, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "new: median imports" in done.stdout and "256 x 256 pair" in done.stdout, done.stdout
+
+
+def test_the_resume_and_cancel_benchmarks_run_as_a_user_runs_them():
+    """On a 512 x 512 pair (rows of 3 tiles, one tile a batch) with the default model: the
+    cancelled run starts at most one batch after the cancel (a worker that had just passed its
+    check), and nothing runs once it has returned."""
+    import re
+
+    env = {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    resume = [sys.executable, str(BENCHMARKS / "resume_check.py"), "--size", "512", "--methods", "average"]
+    done = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"average +1 ", done.stdout), done.stdout
+    cancel = [sys.executable, str(BENCHMARKS / "cancel_latency.py"), "--size", "512", "--repeats", "1"]
+    done = subprocess.run([*cancel, "--batch", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    late, returned, stopped = re.search(r"new: ([\d.]+) s, (\d+) batches, ([\d.]+) s", done.stdout).group(2, 1, 3)
+    assert int(late) <= 1 and returned == stopped, done.stdout

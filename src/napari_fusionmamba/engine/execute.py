@@ -4,15 +4,22 @@ processes) or a dask.distributed cluster, with progress and cancel.
 Every tile of the global grid runs once: a ``fuse_tiles`` task runs the tiles that start in one
 chunk and hands the window-weighted sums to each chunk they reach; a ``write_chunk`` task adds
 up the sums its chunk receives, divides by the summed windows, writes the block and marks it
-done. The result does not depend on the chunking or on the scheduler. A ``BatchRunner`` (which
-keeps a batch shrunk after out-of-memory) is shared by the tasks of a run in one process, and
-forgotten when the run ends.
+done. The result does not depend on the chunking or on the scheduler.
+
+A run is registered in the process that starts it for as long as it runs (``running``): its
+tasks that run there (synchronous and threads schedulers) share its ``BatchRunner`` (which keeps
+a batch shrunk after out-of-memory), check its cancel between batches of tiles, and the run ends
+only once they have stopped; a task of a run that has ended there stops at once. Tasks in other
+processes (worker processes, a cluster's workers) keep one runner per process and run to their
+end.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,8 +34,12 @@ from .resume import mark_done
 from .sources import LOCAL_SCHEDULERS, local_scheduler, remember
 from .tiling import BatchRunner, local_workers, torch_threads, weight_sum, weighted_sum
 
-#: Batch runners of the runs in progress in this process, by (engine key, device, batch).
+#: Batch runners of tile tasks run outside their run's process (worker processes, a cluster's
+#: workers), by (engine key, device, batch): one per process, kept for its next tasks.
 _RUNNERS: dict[tuple[str, str, int], BatchRunner] = {}
+
+#: A run's name in its tasks: the id of the process that started it, and a number.
+RunId = tuple[int, int]
 
 
 def check_scheduler(scheduler: Any) -> None:
@@ -48,13 +59,81 @@ def check_scheduler(scheduler: Any) -> None:
         ) from None
 
 
-def _runner_key(job: FusionJob) -> tuple[str, str, int]:
-    return (job.engine.key, job.engine.device, job.batch)
+class _Run:
+    """A run in progress in this process: its batch runner, its cancel check and how many of its
+    tasks are running here."""
+
+    def __init__(self, cancel: Callable[[], bool] | None) -> None:
+        self.cancel = cancel
+        self.runner: BatchRunner | None = None
+        self.tasks = 0
+        self.ended = False
+        self.changed = threading.Condition()
+
+    def cancelled(self) -> bool:
+        """Whether its tasks should stop: the run has ended (cancelled or failed) or is cancelled."""
+        return self.ended or (self.cancel is not None and self.cancel())
+
+    def runner_for(self, job: FusionJob) -> BatchRunner:
+        """Its batch runner, built by its first tile task here (a process that only schedules
+        the tasks, for worker processes, builds none)."""
+        with self.changed:
+            if self.runner is None:
+                self.runner = BatchRunner(predictor(job.engine)[0], job.batch)
+            return self.runner
+
+    @contextmanager
+    def task(self) -> Iterator[None]:
+        """One task of the run, refused once the run has ended or is cancelled."""
+        with self.changed:
+            if self.cancelled():
+                raise FusionCancelled("fusion cancelled")
+            self.tasks += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.tasks -= 1
+                self.changed.notify_all()
+
+    def end(self) -> None:
+        """Stop the run's tasks here (each at its next batch) and wait for them."""
+        with self.changed:
+            self.ended = True
+            self.changed.wait_for(lambda: self.tasks == 0)
 
 
-def forget_runners(job: FusionJob) -> None:
-    """Drop this run's batch runner (and the network it holds) from this process."""
-    _RUNNERS.pop(_runner_key(job), None)
+#: The runs in progress in this process.
+_RUNS: dict[RunId, _Run] = {}
+_RUN_NUMBERS = itertools.count()
+
+
+@contextmanager
+def running(cancel: Callable[[], bool] | None) -> Iterator[RunId]:
+    """Register a run in this process while the block runs; when it ends (finished, failed or
+    cancelled) its tasks here stop and are waited for, and its batch runner (and the network it
+    holds) is forgotten."""
+    run_id, run = (os.getpid(), next(_RUN_NUMBERS)), _Run(cancel)
+    _RUNS[run_id] = run
+    try:
+        yield run_id
+    finally:
+        del _RUNS[run_id]  # its tasks that start from now on stop at once
+        run.end()
+
+
+@contextmanager
+def _task(run_id: RunId) -> Iterator[_Run | None]:
+    """The run of a task started in the run's own process (None in another process); a task of
+    a run that has ended or is cancelled raises ``FusionCancelled`` before doing anything."""
+    if run_id[0] != os.getpid():
+        yield None
+        return
+    run = _RUNS.get(run_id)
+    if run is None:
+        raise FusionCancelled("fusion cancelled")
+    with run.task():
+        yield run
 
 
 def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -71,15 +150,17 @@ def to_dtype(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
 Part = tuple[int, int, np.ndarray]
 
 
-def _runner(job: FusionJob) -> BatchRunner:
-    runner = _RUNNERS.get(_runner_key(job))
+def _process_runner(job: FusionJob) -> BatchRunner:
+    """The batch runner of a tile task run outside its run's process."""
+    key = (job.engine.key, job.engine.device, job.batch)
+    runner = _RUNNERS.get(key)
     if runner is None:
-        runner = remember(_RUNNERS, _runner_key(job), BatchRunner(predictor(job.engine)[0], job.batch))
+        runner = remember(_RUNNERS, key, BatchRunner(predictor(job.engine)[0], job.batch))
     return runner
 
 
 def fuse_tiles(
-    job: FusionJob, plane: tuple[int, ...], corners: list[tuple[int, int]], chunk: int
+    job: FusionJob, run_id: RunId, plane: tuple[int, ...], corners: list[tuple[int, int]], chunk: int
 ) -> dict[tuple[int, int], Part]:
     """Run the tiles at ``corners`` of one plane; returns their weighted sums cut by output
     chunk, keyed by each chunk's (y0, x0) (copies, so a chunk's part holds nothing else)."""
@@ -87,8 +168,10 @@ def fuse_tiles(
     th, tw = grid.tile_shape
     y0, y1 = min(y for y, _ in corners), max(y for y, _ in corners) + th
     x0, x1 = min(x for _, x in corners), max(x for _, x in corners) + tw
-    a, b, _ = job.inputs(job.read(plane, y0, y1, x0, x1))
-    sums = weighted_sum(_runner(job), a, b, grid, corners, (y0, y1, x0, x1), origin=(y0, x0))
+    with _task(run_id) as run:
+        a, b, _ = job.inputs(job.read(plane, y0, y1, x0, x1))
+        runner, cancel = (_process_runner(job), None) if run is None else (run.runner_for(job), run.cancelled)
+        sums = weighted_sum(runner, a, b, grid, corners, (y0, y1, x0, x1), origin=(y0, x0), cancel=cancel)
     parts = {}
     for cy in range(y0 // chunk * chunk, y1, chunk):
         for cx in range(x0 // chunk * chunk, x1, chunk):
@@ -100,6 +183,7 @@ def fuse_tiles(
 
 def write_chunk(
     job: FusionJob,
+    run_id: RunId,
     layout: OutputLayout,
     store: str,
     done: str,
@@ -111,13 +195,14 @@ def write_chunk(
     reaching it, write it, then mark it done with the digests of its inputs and of what was
     written (a killed run redoes unmarked ones)."""
     y0, y1, x0, x1 = region
-    sums = np.zeros((y1 - y0, x1 - x0), np.float32)
-    for top, left, part in parts:
-        sums[top - y0 : top - y0 + part.shape[0], left - x0 : left - x0 + part.shape[1]] += part
-    block, inputs = job.finish_region(plane, y0, y1, x0, x1, sums / weight_sum(job.grid(), region))
-    stored = to_dtype(block, np.dtype(layout.dtype))
-    write_block(store, layout, plane, y0, x0, stored)
-    mark_done(done, layout, plane, y0, x0, inputs, stored)
+    with _task(run_id):  # nothing is written once the run has ended here
+        sums = np.zeros((y1 - y0, x1 - x0), np.float32)
+        for top, left, part in parts:
+            sums[top - y0 : top - y0 + part.shape[0], left - x0 : left - x0 + part.shape[1]] += part
+        block, inputs = job.finish_region(plane, y0, y1, x0, x1, sums / weight_sum(job.grid(), region))
+        stored = to_dtype(block, np.dtype(layout.dtype))
+        write_block(store, layout, plane, y0, x0, stored)
+        mark_done(done, layout, plane, y0, x0, inputs, stored)
 
 
 def execute(

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import OutputLayout, add_pyramid, kind_of, zarr_to_tiff
 from ..io.locks import exclusive
-from .execute import check_scheduler, execute, forget_runners, fuse_tiles, write_chunk
+from .execute import RunId, check_scheduler, execute, fuse_tiles, running, write_chunk
 from .job import FusionJob, prepare_job
 from .options import FuseOptions
 from .predictors import describe_engine
@@ -112,10 +112,8 @@ def fuse_files(
         blocks = plan_blocks(job, layout.chunk)
         finished, redone = sound_chunks(job, layout, partial, blocks)
         todo = [block for block in blocks if chunk_name(block[0], block[1][0], block[1][2]) not in finished]
-        try:
-            tiles = _run_blocks(job, layout, partial, todo, options.scheduler, progress, cancel)
-        finally:
-            forget_runners(job)
+        with running(cancel) as run_id:
+            tiles = _run_blocks(job, layout, partial, todo, options.scheduler, progress, cancel, run_id)
         engine = describe_engine(options.model, options.method)
         finalise(out, kind, layout, partial, engine, chunk_digests(layout, partial, blocks))
     return FuseReport(
@@ -245,9 +243,10 @@ def _run_blocks(
     scheduler: Any,
     progress: Callable[[int, int], None] | None,
     cancel: Callable[[], bool] | None,
+    run_id: RunId,
 ) -> int:
-    """Run the chunks not done yet as dask tasks, with the tile tasks they need; returns the
-    number of tiles run."""
+    """Run the chunks not done yet as dask tasks of the run ``run_id`` (see ``execute.running``),
+    with the tile tasks they need; returns the number of tiles run."""
     import dask
 
     grid, chunk, tag = job.grid(), layout.chunk, partial.run_hash[:8]
@@ -267,13 +266,13 @@ def _run_blocks(
             if (plane, key) not in tiles:
                 name = f"tiles-{tag}-{chunk_name(plane, *key[:2])}-{key[2]}"
                 tiles[plane, key] = dask.delayed(fuse_tiles, pure=True)(
-                    job_node, plane, groups[key], chunk, dask_key_name=name
+                    job_node, run_id, plane, groups[key], chunk, dask_key_name=name
                 )
         needs[chunk_task(plane, region)] = [tiles[plane, key].key for key in needed]
         return [tiles[plane, key][(region[0], region[2])] for key in needed]
 
     writes = [dask.delayed(write_chunk, pure=True)(
-        job_node, layout, partial.store, partial.done, plane, region, parts(plane, region),
+        job_node, run_id, layout, partial.store, partial.done, plane, region, parts(plane, region),
         dask_key_name=chunk_task(plane, region))
         for plane, region in todo]  # fmt: skip
     tile_tasks = {tiles[plane, key].key: len(groups[key]) for plane, key in tiles}
