@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -38,8 +39,11 @@ from .tiling import BatchRunner, local_workers, torch_threads, weight_sum, weigh
 #: workers), by (engine key, device, batch): one per process, kept for its next tasks.
 _RUNNERS: dict[tuple[str, str, int], BatchRunner] = {}
 
-#: A run's name in its tasks: the id of the process that started it, and a number.
-RunId = tuple[int, int]
+#: A run's name in its tasks: the process that started it (a token drawn at import, which forked
+#: workers share, and its process id, which they do not: a cluster's worker on another machine
+#: may have the same id) and a number.
+RunId = tuple[str, int, int]
+_TOKEN = secrets.token_hex(8)
 
 
 def check_scheduler(scheduler: Any) -> None:
@@ -113,7 +117,7 @@ def running(cancel: Callable[[], bool] | None) -> Iterator[RunId]:
     """Register a run in this process while the block runs; when it ends (finished, failed or
     cancelled) its tasks here stop and are waited for, and its batch runner (and the network it
     holds) is forgotten."""
-    run_id, run = (os.getpid(), next(_RUN_NUMBERS)), _Run(cancel)
+    run_id, run = (_TOKEN, os.getpid(), next(_RUN_NUMBERS)), _Run(cancel)
     _RUNS[run_id] = run
     try:
         yield run_id
@@ -126,7 +130,7 @@ def running(cancel: Callable[[], bool] | None) -> Iterator[RunId]:
 def _task(run_id: RunId) -> Iterator[_Run | None]:
     """The run of a task started in the run's own process (None in another process); a task of
     a run that has ended or is cancelled raises ``FusionCancelled`` before doing anything."""
-    if run_id[0] != os.getpid():
+    if run_id[:2] != (_TOKEN, os.getpid()):
         yield None
         return
     run = _RUNS.get(run_id)
