@@ -44,13 +44,14 @@ def test_rows_beyond_a_multiple_of_the_workers_are_cut_in_every_chunk(monkeypatc
 @pytest.mark.parametrize("balanced", ["1", "0"])
 def test_cut_rows_fuse_the_same_image(tmp_path, network, monkeypatch, balanced):
     """Four threads on a 6-row chunk: the last two rows run as pieces of 3 tiles (the progress
-    moves by 3), and the output equals a synchronous run of whole rows."""
+    moves by 3), and the output equals a synchronous run of whole rows in batches of 2 (the
+    default batch runs a row of 6 in one forward pass: the batch does not change the result)."""
     files = [str(tmp_path / name) for name in ("a.tif", "b.tif")]
     for path, image in zip(files, real_looking_pair(300, 260, seed=5)):
         tifffile.imwrite(path, image)
     options = dict(model=network[1], tile=64, overlap=16, chunk=1000)
     reference = str(tmp_path / "rows.zarr")
-    fuse_files(*files, reference, **options, scheduler="synchronous")
+    fuse_files(*files, reference, **options, batch=2, scheduler="synchronous")
     monkeypatch.setenv(BALANCE_ENV, balanced)
     seen: list[tuple[int, int]] = []
     with dask.config.set(num_workers=4):
