@@ -30,7 +30,7 @@ from .options import FuseOptions
 from .predictors import describe_engine
 from .resume import Block, PartialRun, chunk_digests, chunk_name, open_partial, run_record, sound_chunks
 from .sources import Source
-from .tiling import TileGrid, local_workers
+from .tiling import TileGrid
 from .verify import StoredChunks
 
 #: Default chunk: the multiple of the tile stride nearest above this.
@@ -252,7 +252,7 @@ def _run_blocks(
 
     grid, chunk, tag = job.grid(), layout.chunk, partial.run_hash[:8]
     job_node = dask.delayed(job, pure=True)
-    groups = tile_groups(grid, chunk, task_workers(scheduler))
+    groups = tile_groups(grid, chunk)
     group_of = {corner: key for key, corners in groups.items() for corner in corners}
     tiles: dict[tuple[tuple[int, ...], tuple[int, int, int]], Any] = {}  # tile tasks, by plane and group
     needs: dict[str, list[str]] = {}  # chunk task -> the tile tasks it waits on
@@ -312,45 +312,32 @@ class TileCounter:
             self.progress(self.done, self.total)
 
 
-#: "0" keeps the rows a chunk has beyond a multiple of the workers whole (to time the split).
+#: "0" keeps every row of tiles whole (to time the split of the last one).
 BALANCE_ENV = "FUSIONMAMBA_BALANCED_TASKS"
 
 
-def task_workers(scheduler: Any) -> int:
-    """How many tile tasks run at once for ``scheduler``: the local workers of ``threads`` and
-    ``processes`` (the default), one for ``synchronous``; one for a cluster too (its workers are
-    not known here, and its images are large: the last round of tasks is a small part)."""
-    if scheduler in (None, "threads", "threading", "processes"):
-        return local_workers()
-    return 1
-
-
-def tile_groups(grid: TileGrid, chunk: int, workers: int = 1) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
+def tile_groups(grid: TileGrid, chunk: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
     """The tiles of a plane in groups that one task runs: the tiles starting in one output chunk
     (keyed by its y0, x0), one row of them at a time (the group's index last): small tasks, so
     that the workers share even a one-chunk image.
 
-    The rows a chunk has beyond a multiple of ``workers`` are cut into near-equal pieces, enough
-    for every worker: whole rows left a one-chunk 1024 px image's 5 rows of 5 tiles as 3 rows on
-    one worker and 2 on the other, the other core idle for the last row; its last row as a piece
-    of 3 and one of 2 tiles makes 13 and 12 tiles. One more source read per chunk, no more
-    forward passes (a row of 5 at batch 4 took two as well)."""
-    if os.environ.get(BALANCE_ENV, "1").strip() == "0":
-        workers = 1
+    The last row of a chunk with an odd number of rows is cut in two near-equal pieces, so that
+    two workers finish together: whole rows left a one-chunk 1024 px image's 5 rows of 5 tiles
+    as 3 rows on one worker and 2 on the other, the other core idle for the last row; its last
+    row as a piece of 3 and one of 2 tiles makes 13 and 12 tiles. One more source read per
+    chunk, no more forward passes. The cut depends on the grid and the chunk only, never on the
+    scheduler: the tasks, and so the sums and the output, are the same bit for bit on threads,
+    processes and a cluster."""
+    balance = os.environ.get(BALANCE_ENV, "1").strip() != "0"
     groups: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     for cy in range(0, grid.height, chunk):
         rows = [y for y in grid.ys if cy <= y < cy + chunk]
         for cx in range(0, grid.width, chunk):
             cols = [x for x in grid.xs if cx <= x < cx + chunk]
             tasks = [[(y, x) for x in cols] for y in rows] if cols else []
-            if len(tasks) % workers:
-                left = len(tasks) % workers
-                pieces = -(-workers // left)
-                tasks = tasks[:-left] + [
-                    [(y, int(x)) for x in part]
-                    for y in rows[-left:]
-                    for part in np.array_split(np.asarray(cols), min(pieces, len(cols)))
-                ]
+            if balance and len(tasks) % 2 and len(cols) > 1:
+                half = -(-len(cols) // 2)
+                tasks[-1:] = [tasks[-1][:half], tasks[-1][half:]]
             for index, corners in enumerate(tasks):
                 groups[cy, cx, index] = corners
     return groups
