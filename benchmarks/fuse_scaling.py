@@ -15,8 +15,9 @@ are against the smallest size of the same run.
 ``--baseline REF`` runs every size with the package as it is at git ref REF too (extracted to a
 temporary folder), ``--switch NAME=VALUE`` with this package and the environment variable NAME
 set to VALUE (``FUSIONMAMBA_FAST_INFERENCE=0``: the network's general path instead of its
-inference path), alternating, and prints the throughput ratio new / each: today's figure and
-the new one measured on the same machine in the same minutes.
+inference path; ``FUSIONMAMBA_BALANCED_TASKS=0``: a chunk's tiles in whole rows),
+alternating, and prints the throughput ratio new / each: today's figure and the new one
+measured on the same machine in the same minutes.
 
     python benchmarks/fuse_scaling.py                                  # 1024, 2048, 4096
     python benchmarks/fuse_scaling.py --sizes 1024 8192 16384 --baseline main
@@ -29,6 +30,9 @@ Measured on the shared 2-core development machine (docs/engine.md has the tables
 ``--sizes 1024 --repeats 5 --switch FUSIONMAMBA_FAST_INFERENCE=0 --baseline main``: 0.324 Mpx/s
 (3.2 CPU s) against 0.240 with the network's general path and 0.260 for main, every run on about
 one core; ``--scheduler processes --sizes 1024 8192``: peak 1018 and 1224 MiB (1.20x).
+``--sizes 1024 --repeats 3 --baseline main --switch FUSIONMAMBA_BALANCED_TASKS=0`` after the
+scan's float32 rounding, the balanced tasks and batch 6: 0.83x main's CPU time, 1.26x its
+throughput at load average 6 (about one core for the run).
 """
 
 from __future__ import annotations

@@ -262,7 +262,7 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
         "--tile", type=int, default=256, help="tile size in pixels, a multiple of the network stride (256)"
     )
     parser.add_argument("--overlap", type=int, default=64, help="overlap between tiles in pixels (64)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
+    parser.add_argument("--batch", type=int, default=6, help="tiles per forward pass (6)")
     parser.add_argument(
         "--chunk",
         type=int,

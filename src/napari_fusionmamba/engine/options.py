@@ -39,7 +39,7 @@ class FuseOptions:
     method: str | None = None
     tile: int = 256
     overlap: int = 64
-    batch: int = 4
+    batch: int = 6  # a row of tiles of the default chunk: one forward pass each
     device: str = "auto"
     normalise: str | None = "percentile"
     names: tuple[str, str] | None = None

@@ -303,7 +303,7 @@ def tiled_fuse(
     b: np.ndarray,
     tile: int = 256,
     overlap: int = 64,
-    batch: int = 4,
+    batch: int = 6,
     multiple: int = 1,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,

@@ -156,13 +156,15 @@ class SelectiveScan2D(nn.Module):
         from ._scan_numba import numba_scan_lanes
 
         _, e, height, width = x.shape
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, width % 2, 0, height % 2))
+        padded = x.permute(0, 2, 3, 1)
+        if height % 2 or width % 2:  # (a pad of nothing would still copy the map)
+            padded = F.pad(padded, (0, 0, 0, width % 2, 0, height % 2))
         h, w = padded.shape[1:3]
         xs = phase_split_last(padded)  # (B, K, L, E)
         x_dbl = torch.matmul(xs, self.x_proj.transpose(1, 2))  # (B, K, L, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=3)
         k = self.directions
-        dts = torch.matmul(dts, self.dt_proj.transpose(1, 2)) + self.dt_bias.view(k, 1, e)
+        dts = torch.matmul(dts, self.dt_proj.transpose(1, 2)).add_(self.dt_bias.view(k, 1, e))
         y = numba_scan_lanes(
             xs,
             F.softplus(dts),

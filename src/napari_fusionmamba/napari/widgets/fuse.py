@@ -83,7 +83,7 @@ class FuseRequest:
     checkpoint: Path | None = None
     tile: int = 256
     overlap: int = 64
-    batch: int = 4
+    batch: int = 6
     device: str = "auto"
     out: Path | None = None
     rgb: bool = False  # A is an RGB layer
@@ -192,7 +192,7 @@ class FuseWidget(ScrollingContainer):
             label="Batch",
             min=1,
             max=256,
-            value=4,
+            value=6,
             tooltip="Tiles run together; Cancel takes effect after the current batch.",
         )
         self.stack = ComboBox(
@@ -527,7 +527,7 @@ class FolderRequest:
     method: str | None = None
     tile: int = 256
     overlap: int = 64
-    batch: int = 4
+    batch: int = 6
     device: str = "auto"
 
 
