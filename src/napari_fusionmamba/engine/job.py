@@ -106,11 +106,12 @@ class FusionJob:
         windows it was fused from."""
         ry0, ry1, rx0, rx1 = self.grid().reach(y0, y1, x0, x1)
         windows = self.read(plane, ry0, ry1, rx0, rx1)
+        if not self.colour:  # nothing to put back: the sources are not needed again
+            return fused.astype(np.float32, copy=False), digest(*windows)
+        # the colour comes back from the sources as fused, over the block alone
         block = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
-        la, lb, chroma = self.inputs(windows)
-        if chroma is not None:
-            chroma = (chroma[0][block], chroma[1][block])
-        return self.finish(fused, chroma, (la[block], lb[block])), digest(*windows)
+        la, lb, chroma = self.inputs((windows[0][block], windows[1][block]))
+        return self.finish(fused, chroma, (la, lb)), digest(*windows)
 
     def input_digest(self, plane: tuple[int, ...], y0: int, y1: int, x0: int, x1: int) -> str:
         """The digest of the source windows the block [y0, y1) x [x0, x1) is fused from."""
